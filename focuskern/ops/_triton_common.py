@@ -1,0 +1,50 @@
+"""Triton helpers shared by the focus kernels (imported only by Triton backends)."""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .._backends import triton_interpreted
+
+
+@triton.jit
+def decay_strength(decay_row_ptr, step):
+    """s = floor + (1 - floor) * f(step) for one row; mirrors :func:`focuskern.decay.decay_strength`."""
+    kind = tl.load(decay_row_ptr)
+    horizon = tl.load(decay_row_ptr + 1)
+    floor = tl.load(decay_row_ptr + 2)
+    t = step.to(tl.float32)
+    ratio = t / tl.where(horizon > 0, horizon, 1.0)
+    f = tl.where(kind == 1, tl.maximum(1.0 - ratio, 0.0), 1.0)
+    f = tl.where(kind == 2, tl.exp2(-ratio), f)
+    f = tl.where(kind == 3, 0.5 * (1.0 + tl.cos(3.141592653589793 * tl.minimum(ratio, 1.0))), f)
+    f = tl.where(kind == 4, tl.where(t < horizon, 1.0, 0.0), f)
+    f = tl.where(kind == 5, tl.minimum(ratio, 1.0), f)
+    return floor + (1.0 - floor) * f
+
+
+@triton.jit
+def scale_columns(row_ptr, col_stride, lo, hi, scale, BLOCK: tl.constexpr):
+    """row[lo:hi] *= scale, computed in float32, rounded once to the row's dtype."""
+    for start in range(lo, hi, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        inside = cols < hi
+        ptrs = row_ptr + cols.to(tl.int64) * col_stride
+        x = tl.load(ptrs, mask=inside)
+        tl.store(ptrs, (x.to(tl.float32) * scale).to(x.dtype), mask=inside)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def column_splits(device: torch.device, rows: int, cols: int, block: int) -> int:
+    """Programs per row for a dense pass: enough to fill the device, at least one block each."""
+    if device.type != "cuda" or triton_interpreted():
+        return 1
+    target = 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return max(1, min(triton.cdiv(target, max(rows, 1)), triton.cdiv(cols, block)))

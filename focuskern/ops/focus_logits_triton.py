@@ -1,0 +1,78 @@
+"""Triton backend of ``focus_logits_``: one launch for the whole batch.
+
+Grid ``(B, splits)``.  A row whose blend factor ``1 - s*alpha`` is 1 is handled by its first program
+alone and only its listed entries are read and written (cost O(nnz)); a blended row is split into
+``splits`` column ranges, each scaled and then patched with the entries that fall inside it.
+Duplicated ids are summed inside a chunk with an equality matrix and chunks are applied in order,
+so no atomics are needed (16-bit atomics are not portable, e.g. under the interpreter).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from ._triton_common import column_splits, decay_strength, scale_columns
+
+BLOCK_V = 2048
+BLOCK_K = 32
+
+
+@triton.jit
+def _focus_logits_kernel(
+    x_ptr, stride_row, stride_col, V,
+    row_offsets_ptr, ids_ptr, bias_ptr, alpha_ptr, decay_ptr, step_ptr,
+    cols_per_program,
+    BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    strength = decay_strength(decay_ptr + row * 3, tl.load(step_ptr + row))
+    scale = 1.0 - strength * tl.load(alpha_ptr + row)
+    row_ptr = x_ptr + row.to(tl.int64) * stride_row
+    if scale != 1.0:
+        lo = split * cols_per_program
+        hi = tl.minimum(lo + cols_per_program, V)
+        scale_columns(row_ptr, stride_col, lo, hi, scale, BLOCK_V)
+        tl.debug_barrier()  # the entries below read the scaled values
+    else:
+        lo = 0
+        hi = tl.where(split == 0, V, 0)
+    if hi > lo:
+        first = tl.load(row_offsets_ptr + row)
+        last = tl.load(row_offsets_ptr + row + 1)
+        for chunk in range(first, last, BLOCK_K):
+            j = chunk + tl.arange(0, BLOCK_K)
+            ids = tl.load(ids_ptr + j, mask=j < last, other=-1)
+            bias = tl.load(bias_ptr + j, mask=j < last, other=0.0)
+            mine = (j < last) & (ids >= lo) & (ids < hi)
+            add = tl.where(mine, tl.where(bias == float("-inf"), bias, strength * bias), 0.0)
+            same = (ids[:, None] == ids[None, :]) & mine[None, :]
+            total = tl.sum(tl.where(same, add[None, :], 0.0), axis=1)
+            ptrs = row_ptr + ids.to(tl.int64) * stride_col
+            x = tl.load(ptrs, mask=mine)
+            tl.store(ptrs, (x.to(tl.float32) + total).to(x.dtype), mask=mine)
+            tl.debug_barrier()  # the next chunk may hold the same ids
+
+
+@triton_op("focuskern::focus_logits_triton_", mutates_args={"logits"})
+def focus_logits_op(
+    logits: torch.Tensor,
+    row_offsets: torch.Tensor,
+    token_ids: torch.Tensor,
+    token_bias: torch.Tensor,
+    alpha: torch.Tensor,
+    decay: torch.Tensor,
+    step: torch.Tensor,
+) -> None:
+    B, V = logits.shape
+    if B == 0:
+        return
+    splits = column_splits(logits.device, B, V, BLOCK_V)
+    cols_per_program = triton.cdiv(triton.cdiv(V, splits), BLOCK_V) * BLOCK_V
+    wrap_triton(_focus_logits_kernel)[(B, splits)](
+        logits, logits.stride(0), logits.stride(1), V,
+        row_offsets, token_ids, token_bias, alpha, decay, step,
+        cols_per_program, BLOCK_V=BLOCK_V, BLOCK_K=BLOCK_K,
+    )

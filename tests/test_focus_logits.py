@@ -1,0 +1,181 @@
+"""Parity of every focus_logits_ backend with float64 math, plus input validation."""
+import math
+
+import pytest
+import torch
+
+import focuskern
+from focuskern.ops import focus_logits_
+from conftest import DEVICE, TOLERANCES
+from reference import focus_logits_f64
+
+BACKENDS = [b for b, status in focuskern.backends().items() if status == "available"]
+DTYPES = list(TOLERANCES)
+
+
+def random_case(B, V, *, max_k=24, blend=True, dtype=torch.float32, row_stride_pad=0, gen=None):
+    """Random CSR batch with empty rows, duplicated ids, -inf bans and every decay kind."""
+    gen = gen or torch.Generator().manual_seed(torch.seed() % 2**31)
+    base = torch.randn(B, V + row_stride_pad, generator=gen) * 4
+    counts = torch.randint(0, max_k + 1, (B,), generator=gen)
+    counts[torch.rand(B, generator=gen) < 0.2] = 0
+    row_offsets = torch.zeros(B + 1, dtype=torch.int32)
+    row_offsets[1:] = counts.cumsum(0)
+    nnz = int(row_offsets[-1])
+    ids = torch.randint(0, V, (nnz,), generator=gen, dtype=torch.int32)
+    if nnz > 2:
+        ids[1] = ids[0]  # a duplicate (same row unless row 0 holds one entry)
+        ids[-1] = V - 1  # the last column
+    bias = torch.randn(nnz, generator=gen) * 3
+    bias[torch.rand(nnz, generator=gen) < 0.05] = -math.inf
+    alpha = torch.rand(B, generator=gen) if blend else torch.zeros(B)
+    alpha[torch.rand(B, generator=gen) < 0.3] = 0.0
+    kinds = torch.randint(0, 6, (B,), generator=gen).float()
+    decay = torch.stack([kinds, torch.rand(B, generator=gen) * 20 + 0.5, torch.rand(B, generator=gen)], 1)
+    step = torch.randint(0, 40, (B,), generator=gen, dtype=torch.int32)
+    logits = base.to(dtype)[:, :V] if row_stride_pad else base.to(dtype)
+    args = [row_offsets, ids, bias, alpha, decay, step]
+    return logits.to(DEVICE), [a.to(DEVICE) for a in args]
+
+
+def check_against_f64(logits, args, backend, dtype):
+    expected = focus_logits_f64(logits.cpu(), *[a.cpu() for a in args])
+    out = logits.clone() if logits.is_contiguous() else logits
+    result = focus_logits_(out, *args, backend=backend)
+    assert result is out
+    rtol, atol = TOLERANCES[dtype]
+    torch.testing.assert_close(out.cpu().double(), expected, rtol=rtol, atol=atol, equal_nan=False)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,V", [(1, 49152), (3, 32007), (6, 257)])
+def test_parity_with_float64(backend, dtype, B, V):
+    logits, args = random_case(B, V, dtype=dtype)
+    check_against_f64(logits, args, backend, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_parity_qwen_vocab_and_strided_rows(backend):
+    logits, args = random_case(2, 151936, dtype=torch.bfloat16, row_stride_pad=9)
+    parent = logits.as_strided((2, 151936 + 9), (logits.stride(0), 1))
+    before = parent[:, 151936:].clone()
+    check_against_f64(logits, args, backend, torch.bfloat16)
+    assert torch.equal(parent[:, 151936:], before), "padding columns past V were written"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_alpha_zero_touches_only_listed_entries(backend, dtype):
+    logits, args = random_case(5, 4099, dtype=dtype, blend=False)
+    row_offsets, ids = args[0].cpu(), args[1].cpu()
+    listed = torch.zeros(logits.shape, dtype=torch.bool)
+    for r in range(5):
+        listed[r, ids[row_offsets[r]:row_offsets[r + 1]].long()] = True
+    out = logits.clone()
+    focus_logits_(out, *args, backend=backend)
+    assert torch.equal(out.cpu()[~listed], logits.cpu()[~listed])
+    check_against_f64(logits, args, backend, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch_parts(backend):
+    logits, args = random_case(4, 1000, max_k=0)
+    assert args[1].numel() == 0
+    check_against_f64(logits, args, backend, torch.float32)
+    empty = torch.empty(0, 1000, device=DEVICE)
+    zero_rows = [torch.zeros(1, dtype=torch.int32, device=DEVICE), args[1], args[2][:0],
+                 torch.zeros(0, device=DEVICE), torch.zeros(0, 3, device=DEVICE),
+                 torch.zeros(0, dtype=torch.int32, device=DEVICE)]
+    assert focus_logits_(empty, *zero_rows, backend=backend).shape == (0, 1000)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ban_survives_zero_strength(backend):
+    """A -inf entry bans its token even when the schedule has switched the push off (s = 0)."""
+    logits = torch.zeros(1, 64, device=DEVICE)
+    ro = torch.tensor([0, 3], dtype=torch.int32, device=DEVICE)
+    ids = torch.tensor([7, 9, 9], dtype=torch.int32, device=DEVICE)
+    bias = torch.tensor([-math.inf, 2.0, 3.0], device=DEVICE)
+    cutoff_passed = torch.tensor([[4.0, 5.0, 0.0]], device=DEVICE)
+    focus_logits_(logits, ro, ids, bias, torch.zeros(1, device=DEVICE), cutoff_passed,
+                  torch.tensor([5], dtype=torch.int32, device=DEVICE), backend=backend)
+    assert logits[0, 7] == -math.inf
+    assert logits[0, 9] == 0.0
+    focus_logits_(logits, ro, ids, bias, torch.zeros(1, device=DEVICE), cutoff_passed,
+                  torch.tensor([0], dtype=torch.int32, device=DEVICE), backend=backend)
+    assert logits[0, 9] == 5.0  # duplicates add up
+
+
+def good_args(B=2, V=50):
+    logits = torch.randn(B, V, device=DEVICE)
+    ro = torch.tensor([0, 2, 3], dtype=torch.int32, device=DEVICE)
+    ids = torch.tensor([1, 2, 3], dtype=torch.int32, device=DEVICE)
+    bias = torch.ones(3, device=DEVICE)
+    alpha = torch.zeros(B, device=DEVICE)
+    decay = torch.tensor([[0.0, 0.0, 1.0], [1.0, 10.0, 0.0]], device=DEVICE)
+    step = torch.zeros(B, dtype=torch.int32, device=DEVICE)
+    return dict(logits=logits, row_offsets=ro, token_ids=ids, token_bias=bias, alpha=alpha, decay=decay, step=step)
+
+
+def _set(name, fn):
+    return lambda a: a.__setitem__(name, fn(a[name]))
+
+
+def _patch_value(name, index, value):
+    def patch(a):
+        t = a[name].clone()
+        t[index] = value
+        a[name] = t
+    return patch
+
+
+BAD_INPUTS = [
+    ("logits", TypeError, _set("logits", lambda t: t.to(torch.float64))),
+    ("logits", ValueError, _set("logits", lambda t: t[0])),
+    ("logits", TypeError, _set("logits", lambda t: t.tolist())),
+    ("token_ids", TypeError, _set("token_ids", lambda t: t.long())),
+    ("token_ids", ValueError, _patch_value("token_ids", 0, 50)),
+    ("token_ids", ValueError, _patch_value("token_ids", 1, -1)),
+    ("token_bias", ValueError, _patch_value("token_bias", 0, math.nan)),
+    ("token_bias", ValueError, _patch_value("token_bias", 2, math.inf)),
+    ("token_bias", ValueError, _set("token_bias", lambda t: t[:2])),
+    ("token_bias", TypeError, _set("token_bias", lambda t: t.half())),
+    ("row_offsets", ValueError, _set("row_offsets", lambda t: t.flip(0))),
+    ("row_offsets", ValueError, _patch_value("row_offsets", 1, 4)),
+    ("row_offsets", ValueError, _set("row_offsets", lambda t: t[:2])),
+    ("alpha", ValueError, _patch_value("alpha", 0, 1.5)),
+    ("alpha", ValueError, _patch_value("alpha", 1, -0.1)),
+    ("decay", ValueError, _patch_value("decay", (0, 0), 6.0)),
+    ("decay", ValueError, _patch_value("decay", (0, 0), 1.5)),
+    ("decay", ValueError, _patch_value("decay", (1, 1), 0.0)),
+    ("decay", ValueError, _patch_value("decay", (1, 2), 1.5)),
+    ("step", ValueError, _patch_value("step", 0, -3)),
+    ("step", TypeError, _set("step", lambda t: t.float())),
+]
+
+
+@pytest.mark.parametrize("name,error,patch", BAD_INPUTS, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(BAD_INPUTS)])
+def test_bad_input_names_argument_and_leaves_logits(name, error, patch):
+    args = good_args()
+    patch(args)
+    logits = args["logits"]
+    before = logits.clone() if isinstance(logits, torch.Tensor) else None
+    with pytest.raises(error, match=name):
+        focus_logits_(**args)
+    if before is not None:
+        assert torch.equal(logits, before)
+
+
+def test_device_mismatch_is_named():
+    if DEVICE.type == "cpu":
+        pytest.skip("needs a second device")
+    args = good_args()
+    args["alpha"] = args["alpha"].cpu()
+    with pytest.raises(ValueError, match="alpha"):
+        focus_logits_(**args)
+
+
+def test_unknown_backend_is_named():
+    with pytest.raises(ValueError, match="backend"):
+        focus_logits_(**good_args(), backend="nope")
