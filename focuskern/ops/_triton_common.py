@@ -48,3 +48,25 @@ def column_splits(device: torch.device, rows: int, cols: int, block: int) -> int
         return 1
     target = 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     return max(1, min(triton.cdiv(target, max(rows, 1)), triton.cdiv(cols, block)))
+
+
+@triton.jit
+def blend_range(row_ptr, col_stride, V, split, cols_per_program, scale, BLOCK_V: tl.constexpr):
+    """Scale this program's column range of a blended row and return the range whose sparse entries it
+    owns.  A row with scale 1 is never read densely: its first program owns every column."""
+    if scale != 1.0:
+        lo = split * cols_per_program
+        hi = tl.minimum(lo + cols_per_program, V)
+        scale_columns(row_ptr, col_stride, lo, hi, scale, BLOCK_V)
+        tl.debug_barrier()  # the sparse pass reads the scaled values
+    else:
+        lo = 0
+        hi = tl.where(split == 0, V, 0)
+    return lo, hi
+
+
+def launch_shape(logits: torch.Tensor, blend: bool, block: int) -> tuple[int, int]:
+    """(splits per row, columns per program) for a kernel using :func:`blend_range`."""
+    B, V = logits.shape
+    splits = column_splits(logits.device, B, V, block) if blend else 1
+    return splits, triton.cdiv(triton.cdiv(V, splits), block) * block

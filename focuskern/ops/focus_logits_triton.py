@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ._triton_common import column_splits, decay_strength, scale_columns
+from ._triton_common import blend_range, decay_strength, launch_shape
 
 BLOCK_V = 2048
 BLOCK_K = 32
@@ -31,14 +31,7 @@ def _focus_logits_kernel(
     strength = decay_strength(decay_ptr + row * 3, tl.load(step_ptr + row))
     scale = 1.0 - strength * tl.load(alpha_ptr + row)
     row_ptr = x_ptr + row.to(tl.int64) * stride_row
-    if scale != 1.0:
-        lo = split * cols_per_program
-        hi = tl.minimum(lo + cols_per_program, V)
-        scale_columns(row_ptr, stride_col, lo, hi, scale, BLOCK_V)
-        tl.debug_barrier()  # the entries below read the scaled values
-    else:
-        lo = 0
-        hi = tl.where(split == 0, V, 0)
+    lo, hi = blend_range(row_ptr, stride_col, V, split, cols_per_program, scale, BLOCK_V)
     if hi > lo:
         first = tl.load(row_offsets_ptr + row)
         last = tl.load(row_offsets_ptr + row + 1)
@@ -69,8 +62,9 @@ def focus_logits_op(
     B, V = logits.shape
     if B == 0:
         return
-    splits = column_splits(logits.device, B, V, BLOCK_V)
-    cols_per_program = triton.cdiv(triton.cdiv(V, splits), BLOCK_V) * BLOCK_V
+    # Whether a row blends is only known on the device: every row gets the splits, and the programs of
+    # an unblended row (all but its first) exit at once.
+    splits, cols_per_program = launch_shape(logits, True, BLOCK_V)
     wrap_triton(_focus_logits_kernel)[(B, splits)](
         logits, logits.stride(0), logits.stride(1), V,
         row_offsets, token_ids, token_bias, alpha, decay, step,

@@ -1,0 +1,257 @@
+"""FocusState vs a brute-force reference that rescans each row's whole generated sequence."""
+import math
+import random
+
+import pytest
+import torch
+
+import focuskern as fk
+from conftest import DEVICE, TOLERANCES
+from reference import decay_f64
+
+BACKENDS = [b for b, status in fk.backends().items() if status == "available"]
+
+
+def occurs(seq, gen):
+    n = len(seq)
+    return any(tuple(gen[i:i + n]) == seq for i in range(len(gen) - n + 1))
+
+
+def brute_boosts(spec: fk.FocusSpec, gen: list[int]) -> dict[int, float]:
+    """The contract, read literally: which ids get which value after ``gen`` was generated."""
+    variants = spec.token_variants()
+    satisfied = {e for e, vs in enumerate(variants) if spec.satisfy == "once" and any(occurs(v, gen) for v in vs)}
+    open_variants = [v for e, vs in enumerate(variants) if e not in satisfied for v in vs]
+    if spec.mode == "tokens":
+        return {t: spec.bias for v in open_variants for t in v}
+    cont = {}
+    for v in open_variants:
+        for n in range(1, len(v)):
+            if len(gen) >= n and tuple(gen[-n:]) == v[:n]:
+                cont[v[n]] = spec.effective_continuation_bias
+    out = {} if (cont and not spec.boost_starts_in_match) else {v[0]: spec.bias for v in open_variants}
+    for t, b in cont.items():
+        out[t] = max(out.get(t, -math.inf), b)
+    return out
+
+
+def random_spec(rng: random.Random, alphabet: int, **kw) -> fk.FocusSpec:
+    """Entities with shared first tokens and prefix-overlapping variants over a small alphabet."""
+    entities = []
+    for _ in range(rng.randint(1, 5)):
+        variants = []
+        for _ in range(rng.randint(1, 3)):
+            variants.append([rng.randrange(alphabet) for _ in range(rng.randint(1, 4))])
+        if rng.random() < 0.3 and entities:  # a variant extending another entity's variant
+            variants.append(list(entities[-1][0]) + [rng.randrange(alphabet)])
+        entities.append(variants)
+    kw.setdefault("bias", rng.choice([1.5, 2.0, 3.0]))
+    kw.setdefault("continuation_bias", rng.choice([None, 0.5, 4.0]))
+    kw.setdefault("mode", rng.choice(["phrase", "phrase", "tokens"]))
+    kw.setdefault("satisfy", rng.choice(["once", "never"]))
+    kw.setdefault("boost_starts_in_match", rng.random() < 0.5)
+    return fk.FocusSpec(entities, **kw)
+
+
+def next_token(rng, spec, gen, alphabet):
+    """Half the time follow some variant, so matches (full and partial) actually happen."""
+    if spec is not None and rng.random() < 0.6:
+        variant = rng.choice(rng.choice(spec.entities))
+        for n in range(min(len(gen), len(variant) - 1), 0, -1):
+            if list(gen[-n:]) == list(variant[:n]):
+                return variant[n]
+        return variant[0]
+    return rng.randrange(alphabet + 3)
+
+
+def check_rows(state, specs, gens):
+    got = state.boosts()
+    for r, (spec, gen) in enumerate(zip(specs, gens)):
+        want = {} if spec is None else brute_boosts(spec, gen)
+        assert got[r] == pytest.approx(want), f"row {r}: generated {gen}"
+        assert int(state.step[r]) == (len(gen) if spec is not None else int(state.step[r]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_incremental_automaton_matches_rescan(backend):
+    seed = random.randrange(2**31)
+    rng = random.Random(seed)
+    alphabet, B = 9, 6
+    specs = [random_spec(rng, alphabet) if r != 2 else None for r in range(B)]
+    state = fk.FocusState(specs, vocab_size=alphabet + 3, device=DEVICE, backend=backend)
+    gens = [[] for _ in range(B)]
+    check_rows(state, specs, gens)
+    for _ in range(25):
+        toks = [next_token(rng, s, g, alphabet) for s, g in zip(specs, gens)]
+        for g, t, s in zip(gens, toks, specs):
+            if s is not None:
+                g.append(t)
+        state.apply_(torch.zeros(B, alphabet + 3, device=DEVICE), torch.tensor(toks, device=DEVICE))
+        check_rows(state, specs, gens)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_row_operations_mid_stream(backend):
+    """Append / replace / move / swap / resize while generating; every row keeps its own history."""
+    seed = random.randrange(2**31)
+    rng = random.Random(seed)
+    alphabet = 7
+    pool = [random_spec(rng, alphabet) for _ in range(4)]  # rows share specs, so programs are shared
+    specs = [rng.choice(pool) for _ in range(3)]
+    gens = [[] for _ in specs]
+    state = fk.FocusState(specs, vocab_size=alphabet + 3, device=DEVICE, backend=backend)
+    for it in range(40):
+        op = rng.choice(["append", "set", "move", "swap", "resize", "none", "none"])
+        B = len(specs)
+        if op == "append":
+            specs.append(rng.choice(pool + [None]))
+            gens.append([])
+            assert state.append(specs[-1]) == B
+        elif op == "set" and B:
+            r = rng.randrange(B)
+            specs[r], gens[r] = rng.choice(pool + [None, random_spec(rng, alphabet)]), []
+            state.set_row(r, specs[r])
+        elif op == "move" and B > 1:
+            a, b = rng.sample(range(B), 2)
+            specs[b], gens[b], specs[a], gens[a] = specs[a], gens[a], None, []
+            state.move(a, b)
+        elif op == "swap" and B > 1:
+            a, b = rng.sample(range(B), 2)
+            specs[a], specs[b], gens[a], gens[b] = specs[b], specs[a], gens[b], gens[a]
+            state.swap(a, b)
+        elif op == "resize":
+            n = rng.randint(0, B + 2)
+            specs = (specs + [None] * n)[:n]
+            gens = (gens + [[] for _ in range(n)])[:n]
+            state.resize(n)
+        assert len(state) == len(specs)
+        for r, s in enumerate(specs):
+            assert state.spec(r) is None if s is None else state.spec(r).key() == s.key()
+        toks = [next_token(rng, s, g, alphabet) for s, g in zip(specs, gens)]
+        for g, t, s in zip(gens, toks, specs):
+            if s is not None:
+                g.append(t)
+        state.apply_(torch.zeros(len(specs), alphabet + 3, device=DEVICE),
+                     torch.tensor(toks, dtype=torch.int64, device=DEVICE))
+        check_rows(state, specs, gens)
+
+
+def test_reorder_follows_parents():
+    spec = fk.FocusSpec([[(1, 2, 3)]], bias=1.0)
+    state = fk.FocusState([spec, spec], vocab_size=5, device=DEVICE)
+    state.apply_(torch.zeros(2, 5, device=DEVICE), torch.tensor([1, 4], device=DEVICE))
+    assert state.boosts()[0] == {2: 1.0} or state.boosts()[0].get(2) == 1.0
+    state.reorder_(torch.tensor([1, 1], device=DEVICE))
+    assert state.boosts() == [{1: 1.0}, {1: 1.0}]
+
+
+def test_many_entities_use_several_bitset_words():
+    entities = [[(i,)] for i in range(70)]  # 70 entities -> 3 words of 32 bits
+    state = fk.FocusState([fk.FocusSpec(entities, bias=1.0)], vocab_size=80, device=DEVICE)
+    state.append(fk.FocusSpec([[(75, 76)]], bias=2.0))
+    for t in (5, 40, 69):
+        state.apply_(torch.zeros(2, 80, device=DEVICE), torch.tensor([t, 75], device=DEVICE))
+    assert set(state.boosts()[0]) == set(range(70)) - {5, 40, 69}
+    assert state.boosts()[1] == {75: 2.0, 76: 2.0}  # "75" is an open partial match; starts stay boosted
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", list(TOLERANCES))
+def test_logits_parity_with_blend_and_decay(backend, dtype):
+    """The full output (1 - s*alpha) x + s*val against float64 math, every decay kind, strided rows."""
+    rng = random.Random(random.randrange(2**31))
+    V, B = 32007, 5
+    decays = [fk.Decay.constant(), fk.Decay.linear(8, 0.2), fk.Decay.exponential(3), fk.Decay.cosine(6, 0.1),
+              fk.Decay.cutoff(2), fk.Decay.ramp(4)]
+    specs = [random_spec(rng, 50, alpha=rng.choice([0.0, 0.0, 0.4]), decay=rng.choice(decays)) for _ in range(B - 1)]
+    specs.insert(1, None)
+    state = fk.FocusState(specs, vocab_size=V, device=DEVICE, backend=backend)
+    gens = [[] for _ in specs]
+    for _ in range(3):
+        toks = [next_token(rng, s, g, 50) for s, g in zip(specs, gens)]
+        for g, t, s in zip(gens, toks, specs):
+            if s is not None:
+                g.append(t)
+        parent = torch.randn(B, V + 5, device=DEVICE).to(dtype) * 3
+        logits = parent[:, :V]
+        x = logits.cpu().double()
+        untouched = parent[:, V:].clone()
+        state.apply_(logits, torch.tensor(toks, device=DEVICE))
+        expected = x.clone()
+        for r, (spec, gen) in enumerate(zip(specs, gens)):
+            if spec is None:
+                continue
+            s = decay_f64(*spec.decay.as_triple(), len(gen))
+            expected[r] *= 1 - s * spec.alpha
+            for t, v in brute_boosts(spec, gen).items():
+                expected[r, t] += s * v
+        rtol, atol = TOLERANCES[dtype]
+        torch.testing.assert_close(logits.cpu().double(), expected, rtol=rtol, atol=atol)
+        assert torch.equal(logits[1].cpu(), x[1].to(dtype)), "an untouched row changed"
+        assert torch.equal(parent[:, V:], untouched)
+
+
+def test_alpha_zero_leaves_unlisted_logits_bitwise():
+    spec = fk.FocusSpec([[(3, 4)], [(9,)]], bias=2.0)
+    state = fk.FocusState([spec], vocab_size=1000, device=DEVICE)
+    logits = torch.randn(1, 1000, device=DEVICE, dtype=torch.bfloat16)
+    before = logits.clone()
+    state.apply_(logits)
+    changed = (logits != before).nonzero()[:, 1].tolist()
+    assert changed == [3, 9]
+
+
+@pytest.mark.parametrize("bad,error,name", [
+    (dict(entities=[]), ValueError, "entities"),
+    (dict(entities="abc"), TypeError, "entities"),
+    (dict(entities=[""]), ValueError, r"entities\[0\]"),
+    (dict(entities=[[()]]), TypeError, r"entities\[0\]"),
+    (dict(entities=[[(1, -2)]]), ValueError, r"entities\[0\]"),
+    (dict(entities=[[(1,)]], bias=math.nan), ValueError, "bias"),
+    (dict(entities=[[(1,)]], bias=math.inf), ValueError, "bias"),
+    (dict(entities=[[(1,)]], continuation_bias=math.nan), ValueError, "continuation_bias"),
+    (dict(entities=[[(1,)]], alpha=1.5), ValueError, "alpha"),
+    (dict(entities=[[(1,)]], mode="words"), ValueError, "mode"),
+    (dict(entities=[[(1,)]], satisfy="twice"), ValueError, "satisfy"),
+    (dict(entities=[[(1,)]], decay=0.5), TypeError, "decay"),
+    (dict(entities=[[(1,)]], variants="odd"), ValueError, "variants"),
+])
+def test_bad_spec_is_named(bad, error, name):
+    with pytest.raises(error, match=name):
+        fk.FocusSpec(**bad)
+
+
+@pytest.mark.parametrize("make,error,name", [
+    (lambda: fk.Decay(kind=9), ValueError, "kind"),
+    (lambda: fk.Decay.linear(0), ValueError, "horizon"),
+    (lambda: fk.Decay.cosine(-3), ValueError, "horizon"),
+    (lambda: fk.Decay.ramp(5, floor=1.5), ValueError, "floor"),
+])
+def test_bad_decay_is_named(make, error, name):
+    with pytest.raises(error, match=name):
+        make()
+
+
+def test_bad_state_input_is_named_and_logits_untouched():
+    with pytest.raises(ValueError, match="vocab_size"):
+        fk.FocusState([fk.FocusSpec([[(12,)]])], vocab_size=10, device=DEVICE)
+    with pytest.raises(ValueError, match="tokenizer"):
+        fk.FocusState([fk.FocusSpec(["word"])], vocab_size=10, device=DEVICE)
+
+    class EmptyTokenizer:
+        def encode(self, text, add_special_tokens=False):
+            return []
+    with pytest.raises(ValueError, match="tokenizes to nothing"):
+        fk.FocusState([fk.FocusSpec(["\u200b"])], vocab_size=10, device=DEVICE, tokenizer=EmptyTokenizer())
+    state = fk.FocusState([fk.FocusSpec([[(1,)]])], vocab_size=10, device=DEVICE)
+    logits = torch.randn(1, 10, device=DEVICE)
+    before = logits.clone()
+    for bad_logits, bad_last, name in [
+        (logits.double(), None, "logits"), (logits[:, :5], None, "logits"), (torch.randn(2, 10, device=DEVICE), None, "logits"),
+        (logits, torch.tensor([1.0], device=DEVICE), "last_tokens"), (logits, torch.tensor([1, 2], device=DEVICE), "last_tokens"),
+    ]:
+        with pytest.raises((ValueError, TypeError), match=name):
+            state.apply_(bad_logits, bad_last)
+    assert torch.equal(logits, before)
+    with pytest.raises(TypeError, match="FocusSpec"):
+        state.append("not a spec")
