@@ -15,6 +15,8 @@ Nothing here touches CUDA at import time.
 """
 from __future__ import annotations
 
+import platform
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -52,6 +54,39 @@ ALPHA0_CONTENDERS = ("focuskern_torch", "seed000_naive", "hf_sequence_bias", "ea
                      "vllm_v1_index_add", "dense_bias")
 
 
+def triton_version() -> str:
+    try:
+        import triton
+    except ImportError:
+        return "not installed"
+    return triton.__version__
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@contextmanager
+def flush_denormal(enabled: bool = True):
+    """Flush denormals to zero inside the block (repeated blending shrinks logits towards 0, and x86
+    multiplies denormals much more slowly, which would time the data, not the op)."""
+    if not enabled:
+        yield
+        return
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 @dataclass(frozen=True)
 class Case:
     B: int
@@ -67,8 +102,10 @@ class Case:
     def slug(self) -> str:
         return f"B{self.B}-V{self.V}-K{self.K}-a{self.alpha:g}"
 
-    def contenders(self) -> tuple[str, ...]:
-        return BLEND_CONTENDERS if self.alpha else ALPHA0_CONTENDERS
+    def contenders(self, triton: bool = False) -> tuple[str, ...]:
+        """Contenders of this case (``triton``: put the focuskern Triton backend first)."""
+        names = BLEND_CONTENDERS if self.alpha else ALPHA0_CONTENDERS
+        return (("focuskern_triton",) if triton else ()) + names
 
     def bytes_touched(self, elem_size: int) -> int:
         """Bytes a minimal kernel must move: the listed entries only, or the whole [B, V] for a blend."""
@@ -198,7 +235,7 @@ def make_contender(name: str, inp: Inputs, logits: torch.Tensor) -> Callable[[],
     raise ValueError(f"unknown contender {name!r}")
 
 
-def check_agreement(inp: Inputs) -> None:
+def check_agreement(inp: Inputs, names: tuple[str, ...] | None = None) -> None:
     """One step of every contender from the same logits must agree (shared-id-set ones among themselves).
 
     A correctness guard for the benchmark itself (are the contenders doing the same work?), not a
@@ -211,12 +248,13 @@ def check_agreement(inp: Inputs) -> None:
         out = make_contender(name, inp, x)()
         return out if name == "hf_sequence_bias" else x  # the HF processor works out of place
 
-    per_row = [n for n in inp.case.contenders() if n not in ("seed000_naive", "hf_sequence_bias")]
+    names = inp.case.contenders() if names is None else names
+    per_row = [n for n in names if n not in ("seed000_naive", "hf_sequence_bias")]
     ref = one_step(per_row[0])
     for name in per_row[1:]:
         got = one_step(name)
         assert torch.allclose(got.float(), ref.float(), rtol=tol, atol=tol), f"{name} disagrees with {per_row[0]}"
-    if not inp.case.alpha:
+    if "seed000_naive" in names and "hf_sequence_bias" in names:
         seed = one_step("seed000_naive")
         hf = one_step("hf_sequence_bias")
         assert torch.allclose(hf.float(), seed.float(), rtol=tol, atol=tol), "hf_sequence_bias != seed000_naive"

@@ -8,6 +8,7 @@ Nothing here touches CUDA at import time.
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import os
 
@@ -64,3 +65,29 @@ def resolve(backend: str, device: torch.device) -> str:
     if backend == "triton" and device.type != "cuda" and not triton_interpreted():
         raise ValueError("backend: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
     return backend
+
+
+# Modules that register each op family's backends as ``torch.ops.focuskern.<family>_<backend>_``.
+_OP_MODULES = {
+    ("focus_logits", "torch"): "focuskern.ops.focus_logits_torch",
+    ("focus_logits", "triton"): "focuskern.ops.focus_logits_triton",
+    ("focus_state", "torch"): "focuskern.ops.focus_state_torch",
+    ("focus_state", "triton"): "focuskern.ops.focus_state_triton",
+}
+
+
+@torch.compiler.assume_constant_result
+def op_name(family: str, backend: str, device: torch.device) -> str:
+    """Resolve ``backend`` for ``device``, import (register) that backend lazily, return the op's name.
+
+    A constant for ``torch.compile``: it runs once at trace time, so the traced graph holds the op."""
+    backend = resolve(backend, device)
+    module = _OP_MODULES.get((family, backend))
+    if module is None:
+        raise ValueError(f"backend: {family} has no {backend!r} implementation yet")
+    importlib.import_module(module)
+    return f"{family}_{backend}_"
+
+
+def get_op(family: str, backend: str, device: torch.device):
+    return getattr(torch.ops.focuskern, op_name(family, backend, device))

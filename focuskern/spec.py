@@ -25,7 +25,16 @@ def as_written(text: str) -> list[str]:
     return [text]
 
 
-VARIANT_POLICIES: dict[str, Callable[[str], list[str]]] = {"default": default_variants, "as_written": as_written}
+def spaced_variants(text: str) -> list[str]:
+    """Mid-sentence forms only: a leading space before the text as written, first letter upper/lower
+    case and Title Case.  Never boosts a word piece that could glue onto the previous word."""
+    core = text.strip()
+    forms = [core, core[:1].upper() + core[1:], core[:1].lower() + core[1:], core.title()]
+    return list(dict.fromkeys(" " + f for f in forms))
+
+
+VARIANT_POLICIES: dict[str, Callable[[str], list[str]]] = {
+    "default": default_variants, "as_written": as_written, "spaced": spaced_variants}
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,7 +53,9 @@ class FocusSpec:
         matches) or ``"tokens"`` (every token of every variant, seed 000's method).
     satisfy : ``"once"`` (stop boosting an entity once generated in full) or ``"never"``.
     continuation_bias : boost of the next token of a partial match (default ``bias``).
-    variants : ``"default"``, ``"as_written"`` or a callable ``str -> list[str]``.
+    variants : ``"default"`` (as written, first letter upper/lower case, each with and without a
+        leading space), ``"as_written"``, ``"spaced"`` (leading-space forms incl. Title Case) or a
+        callable ``str -> list[str]``.
     boost_starts_in_match : also boost first tokens while a partial match is open (the contract's
         default); ``False`` pushes only the continuation, which avoids "autonomous autonomous".
     """

@@ -153,8 +153,7 @@ class FocusState:
             last_tokens = last_tokens.to(torch.int32)
         if self._active_rows() == 0:
             return logits
-        backend = resolve(self.backend, self.device)
-        focus_state_apply_(backend, logits, last_tokens, self._rows, self._tables, self._max_slots,
+        focus_state_apply_(self.backend, logits, last_tokens, self._rows, self._tables, self._max_slots,
                            self._max_closure, self._blend_rows() > 0)
         return logits
 

@@ -7,22 +7,11 @@ entry bans its token whatever ``s_r`` is; duplicated ids in a row add up.
 """
 from __future__ import annotations
 
-import importlib
-
 import torch
 
-from .._backends import resolve
+from .._backends import get_op
 from ..decay import KIND_NAMES
 from ._checks import LOGIT_DTYPES, check_tensor, check_values
-
-_BACKEND_MODULES = {"torch": ".focus_logits_torch", "triton": ".focus_logits_triton"}
-
-
-def _backend_op(name: str):
-    if name not in _BACKEND_MODULES:
-        raise ValueError(f"backend: focus_logits_ has no {name!r} implementation yet")
-    return importlib.import_module(_BACKEND_MODULES[name], __package__).focus_logits_op
-
 
 def validate_focus_logits_args(logits, row_offsets, token_ids, token_bias, alpha, decay, step) -> None:
     """Check shapes, dtypes, devices and values; raises ``TypeError``/``ValueError`` naming the argument.
@@ -88,5 +77,5 @@ def focus_logits_(
     """
     if validate:
         validate_focus_logits_args(logits, row_offsets, token_ids, token_bias, alpha, decay, step)
-    _backend_op(resolve(backend, logits.device))(logits, row_offsets, token_ids, token_bias, alpha, decay, step)
+    get_op("focus_logits", backend, logits.device)(logits, row_offsets, token_ids, token_bias, alpha, decay, step)
     return logits

@@ -14,10 +14,11 @@ For row ``r`` following program ``p`` (``row_prog[r] = p >= 0``; -1 leaves the r
 """
 from __future__ import annotations
 
-import importlib
 from typing import NamedTuple, Optional
 
 import torch
+
+from .._backends import get_op
 
 # Columns of the per-program parameter tables.
 F_BIAS, F_CONT, F_ALPHA, F_KIND, F_HORIZON, F_FLOOR = range(6)
@@ -49,9 +50,6 @@ class RowState(NamedTuple):
     step: torch.Tensor  # [B] int32, tokens generated so far
 
 
-_BACKEND_MODULES = {"torch": ".focus_state_torch", "triton": ".focus_state_triton"}
-
-
 def focus_state_apply_(
     backend: str,
     logits: torch.Tensor,
@@ -62,8 +60,5 @@ def focus_state_apply_(
     max_closure: int,
     blend: bool,
 ) -> None:
-    """Run the op on an already-resolved ``backend`` (arguments are trusted: FocusState validated them)."""
-    if backend not in _BACKEND_MODULES:
-        raise ValueError(f"backend: FocusState has no {backend!r} implementation yet")
-    op = importlib.import_module(_BACKEND_MODULES[backend], __package__).focus_state_op
-    op(logits, last_tokens, *rows, *tables, max_slots, max_closure, blend)
+    """Run the op (arguments are trusted: FocusState validated them when its specs were added)."""
+    get_op("focus_state", backend, logits.device)(logits, last_tokens, *rows, *tables, max_slots, max_closure, blend)

@@ -1,0 +1,54 @@
+"""``focuskern bench generate``: HF ``generate`` tokens/s with and without the focus processor."""
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import statistics
+import time
+
+import torch
+from transformers import LogitsProcessorList
+
+from .demo import recommended_spec
+from .hf import FocusLogitsProcessor
+from .prompts import SEED_KEYWORDS, SEED_PROMPT, chat_inputs
+
+
+def bench_generate(model, tok, *, batch: int, new_tokens: int, repeats: int, device: str) -> dict:
+    inputs = chat_inputs(tok, [SEED_PROMPT] * batch, device)
+    spec = recommended_spec(SEED_KEYWORDS)
+
+    def run(with_focus: bool) -> float:
+        procs = LogitsProcessorList([FocusLogitsProcessor(spec, tok)] if with_focus else [])
+        if device != "cpu":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                       logits_processor=procs, pad_token_id=tok.pad_token_id)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        return batch * new_tokens / (time.perf_counter() - t0)
+
+    run(False), run(True)  # warm-up
+    # Interleaved so that drift of the machine's speed hits both columns alike.
+    plain, focused = [], []
+    for _ in range(repeats):
+        plain.append(run(False))
+        focused.append(run(True))
+    p, f = statistics.median(plain), statistics.median(focused)
+    return {"batch": batch, "new_tokens": new_tokens, "repeats": repeats, "tokens_per_s_plain": round(p, 1),
+            "tokens_per_s_focus": round(f, 1), "overhead_pct": round(100 * (p - f) / p, 2)}
+
+
+def main(args) -> int:
+    from .models import load_model
+
+    model, tok = load_model(args.model, device=args.device)
+    rows = [bench_generate(model, tok, batch=b, new_tokens=args.new_tokens, repeats=args.repeats, device=args.device)
+            for b in args.batch]
+    device_name = torch.cuda.get_device_name() if args.device != "cpu" else platform.processor() or "cpu"
+    report = {"device": device_name, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+              "model": args.model or "SmolLM2-135M-Instruct (embedded)", "rows": rows}
+    print(json.dumps(report, indent=1))
+    return 0
