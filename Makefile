@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo bench bench-gpu compile-check clean
+.PHONY: install test test-fast demo bench bench-gpu clean
 
 $(STAMP): requirements.txt constraints.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-columns=median,iqr,ops
+
+bench-gpu: $(STAMP)
+	$(PY) benchmarks/gpu_logits.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .benchmarks

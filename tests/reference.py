@@ -30,3 +30,16 @@ def focus_logits_f64(x, row_offsets, token_ids, token_bias, alpha, decay, step):
             v, b = int(token_ids[j]), float(token_bias[j])
             out[r, v] = -math.inf if b == -math.inf else out[r, v] + s * b
     return out
+
+
+def assert_close_to_f64(out, expected, magnitude, rtol, atol):
+    """``|out - expected| <= rtol * magnitude + atol`` where ``magnitude`` bounds the summed terms
+    (``(1 - s*a)|x| + s*sum|b|``): rounding happens at the terms' scale, so a result that cancels to
+    near zero can only be as exact as its largest term.  Infinite entries must match exactly."""
+    out = out.detach().cpu().double()
+    inf = torch.isinf(expected)
+    assert torch.equal(torch.isinf(out), inf) and torch.equal(out[inf], expected[inf]), "bans (-inf) differ"
+    err = (out - expected).abs()[~inf]
+    bound = rtol * magnitude[~inf] + atol
+    worst = int((err - bound).argmax()) if err.numel() else 0
+    assert bool((err <= bound).all()), f"error {float(err[worst]):.3g} > bound {float(bound[worst]):.3g}"

@@ -7,7 +7,7 @@ import torch
 import focuskern
 from focuskern.ops import focus_logits_
 from conftest import DEVICE, TOLERANCES
-from reference import focus_logits_f64
+from reference import assert_close_to_f64, focus_logits_f64
 
 BACKENDS = [b for b, status in focuskern.backends().items() if status == "available"]
 DTYPES = list(TOLERANCES)
@@ -39,12 +39,14 @@ def random_case(B, V, *, max_k=24, blend=True, dtype=torch.float32, row_stride_p
 
 
 def check_against_f64(logits, args, backend, dtype):
-    expected = focus_logits_f64(logits.cpu(), *[a.cpu() for a in args])
+    cpu = [a.cpu() for a in args]
+    expected = focus_logits_f64(logits.cpu(), *cpu)
+    row_offsets, ids, bias, *rest = cpu
+    magnitude = focus_logits_f64(logits.cpu().abs(), row_offsets, ids, bias.abs().nan_to_num(posinf=0.0), *rest)
     out = logits.clone() if logits.is_contiguous() else logits
     result = focus_logits_(out, *args, backend=backend)
     assert result is out
-    rtol, atol = TOLERANCES[dtype]
-    torch.testing.assert_close(out.cpu().double(), expected, rtol=rtol, atol=atol, equal_nan=False)
+    assert_close_to_f64(out, expected, magnitude, *TOLERANCES[dtype])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -7,7 +7,7 @@ import torch
 
 import focuskern as fk
 from conftest import DEVICE, TOLERANCES
-from reference import decay_f64
+from reference import assert_close_to_f64, decay_f64
 
 BACKENDS = [b for b, status in fk.backends().items() if status == "available"]
 
@@ -177,16 +177,17 @@ def test_logits_parity_with_blend_and_decay(backend, dtype):
         x = logits.cpu().double()
         untouched = parent[:, V:].clone()
         state.apply_(logits, torch.tensor(toks, device=DEVICE))
-        expected = x.clone()
+        expected, magnitude = x.clone(), x.abs()
         for r, (spec, gen) in enumerate(zip(specs, gens)):
             if spec is None:
                 continue
             s = decay_f64(*spec.decay.as_triple(), len(gen))
             expected[r] *= 1 - s * spec.alpha
+            magnitude[r] *= 1 - s * spec.alpha
             for t, v in brute_boosts(spec, gen).items():
                 expected[r, t] += s * v
-        rtol, atol = TOLERANCES[dtype]
-        torch.testing.assert_close(logits.cpu().double(), expected, rtol=rtol, atol=atol)
+                magnitude[r, t] += s * abs(v)
+        assert_close_to_f64(logits, expected, magnitude, *TOLERANCES[dtype])
         assert torch.equal(logits[1].cpu(), x[1].to(dtype)), "an untouched row changed"
         assert torch.equal(parent[:, V:], untouched)
 

@@ -13,6 +13,11 @@ from .._backends import get_op
 from ..decay import KIND_NAMES
 from ._checks import LOGIT_DTYPES, check_tensor, check_values
 
+# Shared by every backend's registered op ``focuskern::focus_logits_<backend>_``.
+FOCUS_LOGITS_SCHEMA = ("(Tensor(a!) logits, Tensor row_offsets, Tensor token_ids, Tensor token_bias, "
+                       "Tensor alpha, Tensor decay, Tensor step) -> ()")
+
+
 def validate_focus_logits_args(logits, row_offsets, token_ids, token_bias, alpha, decay, step) -> None:
     """Check shapes, dtypes, devices and values; raises ``TypeError``/``ValueError`` naming the argument.
 

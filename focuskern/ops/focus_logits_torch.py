@@ -1,13 +1,17 @@
 """PyTorch backend (the reference) of ``focus_logits_``: runs on any device, no [B, V] temporaries.
 
-Every listed entry is computed once in float32 from the original logit and rounded once to the
-logits' dtype; duplicated ids are summed first (sort + segment sum, O(nnz log nnz) extra memory).
+The blend is one in-place multiply, then every entry is added with ``index_put_(accumulate=True)``
+(duplicated ids add up; in fp16/bf16 that rounds twice, like the Triton kernel).  On CPU the multiply
+is skipped when no row blends (the check is free there); on CUDA it would need a sync, so rows with
+``alpha = 0`` are multiplied by exactly 1.0, which leaves them bitwise unchanged.
 """
 from __future__ import annotations
 
 import torch
 
 from ..decay import decay_strength
+from ._registry import define_mutating_op
+from .focus_logits import FOCUS_LOGITS_SCHEMA
 
 
 def entry_rows(row_offsets: torch.Tensor, nnz: int) -> torch.Tensor:
@@ -19,41 +23,12 @@ def entry_rows(row_offsets: torch.Tensor, nnz: int) -> torch.Tensor:
 
 
 def focus_logits_reference_(logits, row_offsets, token_ids, token_bias, alpha, decay, step) -> None:
-    B, V = logits.shape
     strength = decay_strength(decay, step)
-    scale = 1.0 - strength * alpha
-    nnz = token_ids.shape[0]
-    ids = token_ids.long()
-    bias = token_bias
-    rows = entry_rows(row_offsets, nnz)
-    add = torch.where(bias == float("-inf"), bias, strength[rows] * bias)
-    # Sum duplicated (row, id) pairs: every entry learns the total of its group.
-    key = rows * V + ids
-    sorted_key, order = torch.sort(key)
-    group = torch.searchsorted(sorted_key, sorted_key)
-    totals = torch.zeros(nnz, dtype=torch.float32, device=logits.device).index_add_(0, group, add[order])
-    total = torch.empty_like(totals).index_copy_(0, order, totals[group])
-    original = logits[rows, ids].float()
-    # On CPU the blend test costs nothing; on CUDA it would be a sync, so rows with scale 1 are
-    # multiplied by exactly 1.0 (bitwise unchanged) instead.
-    if logits.device.type != "cpu" or bool((scale != 1.0).any()):
-        logits.mul_(scale.unsqueeze(1))
-    logits.index_put_((rows, ids), (scale[rows] * original + total).to(logits.dtype))
+    if logits.device.type != "cpu" or bool((alpha != 0).any()):
+        logits.mul_((1.0 - strength * alpha).unsqueeze(1))
+    rows = entry_rows(row_offsets, token_ids.shape[0])
+    add = torch.where(token_bias == float("-inf"), token_bias, strength[rows] * token_bias)
+    logits.index_put_((rows, token_ids.long()), add.to(logits.dtype), accumulate=True)
 
 
-@torch.library.custom_op("focuskern::focus_logits_torch_", mutates_args=("logits",))
-def focus_logits_op(
-    logits: torch.Tensor,
-    row_offsets: torch.Tensor,
-    token_ids: torch.Tensor,
-    token_bias: torch.Tensor,
-    alpha: torch.Tensor,
-    decay: torch.Tensor,
-    step: torch.Tensor,
-) -> None:
-    focus_logits_reference_(logits, row_offsets, token_ids, token_bias, alpha, decay, step)
-
-
-@focus_logits_op.register_fake
-def _(logits, row_offsets, token_ids, token_bias, alpha, decay, step) -> None:
-    return None
+focus_logits_op = define_mutating_op("focus_logits_torch_", FOCUS_LOGITS_SCHEMA, focus_logits_reference_)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
 
+from ._registry import define_mutating_op
+from .focus_logits import FOCUS_LOGITS_SCHEMA
 from ._triton_common import blend_range, decay_strength, launch_shape
 
 BLOCK_V = 2048
@@ -49,24 +50,18 @@ def _focus_logits_kernel(
             tl.debug_barrier()  # the next chunk may hold the same ids
 
 
-@triton_op("focuskern::focus_logits_triton_", mutates_args={"logits"})
-def focus_logits_op(
-    logits: torch.Tensor,
-    row_offsets: torch.Tensor,
-    token_ids: torch.Tensor,
-    token_bias: torch.Tensor,
-    alpha: torch.Tensor,
-    decay: torch.Tensor,
-    step: torch.Tensor,
-) -> None:
+def launch_focus_logits(logits, row_offsets, token_ids, token_bias, alpha, decay, step) -> None:
     B, V = logits.shape
     if B == 0:
         return
     # Whether a row blends is only known on the device: every row gets the splits, and the programs of
     # an unblended row (all but its first) exit at once.
     splits, cols_per_program = launch_shape(logits, True, BLOCK_V)
-    wrap_triton(_focus_logits_kernel)[(B, splits)](
+    _focus_logits_kernel[(B, splits)](
         logits, logits.stride(0), logits.stride(1), V,
         row_offsets, token_ids, token_bias, alpha, decay, step,
         cols_per_program, BLOCK_V=BLOCK_V, BLOCK_K=BLOCK_K,
     )
+
+
+focus_logits_op = define_mutating_op("focus_logits_triton_", FOCUS_LOGITS_SCHEMA, launch_focus_logits)

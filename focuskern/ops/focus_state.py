@@ -25,6 +25,14 @@ F_BIAS, F_CONT, F_ALPHA, F_KIND, F_HORIZON, F_FLOOR = range(6)
 I_NODE_BASE, I_SLOT_BASE, I_N_SLOTS, I_PHRASE, I_ONCE, I_STARTS_IN_MATCH = range(6)
 
 
+# Shared by every backend's registered op ``focuskern::focus_state_<backend>_``.
+FOCUS_STATE_SCHEMA = (
+    "(Tensor(a!) logits, Tensor? last_tokens, Tensor prog, Tensor(b!) node, Tensor(c!) sat, Tensor(d!) step, "
+    "Tensor prog_f32, Tensor prog_i32, Tensor node_mask, Tensor node_out, Tensor clo_start, Tensor clo_end, "
+    "Tensor clo_slot, Tensor clo_child, Tensor slot_token, Tensor slot_first, Tensor slot_root_child, "
+    "int max_slots, int max_closure, bool blend) -> ()")
+
+
 class FocusTables(NamedTuple):
     """Device tables of all programs of a batch (see :mod:`focuskern.automaton`), indices global."""
 

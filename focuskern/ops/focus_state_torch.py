@@ -7,7 +7,8 @@ from typing import Optional
 import torch
 
 from ..decay import decay_strength
-from .focus_state import (F_ALPHA, F_BIAS, F_CONT, F_FLOOR, I_N_SLOTS, I_NODE_BASE, I_ONCE, I_PHRASE,
+from ._registry import define_mutating_op
+from .focus_state import (FOCUS_STATE_SCHEMA, F_ALPHA, F_BIAS, F_CONT, F_FLOOR, I_N_SLOTS, I_NODE_BASE, I_ONCE, I_PHRASE,
                           I_SLOT_BASE, I_STARTS_IN_MATCH)
 
 
@@ -86,20 +87,4 @@ def focus_state_reference_(logits, last_tokens, prog, node, sat, step, prog_f32,
     logits.index_put_((row_idx, tokens), new.to(logits.dtype))
 
 
-@torch.library.custom_op("focuskern::focus_state_torch_", mutates_args=("logits", "node", "sat", "step"))
-def focus_state_op(
-    logits: torch.Tensor, last_tokens: Optional[torch.Tensor],
-    prog: torch.Tensor, node: torch.Tensor, sat: torch.Tensor, step: torch.Tensor,
-    prog_f32: torch.Tensor, prog_i32: torch.Tensor, node_mask: torch.Tensor, node_out: torch.Tensor,
-    clo_start: torch.Tensor, clo_end: torch.Tensor, clo_slot: torch.Tensor, clo_child: torch.Tensor,
-    slot_token: torch.Tensor, slot_first: torch.Tensor, slot_root_child: torch.Tensor,
-    max_slots: int, max_closure: int, blend: bool,
-) -> None:
-    focus_state_reference_(logits, last_tokens, prog, node, sat, step, prog_f32, prog_i32, node_mask,
-                           node_out, clo_start, clo_end, clo_slot, clo_child, slot_token, slot_first,
-                           slot_root_child, max_slots, max_closure, blend)
-
-
-@focus_state_op.register_fake
-def _(logits, last_tokens, prog, node, sat, step, *tables_and_sizes) -> None:
-    return None
+focus_state_op = define_mutating_op("focus_state_torch_", FOCUS_STATE_SCHEMA, focus_state_reference_)

@@ -6,13 +6,12 @@ the new state back.  Slots of a program are distinct token ids, so the sparse wr
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
 
+from ._registry import define_mutating_op
+from .focus_state import FOCUS_STATE_SCHEMA
 from ._triton_common import blend_range, decay_strength, launch_shape
 
 BLOCK_V = 2048
@@ -122,21 +121,15 @@ def _focus_state_kernel(
                 tl.store(ptrs, (x.to(tl.float32) + strength * val).to(x.dtype), mask=boost)
 
 
-@triton_op("focuskern::focus_state_triton_", mutates_args={"logits", "node", "sat", "step"})
-def focus_state_op(
-    logits: torch.Tensor, last_tokens: Optional[torch.Tensor],
-    prog: torch.Tensor, node: torch.Tensor, sat: torch.Tensor, step: torch.Tensor,
-    prog_f32: torch.Tensor, prog_i32: torch.Tensor, node_mask: torch.Tensor, node_out: torch.Tensor,
-    clo_start: torch.Tensor, clo_end: torch.Tensor, clo_slot: torch.Tensor, clo_child: torch.Tensor,
-    slot_token: torch.Tensor, slot_first: torch.Tensor, slot_root_child: torch.Tensor,
-    max_slots: int, max_closure: int, blend: bool,
-) -> None:
+def launch_focus_state(logits, last_tokens, prog, node, sat, step, prog_f32, prog_i32, node_mask, node_out,
+                       clo_start, clo_end, clo_slot, clo_child, slot_token, slot_first, slot_root_child,
+                       max_slots, max_closure, blend) -> None:
     B, V = logits.shape
     if B == 0:
         return
     W = sat.shape[1]
     splits, cols_per_program = launch_shape(logits, blend, BLOCK_V)
-    wrap_triton(_focus_state_kernel)[(B, splits)](
+    _focus_state_kernel[(B, splits)](
         logits, logits.stride(0), logits.stride(1), V,
         last_tokens if last_tokens is not None else step,
         prog, node, sat, step,
@@ -146,3 +139,6 @@ def focus_state_op(
         HAS_LAST=last_tokens is not None, W_BLOCK=triton.next_power_of_2(W),
         BLOCK_V=BLOCK_V, BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C,
     )
+
+
+focus_state_op = define_mutating_op("focus_state_triton_", FOCUS_STATE_SCHEMA, launch_focus_state)
