@@ -27,15 +27,16 @@ def demo_rows(keywords: list[str]) -> list[tuple[str, FocusSpec | None]]:
         ("phrase (+3, once)", FocusSpec(keywords, bias=3.0)),
         ("blend (E=15, a=0.2)", FocusSpec.blend(keywords, entity_bias=15.0, alpha=0.2)),
         ("decay (+5, half-life 50)", FocusSpec(keywords, bias=5.0, decay=Decay.exponential(50))),
-        ("focuskern (ramp 60, cont +8)", recommended_spec(keywords)),
+        ("focuskern (ramp 100, cont +8)", recommended_spec(keywords)),
     ]
 
 
 def recommended_spec(keywords: list[str]) -> FocusSpec:
-    """What worked on the 135M model: no push while the model sets up its answer, a push that grows
-    until step 60 (floor 0.2), a strong continuation so a started phrase is finished, no re-boost of
-    entity starts while a phrase is open, spaced variants only, each entity released once said."""
-    return FocusSpec(keywords, bias=4.0, continuation_bias=8.0, decay=Decay.ramp(60, floor=0.2),
+    """What worked on the 135M model: almost no push while the model sets up its answer (a ramp that
+    grows until step 100 from a 0.1 floor), a strong continuation so that a started phrase is
+    finished, no re-boost of entity starts while a phrase is open (no "autonomous autonomous"),
+    mid-sentence (spaced) variants only, and each entity released once said."""
+    return FocusSpec(keywords, bias=4.0, continuation_bias=8.0, decay=Decay.ramp(100, floor=0.1),
                      variants="spaced", boost_starts_in_match=False)
 
 

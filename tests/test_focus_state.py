@@ -17,9 +17,9 @@ def occurs(seq, gen):
     return any(tuple(gen[i:i + n]) == seq for i in range(len(gen) - n + 1))
 
 
-def brute_boosts(spec: fk.FocusSpec, gen: list[int]) -> dict[int, float]:
+def brute_boosts(spec: fk.FocusSpec, gen: list[int], tokenizer=None) -> dict[int, float]:
     """The contract, read literally: which ids get which value after ``gen`` was generated."""
-    variants = spec.token_variants()
+    variants = spec.token_variants(tokenizer)
     satisfied = {e for e, vs in enumerate(variants) if spec.satisfy == "once" and any(occurs(v, gen) for v in vs)}
     open_variants = [v for e, vs in enumerate(variants) if e not in satisfied for v in vs]
     if spec.mode == "tokens":
