@@ -52,11 +52,11 @@ def test_batch_with_different_specs_and_left_padding(lm):
 
 def test_beam_search_rows_follow_their_parents(lm):
     model, tok = lm
-    spec = fk.FocusSpec(["lighthouse keeper"], bias=5.0)
+    spec = fk.FocusSpec(["lighthouse keeper"], bias=6.0, continuation_bias=8.0, variants="spaced")
     proc = FocusLogitsProcessor(spec, tok)
-    out = generate(model, tok, ["Tell me a short story."], proc, max_new_tokens=40, num_beams=2)
+    out = generate(model, tok, ["Tell me a short story about the sea."], proc, max_new_tokens=40, num_beams=2)
     text = tok.decode(out[0], skip_special_tokens=True).lower()
-    assert "lighthouse keeper" in text
+    assert "lighthouse keeper" in text, text
     # After the reorderings, every beam's automaton must describe that beam's own tokens.
     boosts = proc.state.boosts()
     for row in range(len(proc.state)):
