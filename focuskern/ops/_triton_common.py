@@ -65,8 +65,8 @@ def blend_range(row_ptr, col_stride, V, split, cols_per_program, scale, BLOCK_V:
     return lo, hi
 
 
-def launch_shape(logits: torch.Tensor, blend: bool, block: int) -> tuple[int, int]:
+def launch_shape(logits: torch.Tensor, block: int) -> tuple[int, int]:
     """(splits per row, columns per program) for a kernel using :func:`blend_range`."""
     B, V = logits.shape
-    splits = column_splits(logits.device, B, V, block) if blend else 1
+    splits = column_splits(logits.device, B, V, block)
     return splits, triton.cdiv(triton.cdiv(V, splits), block) * block

@@ -56,7 +56,7 @@ def launch_focus_logits(logits, row_offsets, token_ids, token_bias, alpha, decay
         return
     # Whether a row blends is only known on the device: every row gets the splits, and the programs of
     # an unblended row (all but its first) exit at once.
-    splits, cols_per_program = launch_shape(logits, True, BLOCK_V)
+    splits, cols_per_program = launch_shape(logits, BLOCK_V)
     _focus_logits_kernel[(B, splits)](
         logits, logits.stride(0), logits.stride(1), V,
         row_offsets, token_ids, token_bias, alpha, decay, step,

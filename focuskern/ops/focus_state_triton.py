@@ -1,8 +1,10 @@
 """Triton backend of the FocusState op (formulas in :mod:`focuskern.ops.focus_state`).
 
-Grid ``(B, splits)``; ``splits`` > 1 only when some row blends.  Every program of a row replays the
-row's automaton step (a few scalar loads) so no program waits for another; only the first one writes
-the new state back.  Slots of a program are distinct token ids, so the sparse writes never collide.
+Grid ``(B,)``: one program per row advances the row's automaton, scales the row if it blends, then
+writes its boosted slots (distinct token ids, so the writes never collide).  The row is not split
+across programs because the state is updated in place: a second program of the same row could read
+the state after the first had already advanced it.  (A blended row at small B therefore streams
+through one SM; splitting it needs double-buffered state, left for later.)
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import triton.language as tl
 
 from ._registry import define_mutating_op
 from .focus_state import FOCUS_STATE_SCHEMA
-from ._triton_common import blend_range, decay_strength, launch_shape
+from ._triton_common import blend_range, decay_strength
 
 BLOCK_V = 2048
 BLOCK_S = 64
@@ -35,12 +37,11 @@ def _focus_state_kernel(
     prog_ptr, node_ptr, sat_ptr, step_ptr,
     prog_f32_ptr, prog_i32_ptr, node_mask_ptr, node_out_ptr, clo_start_ptr, clo_end_ptr,
     clo_slot_ptr, clo_child_ptr, slot_token_ptr, slot_first_ptr, slot_root_child_ptr,
-    W, cols_per_program,
+    W,
     HAS_LAST: tl.constexpr, W_BLOCK: tl.constexpr,
     BLOCK_V: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     row = tl.program_id(0)
-    split = tl.program_id(1)
     p = tl.load(prog_ptr + row)
     if p >= 0:
         node_base = tl.load(prog_i32_ptr + p * 6 + 0)
@@ -80,14 +81,13 @@ def _focus_state_kernel(
             if once != 0:
                 sat = sat | tl.load(node_out_ptr + (node_base + u) * W + w_offs, mask=w_offs < W, other=0)
             step = step + 1
-            if split == 0:
-                tl.store(node_ptr + row, u)
-                tl.store(step_ptr + row, step)
-                tl.store(sat_ptr + row * W + w_offs, sat, mask=w_offs < W)
+            tl.store(node_ptr + row, u)
+            tl.store(step_ptr + row, step)
+            tl.store(sat_ptr + row * W + w_offs, sat, mask=w_offs < W)
 
         strength = decay_strength(prog_f32_ptr + p * 6 + 3, step)
         row_ptr = x_ptr + row.to(tl.int64) * stride_row
-        lo, hi = blend_range(row_ptr, stride_col, V, split, cols_per_program, 1.0 - strength * alpha, BLOCK_V)
+        lo, hi = blend_range(row_ptr, stride_col, V, 0, V, 1.0 - strength * alpha, BLOCK_V)
 
         c_lo = tl.load(clo_start_ptr + node_base + u)
         c_hi = tl.where(phrase != 0, tl.load(clo_end_ptr + node_base + u), c_lo)
@@ -128,14 +128,13 @@ def launch_focus_state(logits, last_tokens, prog, node, sat, step, prog_f32, pro
     if B == 0:
         return
     W = sat.shape[1]
-    splits, cols_per_program = launch_shape(logits, blend, BLOCK_V)
-    _focus_state_kernel[(B, splits)](
+    _focus_state_kernel[(B,)](
         logits, logits.stride(0), logits.stride(1), V,
         last_tokens if last_tokens is not None else step,
         prog, node, sat, step,
         prog_f32, prog_i32, node_mask, node_out, clo_start, clo_end,
         clo_slot, clo_child, slot_token, slot_first, slot_root_child,
-        W, cols_per_program,
+        W,
         HAS_LAST=last_tokens is not None, W_BLOCK=triton.next_power_of_2(W),
         BLOCK_V=BLOCK_V, BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C,
     )
