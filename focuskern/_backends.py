@@ -73,6 +73,8 @@ _OP_MODULES = {
     ("focus_logits", "triton"): "focuskern.ops.focus_logits_triton",
     ("focus_state", "torch"): "focuskern.ops.focus_state_torch",
     ("focus_state", "triton"): "focuskern.ops.focus_state_triton",
+    ("focus_attention", "torch"): "focuskern.ops.focus_attention_torch",
+    ("focus_attention", "triton"): "focuskern.ops.focus_attention_triton",
 }
 
 

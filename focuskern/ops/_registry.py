@@ -18,3 +18,12 @@ def define_mutating_op(name: str, schema: str, impl):
     _LIB.impl(name, impl, "CompositeExplicitAutograd")
     torch.library.register_fake(f"focuskern::{name}", lambda *args, **kwargs: None, lib=_LIB)
     return getattr(torch.ops.focuskern, name)
+
+
+def define_op(name: str, schema: str, impl, fake):
+    """Register the functional op ``focuskern::<name><schema>`` (returns a new tensor) with ``impl`` and
+    ``fake`` (shape/dtype/strides of the result for tracing, e.g. ``torch.empty_like(q)``)."""
+    _LIB.define(name + schema)
+    _LIB.impl(name, impl, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"focuskern::{name}", fake, lib=_LIB)
+    return getattr(torch.ops.focuskern, name)

@@ -1,0 +1,64 @@
+"""PyTorch backend (the reference) of ``focus_attention``: float32 math on any device.
+
+GQA by viewing the ``Hq`` query heads as ``[Hkv, G]`` (query head ``h`` uses KV head ``h // G``), so
+K/V are never repeated.  The scores of a chunk of queries are materialized ([B, Hq, chunk, Lk] float32,
+chunked so that one chunk stays under ``MAX_SCORE_ELEMENTS``), with a [B, 1, 1, chunk, Lk] boolean
+visibility mask: this backend is the reference and the CPU fallback, the Triton kernels never build
+Lq x Lk tensors.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._registry import define_op
+from .focus_attention import FOCUS_ATTENTION_SCHEMA, focus_attention_fake
+
+MAX_SCORE_ELEMENTS = 1 << 26  # 256 MiB of float32 scores per query chunk
+
+
+def visible_mask(B, Lq, Lk, q_lo, q_hi, causal, key_start, device) -> torch.Tensor:
+    """[B, 1, 1, q_hi - q_lo, Lk] bool: may query ``i`` (rows ``q_lo:q_hi``) of batch ``b`` see key ``j``."""
+    j = torch.arange(Lk, device=device)
+    i = torch.arange(q_lo, q_hi, device=device)
+    mask = torch.ones(1, q_hi - q_lo, Lk, dtype=torch.bool, device=device)
+    if causal:
+        mask = mask & (j[None, :] <= (Lk - Lq) + i[:, None])
+    if key_start is not None:
+        mask = mask & (j[None, None, :] >= key_start.to(device=device, dtype=torch.long)[:, None, None])
+    return mask.expand(B, q_hi - q_lo, Lk)[:, None, None]
+
+
+def focus_attention_reference(q, k, v, key_bias, head_scale, key_start, causal: bool, sm_scale: float):
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    out = torch.empty_like(q)
+    if out.numel() == 0:
+        return out
+    if Lk == 0:
+        return out.zero_()
+    kf = k.float()[:, :, None]  # [B, Hkv, 1, Lk, D]
+    vf = v.float()[:, :, None]
+    bias = None
+    if key_bias is not None:
+        hs = torch.ones(Hq, device=q.device) if head_scale is None else head_scale.float()
+        bias = hs.view(1, Hkv, G, 1, 1) * key_bias.float().view(B, 1, 1, 1, Lk)  # [B, Hkv, G, 1, Lk]
+    chunk = max(1, MAX_SCORE_ELEMENTS // max(1, B * Hq * Lk))
+    for lo in range(0, Lq, chunk):
+        hi = min(Lq, lo + chunk)
+        qf = q[:, :, lo:hi].float().view(B, Hkv, G, hi - lo, D)
+        s = torch.matmul(qf, kf.transpose(-1, -2)) * sm_scale  # [B, Hkv, G, n, Lk]
+        if bias is not None:
+            s = s + bias
+        s = s.masked_fill(~visible_mask(B, Lq, Lk, lo, hi, causal, key_start, q.device), float("-inf"))
+        m = s.amax(dim=-1, keepdim=True)
+        m = torch.where(torch.isinf(m), torch.zeros_like(m), m)  # rows without a visible key
+        p = torch.exp(s - m)
+        denom = p.sum(dim=-1, keepdim=True)
+        o = torch.matmul(p, vf) / torch.where(denom > 0, denom, torch.ones_like(denom))
+        out[:, :, lo:hi] = o.view(B, Hq, hi - lo, D).to(q.dtype)
+    return out
+
+
+focus_attention_op = define_op("focus_attention_torch", FOCUS_ATTENTION_SCHEMA, focus_attention_reference,
+                               focus_attention_fake)

@@ -1,0 +1,308 @@
+"""Triton backend of ``focus_attention``: FlashAttention-2-style online softmax with a per-key bias.
+
+Layout.  One program owns ``BLOCK_M`` *rows* of one (batch, KV head): the ``G = Hq // Hkv`` query heads
+that share the KV head are packed query-major, row ``r = i * G + g`` is query ``i`` of head
+``hkv * G + g``, so every K/V tile loaded serves all G heads (GQA/MQA without repeating K/V, and a
+causal block bound that stays tight).  Scores are kept in base 2: ``s2 = (q.k) * sm_scale * log2(e) +
+head_scale[h] * log2(e) * key_bias[b, j]`` and ``exp2`` everywhere, which is the natural-log formula
+exactly.  Nothing of size Lq x Lk is ever built; the extra memory traffic of the bias is one float32
+per key and tile.
+
+Key loop.  The visible keys of a row block are ``[key_start[b], hi)`` with ``hi = Lk`` (or the causal
+bound of its last query).  The loop runs in three parts: a masked block for an unaligned ``key_start``,
+unmasked blocks that every row of the tile sees completely, then masked blocks on the causal diagonal
+and at the end of the sequence.  Masked scores are ``-inf``; a row that has seen no visible key keeps
+``m = -inf`` and uses 0 as its shift (no ``inf - inf``), and a row that saw none at all outputs zeros.
+
+Split-KV (flash-decoding).  For ``Lq <= SPLIT_MAX_LQ`` when the (row block, batch, KV head) programs
+do not fill the GPU, the keys are cut into ``splits`` chunks (a multiple of ``BLOCK_N`` each, at least
+``MIN_SPLIT_BLOCKS`` blocks); every program writes its normalized partial output and its base-2
+log-sum-exp to a float32 workspace and a second kernel merges the chunks of each row.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .._backends import triton_interpreted
+from ._registry import define_op
+from .focus_attention import FOCUS_ATTENTION_SCHEMA, focus_attention_fake
+
+LOG2E = math.log2(math.e)
+MAX_HEAD_DIM = 256
+SPLIT_MAX_LQ = 16  # split-KV path only for short query blocks (decode, speculative verification)
+MIN_SPLIT_BLOCKS = 4  # keys per split >= MIN_SPLIT_BLOCKS * BLOCK_N on a GPU (1 under the interpreter)
+MAX_SPLITS = 128
+INTERPRETER_SMS = 2  # stand-in SM count under TRITON_INTERPRET, so small test shapes take the split path
+FORCE_KV_SPLITS = None  # tests: an int forces the number of KV splits (when Lq <= SPLIT_MAX_LQ)
+
+
+@triton.jit
+def _attend_blocks(
+    acc, l_i, m_i, q, hs2, rows_pos,
+    k_base, v_base, kb_base, stride_kn, stride_kd, stride_vn, stride_vd,
+    offs_d, d_ok, key_lo, Lk, qk_scale, start, stop,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+    EVEN_D: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
+):
+    """Online-softmax update of (acc, l, m) with key blocks ``start, start + BLOCK_N, ... < stop``.
+
+    ``MASKED=False`` blocks are visible to every row of the tile (no bound checks at all)."""
+    for n0 in range(start, stop, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        k_ptrs = k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd
+        v_ptrs = v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd
+        if MASKED:
+            n_ok = offs_n < Lk
+            if EVEN_D:
+                k = tl.load(k_ptrs, mask=n_ok[None, :], other=0.0)
+                v = tl.load(v_ptrs, mask=n_ok[:, None], other=0.0)
+            else:
+                k = tl.load(k_ptrs, mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+                v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        else:
+            if EVEN_D:
+                k = tl.load(k_ptrs)
+                v = tl.load(v_ptrs)
+            else:
+                k = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
+                v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+        if DOT_F32:  # interpreter: bf16 operands (exact in float32; products are exact either way)
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], base-2 units
+        if HAS_BIAS:
+            if MASKED:
+                kb = tl.load(kb_base + offs_n, mask=n_ok, other=0.0)
+            else:
+                kb = tl.load(kb_base + offs_n)
+            s += hs2[:, None] * kb[None, :]
+        if MASKED:
+            visible = (offs_n[None, :] >= key_lo) & n_ok[None, :]
+            if CAUSAL:
+                visible = visible & (offs_n[None, :] <= rows_pos[:, None])
+            s = tl.where(visible, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            shift = m_new
+        p = tl.exp2(s - shift[:, None])
+        alpha = tl.exp2(m_i - shift)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        p = p.to(k_base.dtype.element_ty)  # P is rounded to the input dtype, as on the GPU
+        if DOT_F32:
+            p = p.to(tl.float32)
+        acc = tl.dot(p, v, acc * alpha[:, None], input_precision=PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _focus_attention_kernel(
+    q_ptr, k_ptr, v_ptr, kb_ptr, hs_ptr, ks_ptr, out_ptr, part_o_ptr, part_lse_ptr,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
+    Hkv, G, Lq, Lk, D, qk_scale, split_len, n_splits,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_HEAD_SCALE: tl.constexpr, HAS_KEY_START: tl.constexpr,
+    SPLIT: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    b = pid_bh // Hkv
+    hkv = pid_bh % Hkv
+    R = G * Lq  # rows of this (batch, KV head)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < R
+    qi = offs_m // G
+    head = hkv * G + offs_m % G
+    rows_pos = (Lk - Lq) + qi  # absolute position of each row's query
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+
+    b64 = b.to(tl.int64)
+    q_rows = q_ptr + b64 * stride_qb + head.to(tl.int64) * stride_qh + qi.to(tl.int64) * stride_qm
+    q_mask = row_ok[:, None] & d_ok[None, :]
+    q = tl.load(q_rows[:, None] + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)
+    if DOT_F32:
+        q = q.to(tl.float32)
+    hs2 = tl.full([BLOCK_M], 1.4426950408889634, tl.float32)
+    if HAS_HEAD_SCALE:
+        hs2 = tl.load(hs_ptr + head, mask=row_ok, other=0.0) * 1.4426950408889634
+    kv_head = b64 * stride_kb + hkv.to(tl.int64) * stride_kh
+    k_base = k_ptr + kv_head
+    v_base = v_ptr + b64 * stride_vb + hkv.to(tl.int64) * stride_vh
+    kb_base = kb_ptr + b64 * Lk
+
+    # Visible key range of the tile, then clipped to this program's split.
+    key_lo = 0
+    if HAS_KEY_START:
+        key_lo = tl.load(ks_ptr + b)
+    i_first = (pid_m * BLOCK_M) // G
+    i_last = tl.minimum((pid_m * BLOCK_M + BLOCK_M - 1) // G, Lq - 1)
+    if CAUSAL:
+        hi = tl.minimum(Lk, (Lk - Lq) + i_last + 1)
+        full_hi = (tl.maximum((Lk - Lq) + i_first + 1, 0) // BLOCK_N) * BLOCK_N  # seen by the tile's first row
+    else:
+        hi = Lk
+        full_hi = (Lk // BLOCK_N) * BLOCK_N
+    lo = key_lo
+    if SPLIT:
+        lo = tl.maximum(lo, pid_s * split_len)
+        hi = tl.minimum(hi, pid_s * split_len + split_len)
+    hi = tl.maximum(hi, lo)
+    start = (lo // BLOCK_N) * BLOCK_N
+    full_lo = tl.cdiv(lo, BLOCK_N) * BLOCK_N
+    full_hi = tl.maximum(tl.minimum(full_hi, hi), full_lo)
+    first_stop = tl.where(hi > lo, tl.minimum(full_lo, hi), start)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    acc, l_i, m_i = _attend_blocks(  # an unaligned key_start: one masked block
+        acc, l_i, m_i, q, hs2, rows_pos, k_base, v_base, kb_base, stride_kn, stride_kd, stride_vn,
+        stride_vd, offs_d, d_ok, key_lo, Lk, qk_scale, start, first_stop,
+        BLOCK_N, True, CAUSAL, HAS_BIAS, EVEN_D, PRECISION, DOT_F32)
+    acc, l_i, m_i = _attend_blocks(  # blocks every row sees whole
+        acc, l_i, m_i, q, hs2, rows_pos, k_base, v_base, kb_base, stride_kn, stride_kd, stride_vn,
+        stride_vd, offs_d, d_ok, key_lo, Lk, qk_scale, full_lo, full_hi,
+        BLOCK_N, False, CAUSAL, HAS_BIAS, EVEN_D, PRECISION, DOT_F32)
+    acc, l_i, m_i = _attend_blocks(  # the causal diagonal and the end of the keys
+        acc, l_i, m_i, q, hs2, rows_pos, k_base, v_base, kb_base, stride_kn, stride_kd, stride_vn,
+        stride_vd, offs_d, d_ok, key_lo, Lk, qk_scale, full_hi, hi,
+        BLOCK_N, True, CAUSAL, HAS_BIAS, EVEN_D, PRECISION, DOT_F32)
+
+    seen = l_i > 0
+    o = acc / tl.where(seen, l_i, 1.0)[:, None]  # rows without a visible key: acc = 0 -> zeros
+    if SPLIT:
+        part = pid_bh.to(tl.int64) * n_splits + pid_s
+        lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
+        tl.store(part_lse_ptr + part * R + offs_m, lse, mask=row_ok)
+        o_ptrs = part_o_ptr + (part * R + offs_m[:, None]) * BLOCK_D + offs_d[None, :]
+        tl.store(o_ptrs, o, mask=row_ok[:, None])
+    else:
+        o_rows = out_ptr + b64 * stride_ob + head.to(tl.int64) * stride_oh + qi.to(tl.int64) * stride_om
+        tl.store(o_rows[:, None] + offs_d[None, :] * stride_od, o.to(out_ptr.dtype.element_ty), mask=q_mask)
+
+
+@triton.jit
+def _merge_splits_kernel(
+    part_o_ptr, part_lse_ptr, out_ptr,
+    stride_ob, stride_oh, stride_om, stride_od,
+    Hkv, G, Lq, D, n_splits,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """out[row] = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), M = max_s lse_s (zeros if every split is
+    empty for the row)."""
+    r = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    R = G * Lq
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    s_ok = offs_s < n_splits
+    parts = pid_bh.to(tl.int64) * n_splits + offs_s
+    lse = tl.load(part_lse_ptr + parts * R + r, mask=s_ok, other=float("-inf"))
+    m = tl.max(lse, 0)
+    w = tl.where(lse == float("-inf"), 0.0, tl.exp2(lse - tl.where(m == float("-inf"), 0.0, m)))
+    o = tl.load(part_o_ptr + (parts[:, None] * R + r) * BLOCK_D + offs_d[None, :], mask=s_ok[:, None], other=0.0)
+    total = tl.sum(w, 0)
+    res = tl.sum(w[:, None] * o, 0) / tl.where(total > 0, total, 1.0)
+    b = pid_bh // Hkv
+    head = (pid_bh % Hkv) * G + r % G
+    o_row = out_ptr + b.to(tl.int64) * stride_ob + head.to(tl.int64) * stride_oh + (r // G).to(tl.int64) * stride_om
+    tl.store(o_row + offs_d * stride_od, res.to(out_ptr.dtype.element_ty), mask=offs_d < D)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _device_sms(device: torch.device) -> int:
+    if device.type != "cuda" or triton_interpreted():
+        return INTERPRETER_SMS
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def launch_config(R: int, Lq: int, block_d: int, elem: int) -> dict:
+    """Tile sizes and launch options for ``R = G * Lq`` rows per (batch, KV head)."""
+    small = Lq <= SPLIT_MAX_LQ
+    block_m = min(64 if small or elem == 4 or block_d > 128 else 128, max(16, triton.next_power_of_2(R)))
+    block_n = 32 if elem == 4 or block_d > 128 else 64
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if block_m >= 128 else 4,
+                num_stages=2 if block_d > 128 or elem == 4 else 3)
+
+
+def kv_splits(device: torch.device, programs: int, Lq: int, Lk: int, block_n: int) -> int:
+    """Flash-decoding heuristic: split the keys when few programs would run (short Lq only), so that
+    about four programs per SM run, each over at least ``MIN_SPLIT_BLOCKS`` key blocks."""
+    if Lq > SPLIT_MAX_LQ:
+        return 1
+    if FORCE_KV_SPLITS is not None:
+        return max(1, int(FORCE_KV_SPLITS))
+    interpreted = device.type != "cuda" or triton_interpreted()
+    min_blocks = 1 if interpreted else MIN_SPLIT_BLOCKS
+    target = 4 * _device_sms(device)
+    if programs * 2 > target:
+        return 1
+    return max(1, min(triton.cdiv(target, programs), triton.cdiv(triton.cdiv(Lk, block_n), min_blocks), MAX_SPLITS))
+
+
+def launch_focus_attention(q, k, v, key_bias, head_scale, key_start, causal: bool, sm_scale: float):
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    if D > MAX_HEAD_DIM:
+        raise ValueError(f"q: head dim D={D} > {MAX_HEAD_DIM} is not supported by the triton backend")
+    out = torch.empty_like(q)
+    if out.numel() == 0:
+        return out
+    if Lk == 0:
+        return out.zero_()
+    G = Hq // Hkv
+    R = G * Lq
+    block_d = max(16, triton.next_power_of_2(D))
+    cfg = launch_config(R, Lq, block_d, q.element_size())
+    row_blocks = triton.cdiv(R, cfg["BLOCK_M"])
+    splits = kv_splits(q.device, row_blocks * B * Hkv, Lq, Lk, cfg["BLOCK_N"])
+    split_len = triton.cdiv(triton.cdiv(Lk, splits), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
+    splits = triton.cdiv(Lk, split_len)  # no empty trailing split
+    split = splits > 1
+    # The interpreter multiplies bfloat16 dot operands as raw uint16 (triton 3.6): upcast them there.
+    dot_f32 = q.dtype == torch.bfloat16 and triton_interpreted()
+    if split:
+        part_o = torch.empty(B * Hkv * splits * R * block_d, device=q.device, dtype=torch.float32)
+        part_lse = torch.empty(B * Hkv * splits * R, device=q.device, dtype=torch.float32)
+    else:
+        part_o = part_lse = out  # unused
+    kb = key_bias.contiguous() if key_bias is not None else q
+    hs = head_scale.contiguous() if head_scale is not None else q
+    ks = key_start.contiguous() if key_start is not None else q
+    _focus_attention_kernel[(row_blocks, B * Hkv, splits)](
+        q, k, v, kb, hs, ks, out, part_o, part_lse,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        Hkv, G, Lq, Lk, D, sm_scale * LOG2E, split_len, splits,
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=block_d,
+        CAUSAL=causal, HAS_BIAS=key_bias is not None, HAS_HEAD_SCALE=head_scale is not None and key_bias is not None,
+        HAS_KEY_START=key_start is not None, SPLIT=split, EVEN_D=block_d == D,
+        PRECISION="ieee" if q.dtype == torch.float32 or dot_f32 else "tf32", DOT_F32=dot_f32,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    if split:
+        _merge_splits_kernel[(R, B * Hkv)](
+            part_o, part_lse, out, *out.stride(), Hkv, G, Lq, D, splits,
+            BLOCK_S=max(2, triton.next_power_of_2(splits)), BLOCK_D=block_d, num_warps=4,
+        )
+    return out
+
+
+focus_attention_op = define_op("focus_attention_triton", FOCUS_ATTENTION_SCHEMA, launch_focus_attention,
+                               focus_attention_fake)
