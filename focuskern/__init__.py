@@ -1,9 +1,20 @@
 """focuskern: fused kernels that steer LLM generation toward key entities."""
 from ._backends import backends
+from .attention import entity_positions, pasta_focus, pasta_head_scale, pasta_key_bias, positions_to_key_bias
 from .decay import Decay
 from .spec import FocusSpec
 from .state import FocusState
 from . import ops
 
-__all__ = ["Decay", "FocusSpec", "FocusState", "backends", "ops"]
+__all__ = ["Decay", "FocusSpec", "FocusState", "attention_focus", "backends", "entity_positions", "ops",
+           "pasta_focus", "pasta_head_scale", "pasta_key_bias", "positions_to_key_bias"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # attention_focus lives in hf_attention, which imports transformers (seconds) and registers
+    # attn_implementation="focus": only on first use, so that `import focuskern` stays light.
+    if name == "attention_focus":
+        from .hf_attention import attention_focus
+        return attention_focus
+    raise AttributeError(f"module 'focuskern' has no attribute {name!r}")

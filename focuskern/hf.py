@@ -2,6 +2,9 @@
 
     proc = FocusLogitsProcessor(FocusSpec(["healthcare", "autonomous driving"]), tokenizer)
     model.generate(**inputs, logits_processor=LogitsProcessorList([proc]))
+
+The attention lever, :func:`attention_focus` (``attn_implementation="focus"``), lives in
+:mod:`focuskern.hf_attention` and is re-exported here.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from typing import Optional, Sequence, Union
 import torch
 from transformers import LogitsProcessor
 
+from .hf_attention import attention_focus  # noqa: F401  (the attention lever, see hf_attention)
 from .spec import FocusSpec
 from .state import FocusState
 
