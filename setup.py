@@ -1,19 +1,58 @@
 """focuskern: fused kernels that steer LLM generation toward key entities.
 
-The C++/CUDA extension (``focuskern._C`` from ``csrc/``) is built here once it exists; until then the
-package is pure Python plus Triton kernels.
+``focuskern._C`` (``csrc/``) is built with ``torch.utils.cpp_extension`` when torch is importable at
+build time (``pip install --no-build-isolation``): the C++ backend always, the CUDA backend too when
+torch has CUDA and ``nvcc`` is found.  Environment:
+
+* ``FOCUSKERN_NO_EXT=1``: build no extension (the package works without it: torch/triton backends);
+* ``FOCUSKERN_CUDA_ARCHS``: CUDA targets, e.g. ``"9.0"`` or ``"8.0;9.0"`` (default: the local GPU,
+  else torch's defaults); sets ``TORCH_CUDA_ARCH_LIST``.
 """
+import glob
+import os
+
 from setuptools import find_packages, setup
+
+
+def extension_build():
+    """``(ext_modules, cmdclass)`` for focuskern._C, or empty when the extension is not built."""
+    if os.environ.get("FOCUSKERN_NO_EXT", "0") not in ("", "0"):
+        return [], {}
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:  # e.g. an isolated build environment without torch: pure-Python install
+        return [], {}
+    cxx = ["-O3", "-fopenmp", "-std=c++20"]  # OpenMP: at::parallel_for over rows
+    sources = ["csrc/module.cpp", "csrc/focus_cpu.cpp"]
+    with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    if with_cuda:
+        if os.environ.get("FOCUSKERN_CUDA_ARCHS"):
+            os.environ["TORCH_CUDA_ARCH_LIST"] = os.environ["FOCUSKERN_CUDA_ARCHS"]
+        extension = cpp_extension.CUDAExtension(
+            "focuskern._C", sources + sorted(glob.glob("csrc/*.cu")),
+            define_macros=[("FOCUSKERN_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]},
+            extra_link_args=["-fopenmp"])
+    else:
+        extension = cpp_extension.CppExtension("focuskern._C", sources, extra_compile_args=cxx,
+                                               extra_link_args=["-fopenmp"])
+    return [extension], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=False)}
+
+
+ext_modules, cmdclass = extension_build()
 
 setup(
     name="focuskern",
     version="0.1.0",
-    description="Fused logits/attention focus kernels for LLM generation (PyTorch + Triton)",
+    description="Fused logits/attention focus kernels for LLM generation (PyTorch, Triton, C++/CUDA)",
     packages=find_packages(include=["focuskern", "focuskern.*"]),
     python_requires=">=3.10",
     # torch is deliberately unpinned here: the Makefile installs the exact build (see constraints.txt)
     # and a range would let pip pull a newer CUDA wheel.
     install_requires=["torch", "transformers>=5.0"],
     extras_require={"triton": ["triton"], "gguf": ["gguf", "accelerate"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
     entry_points={"console_scripts": ["focuskern=focuskern.__main__:main"]},
 )

@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     results = []
     for case in build_cases(args):
         inp = lc.make_inputs(case, device=device, dtype=dtype, seed=args.seed)
-        names = case.contenders(triton=use_triton)
+        names = case.contenders(device.type)
         lc.check_agreement(inp, names)  # the contenders do the same work (correctness, not timing)
         if args.contenders:
             names = tuple(n for n in names if n in args.contenders)

@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from focuskern._backends import available_backends
 from focuskern.ops import focus_logits_
 
 BIAS = 3.0
@@ -32,6 +33,10 @@ DESCRIPTIONS = {
     "focuskern_torch": 'focuskern focus_logits_(..., backend="torch", validate=False): the PyTorch reference '
                        "(decay, CSR rows, duplicate-id segment sum, blend, index_put), as a custom op",
     "focuskern_triton": 'focuskern focus_logits_(..., backend="triton", validate=False): one fused Triton launch',
+    "focuskern_cpp": 'focuskern focus_logits_(..., backend="cpp", validate=False): the C++ op from csrc/ '
+                     "(OpenMP over rows, one pass per row)",
+    "focuskern_cuda": 'focuskern focus_logits_(..., backend="cuda", validate=False): the CUDA op from csrc/ '
+                      "(one launch, no Python launcher)",
     "seed000_naive": "seed 000's KeywordBiasLogitsProcessor: scores[:, token_ids] += 3.0 with ONE id set "
                      "(K ids) shared by every row; no blend, no decay",
     "hf_sequence_bias": "transformers.SequenceBiasLogitsProcessor({(id,): 3.0 for K ids}) called as "
@@ -102,10 +107,13 @@ class Case:
     def slug(self) -> str:
         return f"B{self.B}-V{self.V}-K{self.K}-a{self.alpha:g}"
 
-    def contenders(self, triton: bool = False) -> tuple[str, ...]:
-        """Contenders of this case (``triton``: put the focuskern Triton backend first)."""
+    def contenders(self, device: str = "cpu") -> tuple[str, ...]:
+        """Contenders of this case on ``device``: the focuskern kernel backends available there first."""
         names = BLEND_CONTENDERS if self.alpha else ALPHA0_CONTENDERS
-        return (("focuskern_triton",) if triton else ()) + names
+        kernels = [b for b in available_backends("focus_logits", torch.device(device)) if b != "torch"]
+        if device == "cpu":
+            kernels = [b for b in kernels if b != "triton"]  # the interpreter is not a CPU backend
+        return tuple(f"focuskern_{b}" for b in kernels) + names
 
     def bytes_touched(self, elem_size: int) -> int:
         """Bytes a minimal kernel must move: the listed entries only, or the whole [B, V] for a blend."""
@@ -185,7 +193,7 @@ def make_contender(name: str, inp: Inputs, logits: torch.Tensor) -> Callable[[],
     fk_args = (inp.row_offsets, inp.token_ids, inp.token_bias, inp.alpha, inp.decay, inp.step)
     blend = bool(inp.case.alpha)
 
-    if name in ("focuskern_torch", "focuskern_triton"):
+    if name.startswith("focuskern_"):
         backend = name.removeprefix("focuskern_")
         return lambda: focus_logits_(logits, *fk_args, backend=backend, validate=False)
 

@@ -1,9 +1,10 @@
 """Which kernel backends exist on this machine, and which one ``backend="auto"`` picks.
 
 Backends: ``torch`` (reference, any device), ``triton`` (CUDA tensors; CPU tensors only under
-``TRITON_INTERPRET=1``), ``cpp`` / ``cuda`` (the ``focuskern._C`` extension built from ``csrc/``,
-planned in a later issue).  ``FOCUSKERN_BACKEND`` overrides the automatic choice.
-Nothing here touches CUDA at import time.
+``TRITON_INTERPRET=1``), ``cpp`` (CPU tensors) and ``cuda`` (CUDA tensors) from the ``focuskern._C``
+extension built from ``csrc/`` (logits ops only).  ``auto`` takes, for the tensor's device, the first
+backend of ``AUTO_ORDER`` that is available and implements the op; ``FOCUSKERN_BACKEND`` overrides
+that choice for the ops it implements.  Nothing here touches CUDA at import time.
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import os
 import torch
 
 NAMES = ("torch", "triton", "cpp", "cuda")
+# cpp beats eager torch on CPU at every benchmarked size (benchmarks/results/cpu_logits*.json); on
+# CUDA triton stays first until the cuda backend has been measured on a GPU.
+AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("triton", "cuda", "torch")}
 
 
 def triton_interpreted() -> bool:
@@ -32,38 +36,77 @@ def _triton_reason() -> str | None:
     return None
 
 
-def _extension_reason(name: str) -> str:
-    return f"{name}: focuskern._C is not built (csrc/ backends arrive with the C++/CUDA extension)"
+@functools.lru_cache(maxsize=None)
+def _extension():
+    """``(focuskern._C, None)``, or ``(None, why it cannot be loaded)``; loading registers the ops."""
+    try:
+        from . import _C
+    except ImportError as e:
+        return None, (f"focuskern._C is not built ({e}); build it with torch installed: "
+                      "pip install --no-build-isolation -e .")
+    return _C, None
+
+
+def _cuda_extension_reason() -> str | None:
+    ext, reason = _extension()
+    if ext is None:
+        return reason
+    if not ext.has_cuda:
+        return "focuskern._C was built without CUDA (torch without CUDA, or no nvcc, at build time)"
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return None
 
 
 def backends() -> dict[str, str]:
     """Map every backend name to ``"available"`` or the reason it is not."""
-    triton_reason = _triton_reason()
     return {
         "torch": "available",
-        "triton": triton_reason or "available",
-        "cpp": _extension_reason("cpp"),
-        "cuda": _extension_reason("cuda"),
+        "triton": _triton_reason() or "available",
+        "cpp": _extension()[1] or "available",
+        "cuda": _cuda_extension_reason() or "available",
     }
 
 
-def resolve(backend: str, device: torch.device) -> str:
-    """Turn ``backend`` (a name or ``"auto"``) into the backend that will run on ``device``."""
+def _device_reason(backend: str, device: torch.device) -> str | None:
+    """Why ``backend`` cannot run on tensors of ``device`` (None if it can)."""
+    if backend == "triton" and device.type != "cuda" and not triton_interpreted():
+        return "'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)"
+    if backend == "cpp" and device.type != "cpu":
+        return "'cpp' needs CPU tensors"
+    if backend == "cuda" and device.type != "cuda":
+        return "'cuda' needs CUDA tensors"
+    return None
+
+
+def available_backends(family: str, device: torch.device) -> list[str]:
+    """Backends that implement op ``family`` and can run on ``device`` here."""
+    status = backends()
+    return [b for b in NAMES if status[b] == "available" and (family, b) in _OP_MODULES
+            and _device_reason(b, torch.device(device)) is None]
+
+
+def resolve(backend: str, device: torch.device, family: str) -> str:
+    """Turn ``backend`` (a name or ``"auto"``) into the backend that runs op ``family`` on ``device``."""
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
     if backend == "auto":
-        backend = os.environ.get("FOCUSKERN_BACKEND", "auto") or "auto"
-        if backend == "auto":
-            if device.type == "cuda" and _triton_reason() is None:
-                return "triton"
-            return "torch"
+        usable = available_backends(family, device)
+        forced = os.environ.get("FOCUSKERN_BACKEND", "auto") or "auto"
+        if forced != "auto" and (family, forced) in _OP_MODULES:
+            backend = forced
+        else:
+            return next((b for b in AUTO_ORDER.get(device.type, ()) if b in usable), "torch")
     if backend not in NAMES:
         raise ValueError(f"backend: unknown backend {backend!r}; expected 'auto' or one of {NAMES}")
     status = backends()[backend]
     if status != "available":
         raise ValueError(f"backend: {backend!r} is not available: {status}")
-    if backend == "triton" and device.type != "cuda" and not triton_interpreted():
-        raise ValueError("backend: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+    if (family, backend) not in _OP_MODULES:
+        raise ValueError(f"backend: {family} has no {backend!r} implementation")
+    reason = _device_reason(backend, device)
+    if reason is not None:
+        raise ValueError(f"backend: {reason}")
     return backend
 
 
@@ -75,6 +118,10 @@ _OP_MODULES = {
     ("focus_state", "triton"): "focuskern.ops.focus_state_triton",
     ("focus_attention", "torch"): "focuskern.ops.focus_attention_torch",
     ("focus_attention", "triton"): "focuskern.ops.focus_attention_triton",
+    ("focus_logits", "cpp"): "focuskern.ops.native",
+    ("focus_logits", "cuda"): "focuskern.ops.native",
+    ("focus_state", "cpp"): "focuskern.ops.native",
+    ("focus_state", "cuda"): "focuskern.ops.native",
 }
 
 
@@ -83,11 +130,8 @@ def op_name(family: str, backend: str, device: torch.device) -> str:
     """Resolve ``backend`` for ``device``, import (register) that backend lazily, return the op's name.
 
     A constant for ``torch.compile``: it runs once at trace time, so the traced graph holds the op."""
-    backend = resolve(backend, device)
-    module = _OP_MODULES.get((family, backend))
-    if module is None:
-        raise ValueError(f"backend: {family} has no {backend!r} implementation yet")
-    importlib.import_module(module)
+    backend = resolve(backend, device, family)
+    importlib.import_module(_OP_MODULES[(family, backend)])
     return f"{family}_{backend}_"
 
 

@@ -41,7 +41,7 @@ class FocusState:
     vocab_size : number of token ids; logits may be wider (padded vocabularies).
     device : where the state and the logits live.
     tokenizer : tokenizes string entities (not needed for token-id entities).
-    backend : ``"auto"``, ``"torch"`` or ``"triton"``.
+    backend : ``"auto"``, ``"torch"``, ``"triton"``, ``"cpp"`` or ``"cuda"``.
     """
 
     def __init__(self, specs: Sequence[Optional[FocusSpec]], vocab_size: int, device, tokenizer=None,
@@ -51,7 +51,7 @@ class FocusState:
         self.vocab_size = vocab_size
         self.device = torch.device(device)
         self.tokenizer = tokenizer
-        self.backend = resolve(backend, self.device) if backend != "auto" else backend
+        self.backend = resolve(backend, self.device, "focus_state") if backend != "auto" else backend
         self._entries: list[_Entry] = []
         self._pid_by_key: dict[tuple, int] = {}
         self._row_pid: list[Optional[int]] = []

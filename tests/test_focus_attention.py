@@ -10,13 +10,12 @@ import torch
 import torch.nn.functional as F
 
 import focuskern
-from focuskern._backends import _OP_MODULES
+from focuskern._backends import available_backends
 from focuskern.ops import focus_attention
 from conftest import DEVICE, TOLERANCES
 from reference import assert_close_to_f64
 
-BACKENDS = [b for b, status in focuskern.backends().items()
-            if status == "available" and ("focus_attention", b) in _OP_MODULES]
+BACKENDS = available_backends("focus_attention", DEVICE)
 DTYPES = list(TOLERANCES)
 
 

@@ -5,11 +5,12 @@ import pytest
 import torch
 
 import focuskern
+from focuskern._backends import available_backends
 from focuskern.ops import focus_logits_
 from conftest import DEVICE, TOLERANCES
 from reference import assert_close_to_f64, focus_logits_f64
 
-BACKENDS = [b for b, status in focuskern.backends().items() if status == "available"]
+BACKENDS = available_backends("focus_logits", DEVICE)
 DTYPES = list(TOLERANCES)
 
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 import focuskern as fk
+from focuskern._backends import available_backends
 from conftest import DEVICE, TOLERANCES
 from reference import assert_close_to_f64, decay_f64
 
-BACKENDS = [b for b, status in fk.backends().items() if status == "available"]
+BACKENDS = available_backends("focus_state", DEVICE)
 
 
 def occurs(seq, gen):

@@ -3,36 +3,45 @@ import pytest
 import torch
 
 import focuskern as fk
+from focuskern._backends import available_backends
 from focuskern.ops import focus_logits_
 from conftest import TOLERANCES
 from test_focus_logits import random_case
 from test_focus_state import random_spec
 
 pytestmark = pytest.mark.gpu
+CUDA = torch.device("cuda")
+FAST = ("triton", "cuda")  # checked against the torch reference on the same device
 
 
+def fast_backends(family):
+    return [b for b in available_backends(family, CUDA) if b in FAST]
+
+
+@pytest.mark.parametrize("backend", fast_backends("focus_logits"))
 @pytest.mark.parametrize("dtype", list(TOLERANCES))
 @pytest.mark.parametrize("B,V,K", [(1, 151936, 256), (64, 151936, 256), (256, 49152, 16), (8, 32007, 2000)])
-def test_logits_triton_matches_torch_at_real_sizes(dtype, B, V, K):
+def test_logits_kernel_matches_torch_at_real_sizes(backend, dtype, B, V, K):
     logits, args = random_case(B, V, max_k=K, dtype=dtype)
     got, want = logits.clone(), logits.clone()
-    focus_logits_(got, *args, backend="triton")
+    focus_logits_(got, *args, backend=backend)
     focus_logits_(want, *args, backend="torch")
     rtol, atol = TOLERANCES[dtype]
     torch.testing.assert_close(got.float(), want.float(), rtol=rtol, atol=atol)
 
 
-def _state_pair(B, V, alpha):
+def _state_pair(backend, B, V, alpha):
     import random
     rng = random.Random(0)
     specs = [random_spec(rng, 3000, alpha=alpha) if r % 5 else None for r in range(B)]
-    return [fk.FocusState(specs, V, "cuda", backend=b) for b in ("triton", "torch")]
+    return [fk.FocusState(specs, V, "cuda", backend=b) for b in (backend, "torch")]
 
 
+@pytest.mark.parametrize("backend", fast_backends("focus_state"))
 @pytest.mark.parametrize("B,alpha", [(1, 0.3), (64, 0.0), (64, 0.3)])
-def test_state_triton_matches_torch_at_real_sizes(B, alpha):
+def test_state_kernel_matches_torch_at_real_sizes(backend, B, alpha):
     V = 151936
-    fast, ref = _state_pair(B, V, alpha)
+    fast, ref = _state_pair(backend, B, V, alpha)
     for _ in range(20):
         tokens = torch.randint(0, 3003, (B,), device="cuda")
         x = torch.randn(B, V, device="cuda", dtype=torch.bfloat16)
@@ -43,7 +52,7 @@ def test_state_triton_matches_torch_at_real_sizes(B, alpha):
         assert torch.equal(fast._rows.node, ref._rows.node) and torch.equal(fast._rows.sat, ref._rows.sat)
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", fast_backends("focus_state") + ["torch"])
 def test_compile_fullgraph_and_cuda_graph_replay(backend):
     B, V = 8, 49152
     logits, args = random_case(B, V, dtype=torch.bfloat16)
@@ -53,7 +62,7 @@ def test_compile_fullgraph_and_cuda_graph_replay(backend):
     focus_logits_(want, *args, backend=backend)
     torch.testing.assert_close(got.float(), want.float(), rtol=1.6e-2, atol=1.6e-2)
 
-    fast, ref = _state_pair(B, V, 0.3)
+    fast, ref = _state_pair(backend, B, V, 0.3)
     static_x = torch.zeros(B, V, device="cuda")
     static_t = torch.zeros(B, dtype=torch.long, device="cuda")
     fast.apply_(static_x.clone(), static_t)  # warm-up: compile/import outside the capture

@@ -12,12 +12,17 @@ import torch
 _LIB = torch.library.Library("focuskern", "DEF")  # noqa: TOR901 - kept alive for the process
 
 
+def register_noop_fake(name: str):
+    """Tracing of the mutating op ``focuskern::<name>`` (returns ``()``): nothing to allocate."""
+    torch.library.register_fake(f"focuskern::{name}", lambda *args, **kwargs: None, lib=_LIB)
+    return getattr(torch.ops.focuskern, name)
+
+
 def define_mutating_op(name: str, schema: str, impl):
     """Register ``focuskern::<name><schema>`` (returns ``()``) with ``impl`` and a no-op fake."""
     _LIB.define(name + schema)
     _LIB.impl(name, impl, "CompositeExplicitAutograd")
-    torch.library.register_fake(f"focuskern::{name}", lambda *args, **kwargs: None, lib=_LIB)
-    return getattr(torch.ops.focuskern, name)
+    return register_noop_fake(name)
 
 
 def define_op(name: str, schema: str, impl, fake):

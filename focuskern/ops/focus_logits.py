@@ -72,7 +72,7 @@ def focus_logits_(
     alpha : [B] float32 in ``[0, 1]``; 0 on every row touches only the listed entries.
     decay : [B, 3] float32 ``(kind, horizon, floor)``, see :mod:`focuskern.decay`.
     step : [B] int32 >= 0, the decay step ``t`` of each row.
-    backend : ``"auto"``, ``"torch"`` or ``"triton"``.
+    backend : ``"auto"``, ``"torch"``, ``"triton"``, ``"cpp"`` or ``"cuda"``.
     validate : check arguments first (reads values: a host sync on CUDA; pass ``False`` in hot loops
         once the inputs are known to be good, and under ``torch.compile``).
 

@@ -1,0 +1,206 @@
+// CPU (C++, OpenMP through at::parallel_for) backend of focus_logits_ and the FocusState op, and the
+// schemas of the native ops (focuskern::focus_{logits,state}_{cpp,cuda}_).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <string>
+#include <type_traits>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
+#include <vector>
+
+#include "focus_common.h"
+
+namespace focuskern {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+template <typename scalar_t>
+inline void scale_row_loop(scalar_t* row, int64_t V, int64_t col_stride, float scale) {
+  if (col_stride == 1) {
+    for (int64_t v = 0; v < V; ++v) row[v] = static_cast<scalar_t>(static_cast<float>(row[v]) * scale);
+  } else {
+    for (int64_t v = 0; v < V; ++v) {
+      scalar_t& x = row[v * col_stride];
+      x = static_cast<scalar_t>(static_cast<float>(x) * scale);
+    }
+  }
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+// The wheel is built for baseline x86-64 (SSE2); the dense pass is memory-bound only once it is
+// vectorized wide enough, so pick AVX-512 / AVX2 copies of the loop at run time.
+template <typename scalar_t>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void scale_row_avx512(scalar_t* row, int64_t V, int64_t cs,
+                                                                             float scale) {
+  scale_row_loop(row, V, cs, scale);
+}
+template <typename scalar_t>
+__attribute__((target("avx2,fma,f16c"))) void scale_row_avx2(scalar_t* row, int64_t V, int64_t cs, float scale) {
+  if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    // c10::Half converts in software; F16C converts 8 at a time (round to nearest even, as c10::Half).
+    if (cs == 1) {
+      auto* bits = reinterpret_cast<uint16_t*>(row);
+      const __m256 factor = _mm256_set1_ps(scale);
+      int64_t v = 0;
+      for (; v + 8 <= V; v += 8) {
+        const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bits + v)));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(bits + v),
+                         _mm256_cvtps_ph(_mm256_mul_ps(x, factor), _MM_FROUND_TO_NEAREST_INT));
+      }
+      row += v;
+      V -= v;
+    }
+  }
+  scale_row_loop(row, V, cs, scale);
+}
+#endif
+
+template <typename scalar_t>
+void scale_row(scalar_t* row, int64_t V, int64_t col_stride, float scale) {
+#if defined(__GNUC__) && defined(__x86_64__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512vl");
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx512 && !std::is_same_v<scalar_t, c10::Half>) return scale_row_avx512(row, V, col_stride, scale);
+  if (avx2) return scale_row_avx2(row, V, col_stride, scale);
+#endif
+  scale_row_loop(row, V, col_stride, scale);
+}
+
+void focus_logits_cpu(at::Tensor logits, const at::Tensor& row_offsets, const at::Tensor& token_ids,
+                      const at::Tensor& token_bias, const at::Tensor& alpha, const at::Tensor& decay,
+                      const at::Tensor& step) {
+  TORCH_CHECK(logits.device().is_cpu(), "focus_logits_cpp_: logits must be a CPU tensor");
+  const int64_t B = logits.size(0), V = logits.size(1);
+  const int64_t s0 = logits.stride(0), s1 = logits.stride(1);
+  const auto ro = row_offsets.contiguous(), ids = token_ids.contiguous(), bias = token_bias.contiguous();
+  const auto al = alpha.contiguous(), dc = decay.contiguous(), st = step.contiguous();
+  const int32_t* ro_p = ro.data_ptr<int32_t>();
+  const int32_t* ids_p = ids.data_ptr<int32_t>();
+  const float* bias_p = bias.data_ptr<float>();
+  const float* al_p = al.data_ptr<float>();
+  const float* dc_p = dc.data_ptr<float>();
+  const int32_t* st_p = st.data_ptr<int32_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "focus_logits_cpu", [&] {
+    scalar_t* x = logits.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const float s = decay_strength(dc_p + 3 * r, st_p[r]);
+        const float scale = 1.f - s * al_p[r];
+        scalar_t* row = x + r * s0;
+        if (scale != 1.f) scale_row(row, V, s1, scale);
+        for (int32_t j = ro_p[r]; j < ro_p[r + 1]; ++j) {
+          const float b = bias_p[j];
+          scalar_t& out = row[static_cast<int64_t>(ids_p[j]) * s1];
+          out = static_cast<scalar_t>(static_cast<float>(out) + (b == kNegInf ? kNegInf : s * b));
+        }
+      }
+    });
+  });
+}
+
+void focus_state_cpu(at::Tensor logits, const c10::optional<at::Tensor>& last_tokens, const at::Tensor& prog,
+                     at::Tensor node, at::Tensor sat, at::Tensor step, const at::Tensor& prog_f32,
+                     const at::Tensor& prog_i32, const at::Tensor& node_mask, const at::Tensor& node_out,
+                     const at::Tensor& clo_start, const at::Tensor& clo_end, const at::Tensor& clo_slot,
+                     const at::Tensor& clo_child, const at::Tensor& slot_token, const at::Tensor& slot_first,
+                     const at::Tensor& slot_root_child, int64_t max_slots, int64_t max_closure, bool blend) {
+  TORCH_CHECK(logits.device().is_cpu(), "focus_state_cpp_: logits must be a CPU tensor");
+  TORCH_CHECK(node.is_contiguous() && sat.is_contiguous() && step.is_contiguous(), "focus_state_cpp_: row state must be contiguous");
+  const int64_t B = logits.size(0), V = logits.size(1), W = sat.size(1);
+  const int64_t s0 = logits.stride(0), s1 = logits.stride(1);
+  const int32_t* last = last_tokens.has_value() ? last_tokens->data_ptr<int32_t>() : nullptr;
+  const int32_t* prog_p = prog.data_ptr<int32_t>();
+  int32_t* node_p = node.data_ptr<int32_t>();
+  int32_t* sat_p = sat.data_ptr<int32_t>();
+  int32_t* step_p = step.data_ptr<int32_t>();
+  const float* pf = prog_f32.data_ptr<float>();
+  const int32_t* pi = prog_i32.data_ptr<int32_t>();
+  const int32_t* nmask = node_mask.data_ptr<int32_t>();
+  const int32_t* nout = node_out.data_ptr<int32_t>();
+  const int32_t* cstart = clo_start.data_ptr<int32_t>();
+  const int32_t* cend = clo_end.data_ptr<int32_t>();
+  const int32_t* cslot = clo_slot.data_ptr<int32_t>();
+  const int32_t* cchild = clo_child.data_ptr<int32_t>();
+  const int32_t* stok = slot_token.data_ptr<int32_t>();
+  const int32_t* sfirst = slot_first.data_ptr<int32_t>();
+  const int32_t* sroot = slot_root_child.data_ptr<int32_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "focus_state_cpu", [&] {
+    scalar_t* x = logits.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> val;  // per slot of the row's program: the value to add (-inf = none)
+      for (int64_t r = begin; r < end; ++r) {
+        const int32_t p = prog_p[r];
+        if (p < 0) continue;
+        const int32_t* ip = pi + p * I_WIDTH;
+        const float* fp = pf + p * F_WIDTH;
+        const int32_t node_base = ip[I_NODE_BASE], slot_base = ip[I_SLOT_BASE], n_slots = ip[I_N_SLOTS];
+        int32_t* row_sat = sat_p + r * W;
+        int32_t u = node_p[r];
+        if (last != nullptr) {
+          u = advance_node(u, last[r], stok + slot_base, n_slots, sroot + slot_base, cslot, cchild,
+                           cstart[node_base + u], cend[node_base + u]);
+          if (ip[I_ONCE])
+            for (int64_t w = 0; w < W; ++w) row_sat[w] |= nout[(node_base + u) * W + w];
+          node_p[r] = u;
+          step_p[r] += 1;
+        }
+        const float s = decay_strength(fp + F_KIND, step_p[r]);
+        const float scale = 1.f - s * fp[F_ALPHA];
+        scalar_t* row = x + r * s0;
+        if (scale != 1.f) scale_row(row, V, s1, scale);
+
+        val.assign(n_slots, kNegInf);
+        bool in_match = false;
+        if (ip[I_PHRASE]) {
+          for (int32_t c = cstart[node_base + u]; c < cend[node_base + u]; ++c) {
+            if (any_unsatisfied(nmask + (node_base + cchild[c]) * W, row_sat, W)) {
+              in_match = true;
+              val[cslot[c]] = fp[F_CONT];
+            }
+          }
+        }
+        const bool starts = ip[I_STARTS_IN_MATCH] || !in_match;
+        for (int32_t k = 0; k < n_slots; ++k) {
+          if (starts && any_unsatisfied(sfirst + (slot_base + k) * W, row_sat, W)) val[k] = std::max(val[k], fp[F_BIAS]);
+          if (val[k] == kNegInf) continue;
+          scalar_t& out = row[static_cast<int64_t>(stok[slot_base + k]) * s1];
+          out = static_cast<scalar_t>(static_cast<float>(out) + s * val[k]);
+        }
+      }
+    });
+  });
+}
+
+}  // namespace
+
+// The argument lists equal FOCUS_LOGITS_SCHEMA / FOCUS_STATE_SCHEMA in focuskern/ops (a test compares them).
+TORCH_LIBRARY_FRAGMENT(focuskern, m) {
+  const std::string logits_args =
+      "(Tensor(a!) logits, Tensor row_offsets, Tensor token_ids, Tensor token_bias, Tensor alpha, "
+      "Tensor decay, Tensor step) -> ()";
+  const std::string state_args =
+      "(Tensor(a!) logits, Tensor? last_tokens, Tensor prog, Tensor(b!) node, Tensor(c!) sat, "
+      "Tensor(d!) step, Tensor prog_f32, Tensor prog_i32, Tensor node_mask, Tensor node_out, "
+      "Tensor clo_start, Tensor clo_end, Tensor clo_slot, Tensor clo_child, Tensor slot_token, "
+      "Tensor slot_first, Tensor slot_root_child, int max_slots, int max_closure, bool blend) -> ()";
+  for (const char* backend : {"cpp", "cuda"}) {
+    m.def((std::string("focus_logits_") + backend + "_" + logits_args).c_str());
+    m.def((std::string("focus_state_") + backend + "_" + state_args).c_str());
+  }
+}
+
+TORCH_LIBRARY_IMPL(focuskern, CPU, m) {
+  m.impl("focus_logits_cpp_", &focus_logits_cpu);
+  m.impl("focus_state_cpp_", &focus_state_cpu);
+}
+
+}  // namespace focuskern

@@ -1,0 +1,181 @@
+// CUDA backend of focus_logits_ and the FocusState op (same contract as the torch reference).
+//
+// focus_logits_cuda_: grid (splits, B), 256 threads.  A blended row is split into column ranges so
+// that B = 1 fills the GPU; each block scales its range with 16-byte vector loads, syncs, then adds
+// the row's entries that fall in its range (gpuAtomicAdd: duplicated ids add up).  An unblended row
+// is handled by its first block alone and touches only its entries.
+// focus_state_cuda_: grid (B,), 256 threads: thread 0 advances the row's automaton (the state is
+// updated in place, so a row is never split across blocks), the block scales the row if it blends,
+// then every thread takes slots of the row's program.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/Atomic.cuh>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cstdint>
+
+#include "focus_common.h"
+
+namespace focuskern {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kBlockCols = 4096;  // columns per block of a blended row, at least
+
+template <typename scalar_t>
+__device__ void scale_columns(scalar_t* row, int64_t col_stride, int64_t lo, int64_t hi, float scale) {
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  struct alignas(16) Pack { scalar_t v[kVec]; };
+  const bool vectorized = col_stride == 1 && reinterpret_cast<uintptr_t>(row + lo) % 16 == 0;
+  if (vectorized) {
+    const int64_t n_packs = (hi - lo) / kVec;
+    Pack* packs = reinterpret_cast<Pack*>(row + lo);
+    for (int64_t i = threadIdx.x; i < n_packs; i += blockDim.x) {
+      Pack p = packs[i];
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) p.v[e] = static_cast<scalar_t>(static_cast<float>(p.v[e]) * scale);
+      packs[i] = p;
+    }
+    lo += n_packs * kVec;
+  }
+  for (int64_t v = lo + threadIdx.x; v < hi; v += blockDim.x) {
+    scalar_t& x = row[v * col_stride];
+    x = static_cast<scalar_t>(static_cast<float>(x) * scale);
+  }
+}
+
+template <typename scalar_t>
+__global__ void focus_logits_kernel(scalar_t* x, int64_t s0, int64_t s1, int64_t V, const int32_t* row_offsets,
+                                    const int32_t* ids, const float* bias, const float* alpha, const float* decay,
+                                    const int32_t* step, int64_t cols_per_block) {
+  const int64_t r = blockIdx.y, split = blockIdx.x;
+  const float s = decay_strength(decay + 3 * r, step[r]);
+  const float scale = 1.f - s * alpha[r];
+  scalar_t* row = x + r * s0;
+  int64_t lo = 0, hi = split == 0 ? V : 0;
+  if (scale != 1.f) {
+    lo = split * cols_per_block;
+    hi = lo + cols_per_block < V ? lo + cols_per_block : V;
+    scale_columns(row, s1, lo, hi, scale);
+    __syncthreads();  // the entries below add onto scaled values
+  }
+  if (hi <= lo) return;
+  for (int32_t j = row_offsets[r] + threadIdx.x; j < row_offsets[r + 1]; j += blockDim.x) {
+    const int64_t v = ids[j];
+    if (v < lo || v >= hi) continue;
+    const float b = bias[j];
+    gpuAtomicAdd(row + v * s1, static_cast<scalar_t>(b == -INFINITY ? -INFINITY : s * b));
+  }
+}
+
+template <typename scalar_t>
+__global__ void focus_state_kernel(scalar_t* x, int64_t s0, int64_t s1, int64_t V, const int32_t* last,
+                                   const int32_t* prog, int32_t* node, int32_t* sat, int32_t* step, int64_t W,
+                                   const float* pf, const int32_t* pi, const int32_t* nmask, const int32_t* nout,
+                                   const int32_t* cstart, const int32_t* cend, const int32_t* cslot,
+                                   const int32_t* cchild, const int32_t* stok, const int32_t* sfirst,
+                                   const int32_t* sroot) {
+  const int64_t r = blockIdx.x;
+  const int32_t p = prog[r];
+  if (p < 0) return;
+  const int32_t* ip = pi + p * I_WIDTH;
+  const float* fp = pf + p * F_WIDTH;
+  const int32_t node_base = ip[I_NODE_BASE], slot_base = ip[I_SLOT_BASE], n_slots = ip[I_N_SLOTS];
+  int32_t* row_sat = sat + r * W;
+  __shared__ int32_t shared_u;
+  __shared__ int shared_in_match;
+  if (threadIdx.x == 0) {
+    int32_t u = node[r];
+    if (last != nullptr) {
+      u = advance_node(u, last[r], stok + slot_base, n_slots, sroot + slot_base, cslot, cchild,
+                       cstart[node_base + u], cend[node_base + u]);
+      if (ip[I_ONCE])
+        for (int64_t w = 0; w < W; ++w) row_sat[w] |= nout[(node_base + u) * W + w];
+      node[r] = u;
+      step[r] += 1;
+    }
+    shared_u = u;
+    shared_in_match = 0;
+  }
+  __syncthreads();
+  const int32_t u = shared_u;
+  const float s = decay_strength(fp + F_KIND, step[r]);
+  const float scale = 1.f - s * fp[F_ALPHA];
+  scalar_t* row = x + r * s0;
+  if (scale != 1.f) scale_columns(row, s1, 0, V, scale);
+  const int32_t c_lo = cstart[node_base + u];
+  const int32_t c_hi = ip[I_PHRASE] ? cend[node_base + u] : c_lo;
+  for (int32_t c = c_lo + threadIdx.x; c < c_hi; c += blockDim.x)
+    if (any_unsatisfied(nmask + (node_base + cchild[c]) * W, row_sat, W)) shared_in_match = 1;
+  __syncthreads();  // the scaled row and in_match are visible to every thread
+  const bool starts = ip[I_STARTS_IN_MATCH] || !shared_in_match;
+  for (int32_t k = threadIdx.x; k < n_slots; k += blockDim.x) {
+    float val = -INFINITY;
+    if (starts && any_unsatisfied(sfirst + (slot_base + k) * W, row_sat, W)) val = fp[F_BIAS];
+    for (int32_t c = c_lo; c < c_hi; ++c)
+      if (cslot[c] == k && any_unsatisfied(nmask + (node_base + cchild[c]) * W, row_sat, W)) {
+        val = fmaxf(val, fp[F_CONT]);
+        break;
+      }
+    if (val == -INFINITY) continue;
+    scalar_t& out = row[static_cast<int64_t>(stok[slot_base + k]) * s1];
+    out = static_cast<scalar_t>(static_cast<float>(out) + s * val);
+  }
+}
+
+void focus_logits_cuda(at::Tensor logits, const at::Tensor& row_offsets, const at::Tensor& token_ids,
+                       const at::Tensor& token_bias, const at::Tensor& alpha, const at::Tensor& decay,
+                       const at::Tensor& step) {
+  const int64_t B = logits.size(0), V = logits.size(1);
+  if (B == 0) return;
+  const c10::cuda::CUDAGuard guard(logits.device());
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, logits.get_device()));
+  // Whether a row blends is only known on the device: every row gets the splits, and the extra
+  // blocks of an unblended row exit at once.
+  int64_t splits = std::max<int64_t>(1, std::min<int64_t>((4 * sms + B - 1) / B, (V + kBlockCols - 1) / kBlockCols));
+  const int64_t cols = ((V + splits - 1) / splits + 63) / 64 * 64;  // keeps 16-byte vectors aligned
+  splits = (V + cols - 1) / cols;
+  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(B));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "focus_logits_cuda", [&] {
+    focus_logits_kernel<scalar_t><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        logits.data_ptr<scalar_t>(), logits.stride(0), logits.stride(1), V, row_offsets.data_ptr<int32_t>(),
+        token_ids.data_ptr<int32_t>(), token_bias.data_ptr<float>(), alpha.data_ptr<float>(),
+        decay.data_ptr<float>(), step.data_ptr<int32_t>(), cols);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void focus_state_cuda(at::Tensor logits, const c10::optional<at::Tensor>& last_tokens, const at::Tensor& prog,
+                      at::Tensor node, at::Tensor sat, at::Tensor step, const at::Tensor& prog_f32,
+                      const at::Tensor& prog_i32, const at::Tensor& node_mask, const at::Tensor& node_out,
+                      const at::Tensor& clo_start, const at::Tensor& clo_end, const at::Tensor& clo_slot,
+                      const at::Tensor& clo_child, const at::Tensor& slot_token, const at::Tensor& slot_first,
+                      const at::Tensor& slot_root_child, int64_t max_slots, int64_t max_closure, bool blend) {
+  const int64_t B = logits.size(0);
+  if (B == 0) return;
+  const c10::cuda::CUDAGuard guard(logits.device());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "focus_state_cuda", [&] {
+    focus_state_kernel<scalar_t><<<static_cast<unsigned>(B), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        logits.data_ptr<scalar_t>(), logits.stride(0), logits.stride(1), logits.size(1),
+        last_tokens.has_value() ? last_tokens->data_ptr<int32_t>() : nullptr, prog.data_ptr<int32_t>(),
+        node.data_ptr<int32_t>(), sat.data_ptr<int32_t>(), step.data_ptr<int32_t>(), sat.size(1),
+        prog_f32.data_ptr<float>(), prog_i32.data_ptr<int32_t>(), node_mask.data_ptr<int32_t>(),
+        node_out.data_ptr<int32_t>(), clo_start.data_ptr<int32_t>(), clo_end.data_ptr<int32_t>(),
+        clo_slot.data_ptr<int32_t>(), clo_child.data_ptr<int32_t>(), slot_token.data_ptr<int32_t>(),
+        slot_first.data_ptr<int32_t>(), slot_root_child.data_ptr<int32_t>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(focuskern, CUDA, m) {
+  m.impl("focus_logits_cuda_", &focus_logits_cuda);
+  m.impl("focus_state_cuda_", &focus_state_cuda);
+}
+
+}  // namespace focuskern
