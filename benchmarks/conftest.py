@@ -67,3 +67,9 @@ def bench(benchmark, bench_env):
     """The ``benchmark`` fixture with the environment in every row's ``extra_info``."""
     benchmark.extra_info.update(bench_env)
     return benchmark
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    # Every raw timing would make the committed JSON tens of MB; the summary statistics stay.
+    for row in output_json["benchmarks"]:
+        row["stats"].pop("data", None)
