@@ -76,19 +76,24 @@ def entity_positions(
         ``per_occurrence`` a list of such index lists, one per occurrence in text order.  An entity
         that does not occur gets ``[]``.
     """
-    single = isinstance(texts, str)
-    texts = [texts] if single else list(texts)
+    texts = [texts] if isinstance(texts, str) else texts
+    if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
+        raise TypeError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
     if not texts:
         raise ValueError("texts: empty batch")
-    if isinstance(entities, str):
-        raise TypeError("entities must be a list of strings (or one list per row), not a str")
+    texts = list(texts)
+    if isinstance(entities, str) or not isinstance(entities, Sequence):
+        raise TypeError(f"entities must be a list of strings (or one list per row), got {type(entities).__name__}")
     entities = list(entities)
-    if entities and all(isinstance(e, str) for e in entities):
+    if all(isinstance(e, str) for e in entities):
         per_row = [entities] * len(texts)
-    else:
+    elif all(isinstance(e, Sequence) and not isinstance(e, str) and all(isinstance(x, str) for x in e)
+             for e in entities):
         per_row = [list(e) for e in entities]
-        if len(per_row) != len(texts) or not all(isinstance(e, str) for row in per_row for e in row):
-            raise ValueError(f"entities: expected a list of strings or {len(texts)} lists of strings")
+        if len(per_row) != len(texts):
+            raise ValueError(f"entities: {len(per_row)} lists for {len(texts)} texts")
+    else:
+        raise TypeError("entities must be a list of strings or one list of strings per text")
     for row in per_row:
         if any(e == "" for e in row):
             raise ValueError("entities: empty entity string")

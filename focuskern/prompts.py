@@ -16,12 +16,17 @@ SEED_KEYWORDS = [
 ]
 
 
+def chat_texts(tokenizer, prompts: list[str]) -> list[str]:
+    """Each prompt as one user turn of the chat template, ready for the assistant's answer."""
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                          add_generation_prompt=True) for p in prompts]
+
+
 def chat_inputs(tokenizer, prompts: list[str], device="cpu"):
-    """Chat-templated, left-padded batch of prompts."""
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                           add_generation_prompt=True) for p in prompts]
+    """Chat-templated, left-padded batch of prompts (token positions as ``entity_positions`` of
+    ``chat_texts(tokenizer, prompts)`` with ``padding_side="left"`` counts them)."""
     tokenizer.padding_side = "left"
-    return tokenizer(texts, return_tensors="pt", padding=True).to(device)
+    return tokenizer(chat_texts(tokenizer, prompts), return_tensors="pt", padding=True).to(device)
 
 
 def keyword_counts(text: str, keywords: list[str]) -> dict[str, int]:
