@@ -14,6 +14,8 @@ Tables (numpy, int32):
 * ``slot_token`` [S] the distinct token ids of the program (sorted); ``slot_first`` [S, W] entities
   boosted by ``bias`` when they own the slot (phrase mode: variants that start with it; tokens mode:
   variants containing it); ``slot_root_child`` [S] the root's child on that token (0 = none).
+* ``parent`` / ``edge`` [N]  the trie parent of each node and the token leading to it from there (the
+  root: 0 and -1), so a state can be stepped back by one token (``FocusState.apply_(hold=...)``).
 """
 from __future__ import annotations
 
@@ -49,6 +51,8 @@ class Program:
     slot_token: np.ndarray
     slot_first: np.ndarray
     slot_root_child: np.ndarray
+    parent: np.ndarray
+    edge: np.ndarray
 
     @property
     def n_nodes(self) -> int:
@@ -68,7 +72,7 @@ class Program:
             return np.pad(a, ((0, 0), (0, words - a.shape[1])))
         return Program(self.n_entities, pad(self.node_mask), pad(self.node_out), self.clo_start,
                        self.clo_end, self.clo_slot, self.clo_child, self.slot_token,
-                       pad(self.slot_first), self.slot_root_child)
+                       pad(self.slot_first), self.slot_root_child, self.parent, self.edge)
 
 
 def compile_program(entity_variants: list[list[tuple[int, ...]]], phrase: bool) -> Program:
@@ -76,6 +80,7 @@ def compile_program(entity_variants: list[list[tuple[int, ...]]], phrase: bool) 
     children: list[dict[int, int]] = [{}]
     through: list[set[int]] = [set()]
     ends: list[set[int]] = [set()]
+    parent, edge = [0], [-1]
     for entity, variants in enumerate(entity_variants):
         for variant in variants:
             node = 0
@@ -85,6 +90,8 @@ def compile_program(entity_variants: list[list[tuple[int, ...]]], phrase: bool) 
                     children.append({})
                     through.append(set())
                     ends.append(set())
+                    parent.append(node)
+                    edge.append(token)
                 node = children[node][token]
                 through[node].add(entity)
             ends[node].add(entity)
@@ -140,4 +147,6 @@ def compile_program(entity_variants: list[list[tuple[int, ...]]], phrase: bool) 
         slot_token=i32(tokens),
         slot_first=_bitsets(first, words),
         slot_root_child=i32([children[0].get(t, 0) for t in tokens]),
+        parent=i32(parent),
+        edge=i32(edge),
     )

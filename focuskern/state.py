@@ -10,7 +10,7 @@ import torch
 from ._backends import resolve
 from .automaton import Program, compile_program, words_for
 from .ops._checks import LOGIT_DTYPES, check_tensor
-from .ops.focus_state import FocusTables, RowState, focus_state_apply_
+from .ops.focus_state import I_NODE_BASE, FocusTables, RowState, focus_state_apply_
 from .spec import FocusSpec
 
 _TABLE_WIDTH = 6  # columns of prog_f32 / prog_i32
@@ -33,7 +33,8 @@ class FocusState:
 
     Rows with equal specs share one compiled automaton.  Rows can be appended, replaced, moved,
     swapped and reordered without touching the others; specs are validated (and tokenized) when they
-    are added, never per step.  :meth:`apply_` makes no host-device sync.
+    are added, never per step.  :meth:`apply_` makes no host-device sync; it can also serve a subset
+    of the rows and hold rows that generated nothing (a serving engine's batch).
 
     Parameters
     ----------
@@ -143,19 +144,79 @@ class FocusState:
             t.copy_(t[index])
 
     # ----------------------------------------------------------------- apply
-    def apply_(self, logits: torch.Tensor, last_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Advance each row with ``last_tokens`` [B] (if given), then bias ``logits`` [B, V] in place."""
-        check_tensor("logits", logits, LOGIT_DTYPES, (len(self), None), self.device)
+    def apply_(self, logits: torch.Tensor, last_tokens: Optional[torch.Tensor] = None, *,
+               rows: Optional[torch.Tensor] = None, hold: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Advance each row with the token it generated last, then bias its logits in place.
+
+        Parameters
+        ----------
+        logits : [b, V] float32/float16/bfloat16, ``V >= vocab_size``; row ``i`` belongs to state row
+            ``i``, or to ``rows[i]``.
+        last_tokens : [b] int32/int64, optional: the token each row generated since the last call.
+        rows : [b] int32/int64, optional: distinct state rows of the logits rows (default: every row, in
+            order).  State rows not listed are neither advanced nor biased.
+        hold : [b] bool, optional (with ``last_tokens``): rows that generated nothing since the last
+            call (a request still reading its prompt).  They keep their state; their ``last_tokens``
+            entries are ignored.
+
+        Returns
+        -------
+        ``logits``, modified in place.
+        """
+        if rows is not None:
+            check_tensor("rows", rows, (torch.int32, torch.int64), (None,), self.device)
+        b = len(self) if rows is None else rows.shape[0]
+        check_tensor("logits", logits, LOGIT_DTYPES, (b, None), self.device)
         if logits.shape[1] < self.vocab_size:
             raise ValueError(f"logits has {logits.shape[1]} columns, fewer than vocab_size={self.vocab_size}")
         if last_tokens is not None:
-            check_tensor("last_tokens", last_tokens, (torch.int32, torch.int64), (len(self),), self.device)
+            check_tensor("last_tokens", last_tokens, (torch.int32, torch.int64), (b,), self.device)
             last_tokens = last_tokens.to(torch.int32)
+        if hold is not None:
+            if last_tokens is None:
+                raise ValueError("hold needs last_tokens (it says which rows do not advance)")
+            check_tensor("hold", hold, (torch.bool,), (b,), self.device)
         if self._active_rows() == 0:
             return logits
-        focus_state_apply_(self.backend, logits, last_tokens, self._rows, self._tables, self._max_slots,
+        # A subset works on gathered copies of its rows, written back once advanced.
+        state = self._rows if rows is None else RowState(*(t[rows] for t in self._rows))
+        if hold is not None:
+            last_tokens = self._rewind_(state, last_tokens, hold)
+        focus_state_apply_(self.backend, logits, last_tokens, state, self._tables, self._max_slots,
                            self._max_closure, self._blend_rows() > 0)
+        if rows is not None and last_tokens is not None:
+            for mine, advanced in zip(self._rows[1:], state[1:]):
+                mine[rows] = advanced
         return logits
+
+    def advance_row(self, row: int, tokens: Sequence[int]) -> None:
+        """Advance ``row`` over ``tokens`` (oldest first) without biasing anything: the history of a
+        request that joins mid-generation, e.g. one resumed after preemption.  One launch per token on
+        a scratch logits row, so it costs what ``len(tokens)`` decoding steps of one row cost."""
+        row = self._index(row)
+        pid = self._row_pid[row]
+        ids = torch.tensor(list(tokens), dtype=torch.int32, device=self.device)
+        if pid is None or ids.numel() == 0:
+            return
+        one = RowState(*(t[row:row + 1] for t in self._rows))  # views: the launches update the row
+        scratch = self._zeros(1, self.vocab_size, dtype=torch.float32)
+        for i in range(ids.numel()):
+            focus_state_apply_(self.backend, scratch, ids[i:i + 1], one, self._tables, self._max_slots,
+                               self._max_closure, self._entries[pid].blends)
+
+    def _rewind_(self, state: RowState, last_tokens: torch.Tensor, hold: torch.Tensor) -> torch.Tensor:
+        """Step each held row back to its node's trie parent and one step earlier, and return the
+        tokens with the held rows' replaced by the edge token back to their node: the launch then
+        re-enters the node, i.e. the row keeps its state.  Entities the node completes were recorded
+        in ``sat`` when the row first got there, so re-entering changes nothing; the root has no parent
+        and stays the root under ``vocab_size``, a token no program holds."""
+        held = hold & (state.prog >= 0)
+        base = self._tables.prog_i32[state.prog.clamp_min(0).long(), I_NODE_BASE]
+        # Untouched rows may hold a stale node of a dropped program: index 0 keeps the gather in bounds.
+        g = torch.where(held, base + state.node, 0).long()
+        state.node.copy_(torch.where(held, self._parent[g], state.node))
+        state.step.sub_(held.int())
+        return torch.where(held, self._edge[g], last_tokens)
 
     def boosts(self) -> list[dict[int, float]]:
         """What :meth:`apply_` would add this step, per row ``{token: s * value}`` (for inspection)."""
@@ -230,6 +291,8 @@ class FocusState:
         self._tables = FocusTables(
             self._zeros(0, _TABLE_WIDTH, dtype=torch.float32), z32(0, _TABLE_WIDTH), z32(0, self._words),
             z32(0, self._words), z32(0), z32(0), z32(1) - 1, z32(1), z32(0), z32(0, self._words), z32(0))
+        # Per global node: its trie parent (program-local) and edge token, for holding rows (_rewind_).
+        self._parent, self._edge = z32(0), z32(0)
         self._max_slots = 1
         self._max_closure = 1
 
@@ -251,6 +314,12 @@ class FocusState:
         self._tables = FocusTables(*(
             torch.cat([getattr(t, name), torch.from_numpy(np.concatenate(parts[name])).to(self.device)])
             for name in FocusTables._fields))
+        # The root's edge (-1) becomes vocab_size: no program holds it, and unlike -1 it cannot match a
+        # kernel's masked-out slot lanes.
+        edges = [np.where(e.program.edge < 0, self.vocab_size, e.program.edge).astype(np.int32) for e in entries]
+        self._parent = torch.cat([self._parent, torch.from_numpy(np.concatenate([e.program.parent for e in entries]))
+                                  .to(self.device)])
+        self._edge = torch.cat([self._edge, torch.from_numpy(np.concatenate(edges)).to(self.device)])
 
     def _maybe_compact(self) -> None:
         """Drop programs no row uses once they hold more nodes than the live ones (amortized O(1))."""

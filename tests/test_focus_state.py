@@ -257,3 +257,61 @@ def test_bad_state_input_is_named_and_logits_untouched():
     assert torch.equal(logits, before)
     with pytest.raises(TypeError, match="FocusSpec"):
         state.append("not a spec")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_subsets_and_held_rows_keep_their_own_history(backend):
+    """A serving engine's steps: each step serves some rows (``rows``, any order), some of which
+    generated nothing (``hold``: still prefilling); every row must still match the rescan of the tokens
+    it actually generated."""
+    rng = random.Random(random.randrange(2**31))
+    alphabet, B = 8, 7
+    specs = [random_spec(rng, alphabet) if r != 3 else None for r in range(B)]
+    state = fk.FocusState(specs, vocab_size=alphabet + 3, device=DEVICE, backend=backend)
+    gens = [[] for _ in range(B)]
+    for _ in range(30):
+        served = rng.sample(range(B), rng.randint(1, B))
+        held = [rng.random() < 0.3 for _ in served]
+        toks = [next_token(rng, specs[r], gens[r], alphabet) for r in served]
+        for r, h, t in zip(served, held, toks):
+            if specs[r] is not None and not h:
+                gens[r].append(t)
+        logits = torch.zeros(len(served), alphabet + 3, device=DEVICE)
+        state.apply_(logits, torch.tensor(toks, device=DEVICE), rows=torch.tensor(served, device=DEVICE),
+                     hold=torch.tensor(held, device=DEVICE))
+        boosts = state.boosts()
+        for i, r in enumerate(served):  # what the call added to a row is what the row boosts now
+            got = {t: v for t, v in enumerate(logits[i].tolist()) if v}
+            assert got == pytest.approx(boosts[r])
+        check_rows(state, specs, gens)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_advance_row_replays_a_history(backend):
+    rng = random.Random(random.randrange(2**31))
+    alphabet = 8
+    spec = random_spec(rng, alphabet)
+    history = []
+    for _ in range(12):
+        history.append(next_token(rng, spec, history, alphabet))
+    state = fk.FocusState([spec, None], vocab_size=alphabet + 3, device=DEVICE, backend=backend)
+    state.advance_row(0, history)
+    state.advance_row(1, history)  # an untouched row ignores it
+    check_rows(state, [spec, None], [history, []])
+    state.apply_(torch.zeros(2, alphabet + 3, device=DEVICE), torch.tensor([1, 1], device=DEVICE))
+    check_rows(state, [spec, None], [history + [1], []])
+
+
+def test_bad_rows_and_hold_are_named():
+    state = fk.FocusState([fk.FocusSpec([[(1,)]])] * 3, vocab_size=10, device=DEVICE)
+    logits, last = torch.zeros(2, 10, device=DEVICE), torch.tensor([1, 2], device=DEVICE)
+    rows = torch.tensor([0, 2], device=DEVICE)
+    for kwargs, name in [
+        (dict(rows=rows.float()), "rows"), (dict(rows=torch.tensor([0, 1, 2], device=DEVICE)), "logits"),
+        (dict(rows=rows, hold=torch.tensor([1, 0], device=DEVICE)), "hold"),
+        (dict(rows=rows, hold=torch.tensor([True], device=DEVICE)), "hold"),
+    ]:
+        with pytest.raises((ValueError, TypeError), match=name):
+            state.apply_(logits, last, **kwargs)
+    with pytest.raises(ValueError, match="hold needs last_tokens"):
+        state.apply_(logits, rows=rows, hold=torch.tensor([True, False], device=DEVICE))
