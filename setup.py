@@ -54,5 +54,10 @@ setup(
     extras_require={"triton": ["triton"], "gguf": ["gguf", "accelerate"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    entry_points={"console_scripts": ["focuskern=focuskern.__main__:main"]},
+    entry_points={
+        "console_scripts": ["focuskern=focuskern.__main__:main"],
+        # vLLM loads every processor of this group into its engines (`vllm serve` included); the plugin
+        # stands aside where FocusLogitsProcessor is also listed in logits_processors=[...].
+        "vllm.logits_processors": ["focuskern=focuskern.vllm:FocusLogitsPlugin"],
+    },
 )

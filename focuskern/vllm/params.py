@@ -1,0 +1,87 @@
+"""A request's focus as vLLM carries it: ``SamplingParams(extra_args={"focus": {...}})`` (over HTTP,
+``"vllm_xargs": {"focus": {...}}``), turned into a :class:`~focuskern.FocusSpec`.  No vLLM import.
+
+The dictionary speaks ``FocusSpec``'s vocabulary, in JSON types::
+
+    {"entities": ["healthcare", [[1234, 567]]],   # strings, or per entity a list of token-id variants
+     "bias": 4.0, "continuation_bias": 8.0, "alpha": 0.0,
+     "decay": {"kind": "ramp", "horizon": 100, "floor": 0.1},   # or "constant"
+     "mode": "phrase", "satisfy": "once", "variants": "spaced", "boost_starts_in_match": false}
+
+Only ``entities`` is required.  ``decay.kind`` is one of ``constant, linear, exponential (horizon =
+half-life), cosine, cutoff, ramp``; ``floor`` defaults to 1 for ``constant`` and 0 otherwise.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from ..decay import CONSTANT, KIND_NAMES, Decay
+from ..spec import VARIANT_POLICIES, FocusSpec
+
+FOCUS_KEY = "focus"
+_FIELDS = ("entities", "bias", "alpha", "decay", "mode", "satisfy", "continuation_bias", "variants",
+           "boost_starts_in_match")
+_DECAY_FIELDS = ("kind", "horizon", "floor")
+
+
+def focus_spec(focus: Any) -> FocusSpec:
+    """Build the spec of one request's ``focus`` dictionary (see the module docstring).
+
+    Raises
+    ------
+    TypeError, ValueError
+        naming the offending field as ``focus.<field>``.
+    """
+    if not isinstance(focus, Mapping):
+        raise TypeError(f"focus must be a JSON object (dict), got {type(focus).__name__}")
+    unknown = sorted(set(focus) - set(_FIELDS), key=str)
+    if unknown:
+        raise ValueError(f"focus.{unknown[0]} is not a focus field; expected one of {', '.join(_FIELDS)}")
+    if "entities" not in focus:
+        raise ValueError("focus.entities is required (a list of strings or of token-id variant lists)")
+    kwargs = dict(focus)
+    if "decay" in kwargs:
+        kwargs["decay"] = _decay(kwargs["decay"])
+    variants = kwargs.get("variants", "default")
+    if not isinstance(variants, str) or variants not in VARIANT_POLICIES:
+        raise ValueError(f"focus.variants must be one of {tuple(VARIANT_POLICIES)}, got {variants!r}")
+    flag = kwargs.get("boost_starts_in_match", True)
+    if not isinstance(flag, bool):
+        raise TypeError(f"focus.boost_starts_in_match must be true or false, got {flag!r}")
+    try:
+        return FocusSpec(**kwargs)
+    except (TypeError, ValueError) as e:  # FocusSpec names the field; say where it sits
+        raise type(e)(f"focus.{e}") from e
+
+
+def spec_from_params(params: Any) -> Optional[FocusSpec]:
+    """The focus of a ``vllm.SamplingParams`` (anything with ``extra_args``), or ``None`` when it has
+    none.  Raises like :func:`focus_spec`."""
+    extra = getattr(params, "extra_args", None)
+    if not extra or extra.get(FOCUS_KEY) is None:
+        return None
+    return focus_spec(extra[FOCUS_KEY])
+
+
+def _decay(value: Any) -> Decay:
+    if value is None or value == "constant":
+        return Decay.constant()
+    if not isinstance(value, Mapping):
+        raise TypeError(f"focus.decay must be \"constant\" or an object with {', '.join(_DECAY_FIELDS)}, "
+                        f"got {value!r}")
+    unknown = sorted(set(value) - set(_DECAY_FIELDS), key=str)
+    if unknown:
+        raise ValueError(f"focus.decay.{unknown[0]} is not a decay field; expected {', '.join(_DECAY_FIELDS)}")
+    kind = value.get("kind")
+    if kind not in KIND_NAMES:
+        raise ValueError(f"focus.decay.kind must be one of {', '.join(KIND_NAMES)}, got {kind!r}")
+    code = KIND_NAMES.index(kind)
+    numbers = {"horizon": value.get("horizon", 0.0), "floor": value.get("floor", 1.0 if code == CONSTANT else 0.0)}
+    for name, number in numbers.items():
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise TypeError(f"focus.decay.{name} must be a number, got {number!r}")
+    try:
+        return Decay(code, float(numbers["horizon"]), float(numbers["floor"]))
+    except ValueError as e:  # "decay: horizon H must be > 0 ..."
+        raise ValueError(f"focus.{e}") from e

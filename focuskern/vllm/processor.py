@@ -1,0 +1,158 @@
+"""``FocusLogitsProcessor``: the vLLM logits processor (imports vLLM; see :mod:`focuskern.vllm`)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+import torch
+from vllm.logger import init_logger
+from vllm.tokenizers import cached_tokenizer_from_config
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
+
+from .params import spec_from_params
+from .rows import BatchFocus, SlotFocus
+
+try:  # Model Runner V2 (vLLM >= 0.3x); without it the processor is a V1 processor only
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as RunnerV2LogitsProcessor
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcRequestState
+except ImportError:
+    RunnerV2LogitsProcessor = LogitsProcRequestState = None
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+    from vllm.config import VllmConfig
+
+logger = init_logger(__name__)
+
+# vLLM loads entry-point plugins into whichever runner it starts, and V2 refuses a V1-only class, so
+# one class implements both interfaces (the V1 one by default).
+_BASES = (LogitsProcessor,) if RunnerV2LogitsProcessor is None else (LogitsProcessor, RunnerV2LogitsProcessor)
+
+
+class FocusLogitsProcessor(*_BASES):
+    """Steer each request toward its ``extra_args["focus"]`` entities (see :mod:`focuskern.vllm`).
+
+    Parameters
+    ----------
+    vllm_config : the engine's config (model vocabulary and tokenizer; speculative decoding).
+    device_or_req_states : V1: the logits' ``torch.device``; Model Runner V2: its
+        ``LogitsProcRequestState`` (slot buffers read for prompt lengths and resumed histories).
+    is_pin_memory : V1: stage per-step token copies in pinned memory.
+
+    One ``FocusState`` launch per step biases every focused row (``apply``); requests without focus are
+    untouched, and a step without focused requests costs nothing.  Not argmax-invariant: focus changes
+    greedy choices.
+    """
+
+    def __init__(self, vllm_config: "VllmConfig", device_or_req_states, is_pin_memory: bool = False):
+        model = vllm_config.model_config
+        tokenizer = _LazyTokenizer(model)
+        vocab = model.get_vocab_size()
+        # Custom processors see one row per request only without speculative decoding (V1 does not
+        # even load them then); under V2 focused requests are served unfocused, with a warning.
+        self._speculative = vllm_config.speculative_config is not None
+        self._req_states = None
+        self._batch: Optional[BatchFocus] = None
+        self._slots: Optional[SlotFocus] = None
+        if LogitsProcRequestState is not None and isinstance(device_or_req_states, LogitsProcRequestState):
+            self._req_states = device_or_req_states
+            self._slots = SlotFocus(device_or_req_states.max_num_reqs, vocab, device_or_req_states.device, tokenizer)
+        else:
+            self._batch = BatchFocus(vocab, device_or_req_states, tokenizer, pin_memory=is_pin_memory)
+            if vllm_config.scheduler_config.async_scheduling and not _listed(model.logits_processors):
+                logger.warning("focuskern: with async scheduling pass FocusLogitsProcessor in "
+                               "logits_processors=[...] (not only as a plugin), or vLLM leaves placeholder "
+                               "tokens in the output lists that focused rows have to wait for")
+
+    @classmethod
+    def validate_params(cls, sampling_params: "SamplingParams") -> None:
+        """Reject a malformed ``extra_args["focus"]`` at admission (that request fails, HTTP 400; the
+        engine keeps serving).  vLLM converts ``ValueError`` only, so type errors are re-raised as one.
+
+        Raises
+        ------
+        ValueError
+            naming the field, e.g. ``focus.bias must be a finite number, got 'high'``.
+        """
+        try:
+            spec_from_params(sampling_params)
+        except TypeError as e:
+            raise ValueError(str(e)) from e
+
+    def is_argmax_invariant(self) -> bool:
+        return False
+
+    # ------------------------------------------------------------------ V1
+    def update_state(self, batch_update: Optional[BatchUpdate]) -> None:
+        self._batch.update(batch_update)
+
+    def apply(self, logits: torch.Tensor, ctx=None) -> torch.Tensor:
+        """V1: ``apply(logits)`` with ``logits`` [num_reqs, V]; V2: ``apply(logits, ctx)`` with
+        ``ctx`` the step's ``LogitsContext``.  Modifies ``logits`` in place and returns it."""
+        if ctx is None:
+            return self._batch.apply(logits)
+        return self._slots.apply(logits, ctx.expanded_idx_mapping, ctx.idx_mapping_np, ctx.input_ids, ctx.pos,
+                                 self._req_states.prompt_len.gpu)
+
+    # ------------------------------------------------------------------ V2
+    def add_request(self, req_idx: int, sampling_params: "SamplingParams") -> bool:
+        if self._speculative:
+            if spec_from_params(sampling_params) is not None:
+                logger.warning("focuskern: speculative decoding is not supported; request served unfocused")
+            return self._slots.add(req_idx, None, 0, 0)
+        states = self._req_states
+        return self._slots.add(req_idx, sampling_params, int(states.prompt_len.np[req_idx]),
+                               int(states.prefill_len.np[req_idx]))
+
+    def apply_staged_writes(self) -> None:
+        tokens = self._req_states.all_token_ids.gpu
+        self._slots.flush(lambda slot, start, stop: tokens[slot, start:stop].tolist())
+
+
+class FocusLogitsPlugin(FocusLogitsProcessor):
+    """What the ``vllm.logits_processors`` entry point loads into every engine (``vllm serve``).
+
+    vLLM loads entry-point plugins *and* the classes given in ``logits_processors=[...]``, so an engine
+    that also lists :class:`FocusLogitsProcessor` would steer twice: then this one stands aside (its
+    hooks return at once).  List ``FocusLogitsProcessor``, never this class.
+    """
+
+    def __init__(self, vllm_config: "VllmConfig", device_or_req_states, is_pin_memory: bool = False):
+        super().__init__(vllm_config, device_or_req_states, is_pin_memory)
+        self.inert = _listed(vllm_config.model_config.logits_processors)
+
+    def update_state(self, batch_update: Optional[BatchUpdate]) -> None:
+        if not self.inert:
+            super().update_state(batch_update)
+
+    def apply(self, logits: torch.Tensor, ctx=None) -> torch.Tensor:
+        return logits if self.inert else super().apply(logits, ctx)
+
+    def add_request(self, req_idx: int, sampling_params: "SamplingParams") -> bool:
+        return not self.inert and super().add_request(req_idx, sampling_params)
+
+    def apply_staged_writes(self) -> None:
+        if not self.inert:
+            super().apply_staged_writes()
+
+
+class _LazyTokenizer:
+    """The model's tokenizer, loaded when the first string entity arrives (an engine that only sees
+    token-id entities, or no focus at all, never pays for it)."""
+
+    def __init__(self, model_config):
+        self._config = model_config
+        self._tokenizer = None
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        if self._tokenizer is None:
+            self._tokenizer = cached_tokenizer_from_config(self._config)
+            if self._tokenizer is None:
+                raise ValueError("focus.entities: strings need the model's tokenizer, which this engine "
+                                 "skips (skip_tokenizer_init); give token ids")
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+
+def _listed(processors) -> bool:
+    """Whether ``FocusLogitsProcessor`` is among ``logits_processors`` (classes or FQCN strings)."""
+    names = {"focuskern.vllm:FocusLogitsProcessor", "focuskern.vllm.processor:FocusLogitsProcessor"}
+    return any(p is FocusLogitsProcessor or p in names for p in processors or ())

@@ -1,0 +1,219 @@
+"""The engine-facing halves of the vLLM processor, without importing vLLM: one
+:class:`~focuskern.FocusState` kept in step with the engine's rows, one launch per decoding step.
+
+* :class:`BatchFocus` follows vLLM V1's *persistent batch*: ``BatchUpdate`` s (removed, added, moved)
+  move state rows around; each request's newest token is read from its live ``output_tok_ids`` list.
+* :class:`SlotFocus` follows Model Runner V2's *request slots*: a state row per slot; each step serves
+  the slots of the batch and reads the newest tokens from the model's input ids, on the device.
+
+Both hold a row whose request generated nothing since the last step (a prompt still being read, in
+chunks or after preemption) instead of advancing it, and replay the history of a request that joins
+with tokens already generated (a resumed one).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..spec import FocusSpec
+from ..state import FocusState
+from .params import spec_from_params
+
+log = logging.getLogger("focuskern.vllm")
+
+
+class _Rows:
+    """A FocusState and the request specs that feed it (shared by both engine interfaces)."""
+
+    def __init__(self, rows: int, vocab_size: int, device, tokenizer, backend: str, pin_memory: bool):
+        self.state = FocusState([None] * rows, vocab_size, device, tokenizer, backend=backend)
+        self.device = self.state.device
+        self.pin_memory = pin_memory and self.device.type == "cuda"
+
+    def spec(self, params: Any) -> Optional[FocusSpec]:
+        """The request's focus; ``None`` without one.  ``validate_params`` rejected malformed ones at
+        admission, so what fails here needs the model (a string that tokenizes to nothing, an id past the
+        vocabulary): the request is served unfocused rather than failing the engine."""
+        try:
+            return spec_from_params(params)
+        except (TypeError, ValueError) as e:
+            log.warning("focuskern: request served without focus: %s", e)
+            return None
+
+    def set_row(self, row: int, spec: Optional[FocusSpec]) -> bool:
+        """Give ``row`` ``spec`` (a fresh state); ``False`` if the spec does not fit this model."""
+        try:
+            self.state.set_row(row, spec)  # tokenizes the entities of a spec it has not seen before
+            return spec is not None
+        except ValueError as e:  # nothing left after tokenizing, an id >= vocab_size: row untouched
+            log.warning("focuskern: request served without focus: %s", e)
+            self.state.set_row(row, None)
+            return False
+
+    def host_to_device(self, array: np.ndarray) -> torch.Tensor:
+        """``array`` on the state's device; on CUDA through pinned memory, so the copy is asynchronous
+        (the pinned block comes from torch's caching host allocator, which tracks its stream use)."""
+        host = torch.from_numpy(array)
+        if self.device.type == "cpu":
+            return host
+        return (host.pin_memory() if self.pin_memory else host).to(self.device, non_blocking=True)
+
+
+class BatchFocus(_Rows):
+    """Focus for vLLM V1's persistent batch (see :meth:`update`, :meth:`apply`).
+
+    Parameters
+    ----------
+    vocab_size : the model's vocabulary (logits may be wider).
+    device : the logits' device.
+    tokenizer : the model's tokenizer (for string entities).
+    backend : FocusState kernel backend.
+    pin_memory : stage the per-step token copy in pinned memory (CUDA).
+
+    Per row it keeps the request's live output list and how many of its tokens the automaton has
+    consumed; per step that is ``O(rows)`` host work and one ``[B]`` copy, independent of the number of
+    entities.
+    """
+
+    def __init__(self, vocab_size: int, device, tokenizer=None, *, backend: str = "auto", pin_memory: bool = False):
+        super().__init__(0, vocab_size, device, tokenizer, backend, pin_memory)
+        self.specs: list[Optional[FocusSpec]] = []
+        self.outputs: list[Optional[Sequence[int]]] = []  # live output lists of the focused rows
+        self.fed: list[int] = []  # tokens of outputs[r] the row's automaton has consumed
+        self._tokens = np.zeros(0, dtype=np.int32)
+        self._hold = np.zeros(0, dtype=bool)
+        self._focused = 0
+        self._warned_placeholder = False
+
+    def update(self, batch_update) -> None:
+        """Apply a vLLM ``BatchUpdate`` (``None``: the batch did not change): removed, then added, then
+        moved (``MoveDirectionality.SWAP`` exchanges, anything else moves), then trim or grow to its
+        ``batch_size``.  Only the named rows are touched."""
+        if batch_update is None:
+            return
+        for row in batch_update.removed:
+            if row < len(self.specs) and self.specs[row] is not None:
+                self._assign(row, None, None)
+        for row, params, _prompt, output in batch_update.added:
+            self._grow(row + 1)
+            spec = self.spec(params)
+            if spec is not None or self.specs[row] is not None:
+                self._assign(row, spec, output)
+        for src, dst, direction in batch_update.moved:
+            if self.specs[src] is None and self.specs[dst] is None:
+                continue  # neither row is focused: no state to move
+            if direction.name == "SWAP":
+                self.state.swap(src, dst)
+                for lst in (self.specs, self.outputs, self.fed):
+                    lst[src], lst[dst] = lst[dst], lst[src]
+            else:
+                self.state.move(src, dst)
+                for lst, empty in ((self.specs, None), (self.outputs, None), (self.fed, 0)):
+                    lst[dst], lst[src] = lst[src], empty
+        self._grow(batch_update.batch_size)
+        self.state.resize(batch_update.batch_size)
+        for lst in (self.specs, self.outputs, self.fed):
+            del lst[batch_update.batch_size:]
+        self._focused = sum(s is not None for s in self.specs)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """Advance every focused row by its newest output token (or hold it when it has none), then
+        bias ``logits`` [B, V] in place; one FocusState launch, no host-device sync."""
+        if not self._focused:
+            return logits
+        any_hold = False
+        for row, output in enumerate(self.outputs):
+            if output is None:
+                continue
+            n, fed = len(output), self.fed[row]
+            if n < fed:  # vLLM discarded tokens: start the row over from its list
+                self.state.set_row(row, self.specs[row])
+                fed = self.fed[row] = 0
+            # Nothing new (a prompt still being read), or an async-scheduling placeholder (-1) whose
+            # token is not known yet: the row waits.
+            if n == fed or output[-1] < 0:
+                self._hold[row] = any_hold = True
+                if n != fed and not self._warned_placeholder:
+                    self._warned_placeholder = True
+                    log.warning("focuskern: output tokens are async-scheduling placeholders (-1); vLLM repairs "
+                                "them only for processors passed in logits_processors=[...]; focused rows wait")
+                continue
+            if n > fed + 1:  # a resumed request, or repaired placeholders: consume all but the newest
+                self.state.advance_row(row, output[fed:-1])
+            self._tokens[row], self._hold[row], self.fed[row] = output[-1], False, n
+        b = len(self.specs)
+        hold = self.host_to_device(self._hold[:b]) if any_hold else None
+        return self.state.apply_(logits, self.host_to_device(self._tokens[:b]), hold=hold)
+
+    def _assign(self, row: int, spec: Optional[FocusSpec], output) -> None:
+        focused = self.set_row(row, spec)
+        self.specs[row] = spec if focused else None
+        self.outputs[row] = output if focused else None
+        self.fed[row] = 0
+
+    def _grow(self, rows: int) -> None:
+        missing = rows - len(self.specs)
+        if missing > 0:
+            self.state.resize(rows)
+            self.specs += [None] * missing
+            self.outputs += [None] * missing
+            self.fed += [0] * missing
+        if rows > len(self._tokens):  # host staging buffers grow geometrically
+            size = max(rows, 2 * len(self._tokens), 16)
+            self._tokens = np.resize(self._tokens, size)
+            self._hold = np.resize(self._hold, size)
+
+
+class SlotFocus(_Rows):
+    """Focus for vLLM Model Runner V2's request slots (see :meth:`add`, :meth:`flush`, :meth:`apply`).
+
+    Parameters
+    ----------
+    slots : the runner's ``max_num_reqs``.
+    vocab_size, device, tokenizer, backend, pin_memory : as for :class:`BatchFocus`.
+
+    A row advances when the token the model reads at its logits position is the next output token the
+    row has not consumed (``pos - prompt_len == step``); otherwise (a prompt chunk, a re-read history) it
+    holds.  All of that is decided on the device.
+    """
+
+    def __init__(self, slots: int, vocab_size: int, device, tokenizer=None, *, backend: str = "auto",
+                 pin_memory: bool = False):
+        super().__init__(slots, vocab_size, device, tokenizer, backend, pin_memory)
+        self.focused = np.zeros(slots, dtype=bool)
+        self._replay: dict[int, tuple[int, int]] = {}
+
+    def add(self, slot: int, params: Any, prompt_len: int, prefill_len: int) -> bool:
+        """A request enters ``slot`` (whatever the slot held before is dropped).  ``prefill_len -
+        prompt_len`` output tokens it generated before (resumed after preemption) are replayed by the
+        next :meth:`flush`.  Returns whether the request is focused."""
+        spec = self.spec(params)
+        self._replay.pop(slot, None)
+        if spec is None and not self.focused[slot]:
+            return False
+        self.focused[slot] = self.set_row(slot, spec)
+        if self.focused[slot] and prefill_len > prompt_len:
+            self._replay[slot] = (prompt_len, prefill_len)
+        return bool(self.focused[slot])
+
+    def flush(self, token_ids: Callable[[int, int, int], Sequence[int]]) -> None:
+        """Replay the histories of resumed requests; ``token_ids(slot, start, stop)`` reads a slot's
+        tokens (a device read: rare, only after preemption).  The newest history token is left for the
+        step that reads it as model input."""
+        for slot, (prompt_len, prefill_len) in self._replay.items():
+            self.state.advance_row(slot, token_ids(slot, prompt_len, prefill_len - 1))
+        self._replay.clear()
+
+    def apply(self, logits: torch.Tensor, slots: torch.Tensor, slots_host: np.ndarray, input_ids: torch.Tensor,
+              pos: torch.Tensor, prompt_len: torch.Tensor) -> torch.Tensor:
+        """Bias ``logits`` [b, V] whose row ``i`` belongs to slot ``slots[i]`` ([b] device; ``slots_host``
+        the same on the host), advancing each row by ``input_ids[i]`` when that token, at position
+        ``pos[i]``, is its request's next unconsumed output (``prompt_len`` [max slots] device)."""
+        if not self.focused[slots_host].any():
+            return logits
+        slots = slots.long()
+        hold = (pos - prompt_len[slots]) != self.state.step[slots]
+        return self.state.apply_(logits, input_ids, rows=slots, hold=hold)

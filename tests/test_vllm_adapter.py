@@ -1,0 +1,235 @@
+"""The vLLM adapter without an engine: random BatchUpdate sequences (V1) and slot schedules (Model
+Runner V2) against a dict model of the requests; the focus dictionary's validation.
+
+Runs without vLLM (BatchUpdate and MoveDirectionality are mirrored when it is not installed)."""
+import enum
+import random
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import pytest
+import torch
+
+import focuskern as fk
+from focuskern.vllm import focus_spec
+from focuskern.vllm.rows import BatchFocus, SlotFocus
+from test_focus_state import brute_boosts, next_token, random_spec
+
+try:
+    from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+except ImportError:
+    class MoveDirectionality(enum.Enum):
+        UNIDIRECTIONAL = enum.auto()
+        SWAP = enum.auto()
+
+    @dataclass(frozen=True)
+    class BatchUpdate:
+        batch_size: int
+        removed: Sequence[int]
+        added: Sequence[tuple]
+        moved: Sequence[tuple]
+
+ALPHABET = 9
+VOCAB = ALPHABET + 3
+
+
+@dataclass
+class Params:
+    """What the adapter reads of ``vllm.SamplingParams``."""
+    extra_args: Optional[dict]
+
+
+@dataclass
+class Request:
+    spec: Optional[fk.FocusSpec]  # what the request should be steered by (None: untouched)
+    output: list                  # its live output list, shared with the adapter like vLLM's
+    params: Params
+
+
+def as_focus(spec: fk.FocusSpec) -> dict:
+    """The JSON form of a token-id spec (what a client sends)."""
+    return {"entities": [[list(v) for v in e] for e in spec.entities], "bias": spec.bias,
+            "continuation_bias": spec.continuation_bias, "mode": spec.mode, "satisfy": spec.satisfy,
+            "boost_starts_in_match": spec.boost_starts_in_match}
+
+
+def new_request(rng: random.Random) -> Request:
+    kind = rng.random()
+    if kind < 0.25:
+        return Request(None, [], Params(None if rng.random() < 0.5 else {"other": 1}))
+    spec = random_spec(rng, ALPHABET)
+    focus = as_focus(spec)
+    if kind < 0.3:  # passes validation, does not fit the model: served unfocused
+        focus["entities"].append([[VOCAB + 5]])
+        spec = None
+    output = []
+    if rng.random() < 0.2:  # a resumed request joins with tokens already generated
+        for _ in range(rng.randint(1, 6)):
+            output.append(next_token(rng, spec, output, ALPHABET))
+    return Request(spec, output, Params({"focus": focus}))
+
+
+def random_update(rng: random.Random, rows: list) -> BatchUpdate:
+    """What vLLM's InputBatch emits: removals leave holes, adds fill the lowest holes then append,
+    condense moves the last rows into the remaining holes; sometimes a swap (batch reordering).
+    ``removed`` lists what vLLM lists (the holes nothing refilled) or, as the interface allows, every
+    removed row."""
+    live = [r for r, req in enumerate(rows) if req is not None]
+    removed = sorted(rng.sample(live, rng.randint(0, min(3, len(live)))), reverse=True)
+    for r in removed:
+        rows[r] = None
+    holes = sorted(removed)
+    added = []
+    for _ in range(rng.randint(0, 3)):
+        row = holes.pop(0) if holes else len(rows)
+        if row == len(rows):
+            rows.append(None)
+        req = new_request(rng)
+        rows[row] = req
+        added.append((row, req.params, None, req.output))
+    moved = []
+    while holes:
+        last = max(r for r, req in enumerate(rows) if req is not None) if any(rows) else -1
+        hole = holes.pop(0)
+        if hole >= last:
+            break
+        rows[hole], rows[last] = rows[last], None
+        moved.append((last, hole, MoveDirectionality.UNIDIRECTIONAL))
+    if rng.random() < 0.5:
+        removed = [r for r in removed if r >= len(rows) or rows[r] is None]
+    while rows and rows[-1] is None:
+        rows.pop()
+    if len(rows) > 1 and rng.random() < 0.3:
+        a, b = rng.sample(range(len(rows)), 2)
+        rows[a], rows[b] = rows[b], rows[a]
+        moved.append((a, b, MoveDirectionality.SWAP))
+    return BatchUpdate(batch_size=len(rows), removed=removed, added=added, moved=moved)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """vLLM's CPU worker serves with one torch thread; with more, each tiny launch of these tests pays
+    an OpenMP fork/join (milliseconds on a busy 2-vCPU machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def expected(req: Optional[Request]) -> dict:
+    return {} if req is None or req.spec is None else brute_boosts(req.spec, req.output)
+
+
+def test_random_batch_update_sequences_match_a_dict_model():
+    """10 000 sequences; after every update and decoding step each row's boosts and step match the
+    request it holds (its own tokens only, whatever moves, swaps, holds and replays happened)."""
+    rng = random.Random(random.randrange(2**31))
+    for _ in range(10_000):
+        focus = BatchFocus(VOCAB, "cpu")
+        rows: list = []
+        for _ in range(rng.randint(1, 4)):
+            focus.update(random_update(rng, rows))
+            for req in rows:  # a decoding step: most rows got a token, some are still prefilling
+                if rng.random() < 0.8:
+                    req.output.append(next_token(rng, req.spec, req.output, ALPHABET))
+                if rng.random() < 0.03 and req.output:  # vLLM discarded tokens
+                    del req.output[rng.randrange(len(req.output)):]
+            logits = focus.apply(torch.zeros(len(rows), VOCAB))
+            for r, req in enumerate(rows):
+                got = {t: v for t, v in enumerate(logits[r].tolist()) if v}
+                assert got == pytest.approx(expected(req)), f"row {r}"
+                if req.spec is not None:
+                    assert int(focus.state.step[r]) == len(req.output)
+
+
+def test_slot_schedules_match_a_dict_model():
+    """Model Runner V2: requests take free slots, read their prompt in chunks (rows held), decode
+    (the newest token is the model's input at position prompt_len + step), some are resumed with
+    history (replayed); each step serves the scheduled slots in a random order.  Checked: every row
+    whose token is kept (the last chunk of a prompt, then every decoding step)."""
+    rng = random.Random(random.randrange(2**31))
+    slots = 6
+    for _ in range(300):
+        focus = SlotFocus(slots, VOCAB, "cpu")
+        live: dict[int, tuple] = {}  # slot -> (request, prompt_len, all tokens, [position read last])
+        prompt_lens = torch.zeros(slots, dtype=torch.int32)
+        for _ in range(12):
+            for slot in [s for s in live if rng.random() < 0.15]:
+                del live[slot]  # finished or preempted: V2 just frees the slot
+            for slot in [s for s in range(slots) if s not in live and rng.random() < 0.4]:
+                req = new_request(rng)
+                prompt = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 5))]
+                tokens = prompt + req.output
+                live[slot] = (req, len(prompt), tokens, [-1])
+                prompt_lens[slot] = len(prompt)
+                assert focus.add(slot, req.params, len(prompt), len(tokens)) == (req.spec is not None)
+            focus.flush(lambda s, a, b: live[s][2][a:b])
+            served = [s for s in live if rng.random() < 0.8]
+            rng.shuffle(served)
+            pos, input_ids = [], []
+            for s in served:
+                req, plen, tokens, cursor = live[s]
+                if cursor[0] < len(tokens) - 1:  # a prompt (or re-read history) chunk ends here
+                    cursor[0] = min(len(tokens) - 1, cursor[0] + rng.randint(1, 3))
+                p = cursor[0]
+                pos.append(p)
+                input_ids.append(tokens[p])
+            logits = torch.zeros(len(served), VOCAB)
+            focus.apply(logits, torch.tensor(served, dtype=torch.int32), np.array(served, dtype=np.int64),
+                        torch.tensor(input_ids), torch.tensor(pos), prompt_lens)
+            for i, s in enumerate(served):
+                req, plen, tokens, cursor = live[s]
+                if cursor[0] < len(tokens) - 1:
+                    continue  # a chunk before the last: vLLM discards what is sampled from it
+                req.output = tokens[plen:]
+                got = {t: v for t, v in enumerate(logits[i].tolist()) if v}
+                assert got == pytest.approx(expected(req)), f"slot {s}"
+                tokens.append(next_token(rng, req.spec, req.output, ALPHABET))
+                cursor[0] += 1
+
+
+@pytest.mark.parametrize("focus,error,name", [
+    ("healthcare", TypeError, "focus must be a JSON object"),
+    ({}, ValueError, "focus.entities is required"),
+    ({"entities": ["a"], "strength": 2}, ValueError, "focus.strength"),
+    ({"entities": []}, ValueError, "focus.entities"),
+    ({"entities": [""]}, ValueError, r"focus.entities\[0\]"),
+    ({"entities": [[[1, -2]]]}, ValueError, r"focus.entities\[0\]"),
+    ({"entities": ["a"], "bias": "high"}, ValueError, "focus.bias"),
+    ({"entities": ["a"], "continuation_bias": float("nan")}, ValueError, "focus.continuation_bias"),
+    ({"entities": ["a"], "alpha": 2}, ValueError, "focus.alpha"),
+    ({"entities": ["a"], "mode": "words"}, ValueError, "focus.mode"),
+    ({"entities": ["a"], "satisfy": "twice"}, ValueError, "focus.satisfy"),
+    ({"entities": ["a"], "variants": "odd"}, ValueError, "focus.variants"),
+    ({"entities": ["a"], "boost_starts_in_match": "no"}, TypeError, "focus.boost_starts_in_match"),
+    ({"entities": ["a"], "decay": 0.5}, TypeError, "focus.decay"),
+    ({"entities": ["a"], "decay": {"kind": "sigmoid"}}, ValueError, "focus.decay.kind"),
+    ({"entities": ["a"], "decay": {"kind": "ramp"}}, ValueError, "focus.decay: horizon"),
+    ({"entities": ["a"], "decay": {"kind": "ramp", "horizon": 5, "floor": 2}}, ValueError, "focus.decay: floor"),
+    ({"entities": ["a"], "decay": {"kind": "ramp", "horizon": "long"}}, TypeError, "focus.decay.horizon"),
+    ({"entities": ["a"], "decay": {"kind": "ramp", "span": 5}}, ValueError, "focus.decay.span"),
+])
+def test_malformed_focus_names_the_field(focus, error, name):
+    with pytest.raises(error, match=name):
+        focus_spec(focus)
+
+
+def test_focus_dictionary_speaks_the_spec_vocabulary():
+    spec = focus_spec({"entities": ["healthcare", [[5, 6], [7]]], "bias": 4, "continuation_bias": 8.0,
+                       "alpha": 0.1, "decay": {"kind": "ramp", "horizon": 100, "floor": 0.1}, "mode": "tokens",
+                       "satisfy": "never", "variants": "spaced", "boost_starts_in_match": False})
+    want = fk.FocusSpec(["healthcare", [[5, 6], [7]]], bias=4, continuation_bias=8.0, alpha=0.1,
+                        decay=fk.Decay.ramp(100, floor=0.1), mode="tokens", satisfy="never", variants="spaced",
+                        boost_starts_in_match=False)
+    assert spec.key() == want.key()
+    assert focus_spec({"entities": ["x"], "decay": "constant"}).decay == fk.Decay.constant()
+    assert focus_spec({"entities": ["x"], "decay": {"kind": "exponential", "horizon": 50}}).decay \
+        == fk.Decay.exponential(50)
+
+
+def test_importing_focuskern_does_not_import_vllm():
+    code = "import sys, focuskern, focuskern.vllm, focuskern.vllm.rows; print('vllm' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
