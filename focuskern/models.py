@@ -43,3 +43,16 @@ def load_model(model: str | None = None, *, device: str = "cpu", dtype=None, att
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return lm, tokenizer
+
+
+def save_default_model(path: str) -> None:
+    """Write the embedded SmolLM2 (dequantized from its ``.gguf``) as a safetensors folder at ``path``,
+    for engines that load Hugging Face folders but not this ``.gguf`` (vLLM)."""
+    lm, tokenizer = load_model()
+    # The dequantized weights are plain float32 now: drop the GGUF quantizer so they save as such.
+    lm.hf_quantizer = None
+    lm.is_quantized = False
+    if hasattr(lm.config, "quantization_config"):
+        del lm.config.quantization_config
+    lm.save_pretrained(path)
+    tokenizer.save_pretrained(path)

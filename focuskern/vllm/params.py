@@ -1,5 +1,9 @@
-"""A request's focus as vLLM carries it: ``SamplingParams(extra_args={"focus": {...}})`` (over HTTP,
-``"vllm_xargs": {"focus": {...}}``), turned into a :class:`~focuskern.FocusSpec`.  No vLLM import.
+"""A request's focus as vLLM carries it: ``SamplingParams(extra_args={"focus": {...}})``, turned into a
+:class:`~focuskern.FocusSpec`.  No vLLM import.
+
+Over HTTP it travels in ``"vllm_xargs": {"focus": "<the same dictionary as a JSON string>"}``: vLLM's
+OpenAI server admits only strings, numbers and flat lists as ``vllm_xargs`` values, so a JSON string
+is accepted wherever the dictionary is.
 
 The dictionary speaks ``FocusSpec``'s vocabulary, in JSON types::
 
@@ -13,6 +17,7 @@ half-life), cosine, cutoff, ramp``; ``floor`` defaults to 1 for ``constant`` and
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -26,13 +31,18 @@ _DECAY_FIELDS = ("kind", "horizon", "floor")
 
 
 def focus_spec(focus: Any) -> FocusSpec:
-    """Build the spec of one request's ``focus`` dictionary (see the module docstring).
+    """Build the spec of one request's ``focus`` dictionary, or of its JSON text (module docstring).
 
     Raises
     ------
     TypeError, ValueError
         naming the offending field as ``focus.<field>``.
     """
+    if isinstance(focus, str):
+        try:
+            focus = json.loads(focus)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"focus is a string but not JSON ({e})") from e
     if not isinstance(focus, Mapping):
         raise TypeError(f"focus must be a JSON object (dict), got {type(focus).__name__}")
     unknown = sorted(set(focus) - set(_FIELDS), key=str)
