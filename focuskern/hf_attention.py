@@ -30,6 +30,11 @@ memory and never as an Lq x Lk tensor in the usual cases:
   layers, static caches (whose keys past the current position are empty).  The attention function then
   falls back to float32 SDPA with a float mask that holds the bias (O(Lq x Lk) memory, on any device).
 
+On CUDA the first two go to the Triton kernel for every query length.  On CPU, decoding steps go to
+the op's torch backend and prefill (Lq > 1) takes the dense SDPA route too: the torch backend is a
+reference that materializes the scores in several passes, 2.5-4x slower than SDPA's fused CPU kernel
+at the prompt lengths of ``focuskern eval lost-in-middle``.
+
 Checking that a 2-D mask is left padding reads it on the host: one sync per forward pass (not per
 layer), as ``transformers``' own ``sdpa`` and flash masks do.  Growing the bias as the cache grows,
 and repeating it for beams, happen on the device without syncs.
@@ -47,6 +52,7 @@ from transformers.masking_utils import AttentionMaskInterface, causal_mask_funct
 
 from .attention import pasta_head_scale
 from .ops import focus_attention
+from .ops.focus_attention_torch import visible_mask
 
 NAME = "focus"
 _STATE = "_focuskern_attention_focus"  # attribute of an attention module while a block is active
@@ -173,8 +179,15 @@ def focus_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
     if state is not None:
         bias, head_scale = state
         key_bias = bias(query.shape[0], key.shape[2])
-    if attention_mask is None or (attention_mask.dim() == 1 and attention_mask.dtype == torch.int32):
-        causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    small = attention_mask is None or (attention_mask.dim() == 1 and attention_mask.dtype == torch.int32)
+    causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    B, _, Lq, _ = query.shape
+    if small and query.device.type == "cpu" and Lq > 1:
+        # CPU prefill: SDPA's fused CPU kernel with the bias in a float mask is 2.5-4x faster than the
+        # op's torch backend (a reference that materializes the scores in several passes); same formula.
+        attention_mask = visible_mask(B, Lq, key.shape[2], 0, Lq, causal, attention_mask, query.device)[:, 0]
+        small = False
+    if small:
         out = focus_attention(query, key, value, key_bias, head_scale, causal=causal, sm_scale=scaling,
                               key_start=attention_mask, validate=False)
     else:

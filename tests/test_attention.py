@@ -166,22 +166,27 @@ def test_focus_bias_grows_with_the_cache_and_follows_beams():
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_dense_fallback_equals_key_start_path(causal):
-    """The same left padding as a dense bool mask (fallback: SDPA with the bias in a float mask) and as
-    key_start (the kernel) give the same output, including query rows that see no key."""
+@pytest.mark.parametrize("Lq", [1, 5])
+def test_attention_function_equals_the_op(causal, Lq):
+    """The attention function given key_start (op, or on CPU for Lq > 1 SDPA with the bias in a float
+    mask) and given the same left padding as a dense bool mask (fallback) equals focus_attention,
+    including query rows that see no key."""
     gen = torch.Generator().manual_seed(0)
-    B, Hq, Hkv, Lq, Lk, D = 3, 6, 2, 5, 9, 64
+    B, Hq, Hkv, Lk, D = 3, 6, 2, 9, 64
     q, k, v = (torch.randn(B, h, n, D, generator=gen) for h, n in ((Hq, Lq), (Hkv, Lk), (Hkv, Lk)))
-    pad = torch.arange(Lk)[None, :] >= torch.tensor([[0], [3], [6]])
+    key_bias = torch.randn(B, Lk, generator=gen)
+    head_scale = torch.tensor([1.0, 0.0, 2.0, 1.0, -0.5, 1.0])
+    key_start = torch.tensor([0, 3, 6], dtype=torch.int32)
     module = types.SimpleNamespace(is_causal=causal)
-    setattr(module, _STATE, (FocusBias(torch.randn(B, Lk, generator=gen), torch.zeros(B, 1)),
-                             torch.tensor([1.0, 0.0, 2.0, 1.0, -0.5, 1.0])))
-    key_start = (~pad).sum(-1, dtype=torch.int32)
+    setattr(module, _STATE, (FocusBias(key_bias, torch.zeros(B, 1)), head_scale))
+    pad = torch.arange(Lk)[None, :] >= key_start[:, None]
     if causal:
         dense = sdpa_mask(B, Lq, Lk, q_offset=Lk - Lq, attention_mask=pad, allow_is_causal_skip=False)
     else:
         dense = pad[:, None, None, :].expand(B, 1, Lq, Lk)
-    fast, _ = focus_attention_forward(module, q, k, v, key_start, scaling=0.2)
-    slow, _ = focus_attention_forward(module, q, k, v, dense, scaling=0.2)
-    assert fast.shape == (B, Lq, Hq, D) and fast.is_contiguous()
-    torch.testing.assert_close(slow, fast, rtol=1e-5, atol=1e-5)
+    expected = focus_attention(q, k, v, key_bias, head_scale, causal=causal, sm_scale=0.2,
+                               key_start=key_start).transpose(1, 2)
+    for mask in (key_start, dense):
+        out, weights = focus_attention_forward(module, q, k, v, mask, scaling=0.2)
+        assert weights is None and out.shape == (B, Lq, Hq, D) and out.is_contiguous()
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
