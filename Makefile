@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: check-cuda install test test-fast demo bench bench-gpu clean
 .PHONY: install-vllm vllm-model test-vllm bench-vllm
+.PHONY: eval
 
 $(STAMP): requirements.txt constraints.txt setup.py $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -94,3 +95,7 @@ check-cuda: $(STAMP)
 clean:
 	rm -rf $(VENV) build focuskern/*.so *.egg-info .pytest_cache .benchmarks
 	rm -rf $(VLLM_VENV) .vllm-tmp .vllm-cache
+
+# Lost-in-the-middle key-value retrieval with and without attention focus (CPU: hours; see README).
+eval: $(STAMP)
+	$(PY) -m focuskern eval lost-in-middle

@@ -1,8 +1,15 @@
-"""focuskern command line: ``focuskern demo`` (``python -m focuskern demo``), ``focuskern backends``."""
+"""focuskern command line: ``focuskern demo [--attention]`` (``python -m focuskern demo``),
+``focuskern eval lost-in-middle``, ``focuskern bench generate``, ``focuskern backends``."""
 from __future__ import annotations
 
 import argparse
 import sys
+
+# Attention focus of `eval lost-in-middle` and `demo --attention`: chosen by a sweep on seed 1000
+# (benchmarks/results/lost_in_middle_sweep_smollm2_cpu.md), not on the reported seeds.
+DEFAULT_BETA = 2.0
+DEFAULT_LAYERS = "all"
+DEFAULT_SCOPE = "all"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +25,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cpu")
     demo.add_argument("--json", action="store_true", help="print the full results as JSON")
+    demo.add_argument("--attention", action="store_true",
+                      help="instead: one key-value retrieval case without and with attention focus")
+    demo.add_argument("--attention-beta", type=float, default=DEFAULT_BETA, help="with --attention: the boost")
+    demo.add_argument("--attention-layers", default=DEFAULT_LAYERS, help="with --attention: 'all' or '8-21,25'")
+    demo.add_argument("--attention-scope", choices=["all", "data"], default=DEFAULT_SCOPE,
+                      help="with --attention: which occurrences of the key get the boost")
+    demo.add_argument("--ids", choices=["uuid", "hex8"], default="hex8", help="with --attention: id format")
+    ev = sub.add_parser("eval", help="evaluations")
+    ev.add_argument("what", choices=["lost-in-middle"])
+    ev.add_argument("--model", help="HF model folder/id or a .gguf path (default: embedded SmolLM2-135M-Instruct)")
+    ev.add_argument("--k", type=int, nargs="+", default=[10, 20], help="key-value pairs per case")
+    ev.add_argument("--n", type=int, default=50, help="cases per (k, position) cell")
+    ev.add_argument("--seed", type=int, default=0, help="case seed (k is added for each k)")
+    ev.add_argument("--beta", type=float, nargs="+", default=[DEFAULT_BETA], help="focus boosts (one row each)")
+    ev.add_argument("--layers", nargs="+", default=[DEFAULT_LAYERS],
+                    help="layer sets that get the boost, 'all' or like '8-21,25' (one row per beta and set)")
+    ev.add_argument("--scope", nargs="+", choices=["all", "data"], default=[DEFAULT_SCOPE],
+                    help="boost every occurrence of the key, or only the one in the JSON data (one row each)")
+    ev.add_argument("--batch-size", type=int, default=25)
+    ev.add_argument("--ids", choices=["uuid", "hex8"], default="uuid",
+                    help="keys and values: UUIDs (Liu et al.) or 8 hex digits")
+    ev.add_argument("--max-new-tokens", type=int, help="answer budget (default: 40 for uuid, 12 for hex8)")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--out", default="benchmarks/results", help="folder of the .json/.md/.png")
+    ev.add_argument("--name", default="lost_in_middle_smollm2_cpu", help="file name of the results")
+    ev.add_argument("--note", default="", help="a sentence recorded with the results")
     bench = sub.add_parser("bench", help="end-to-end benchmarks")
     bench.add_argument("what", choices=["generate"])
     bench.add_argument("--model")
@@ -35,9 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         for name, status in focuskern.backends().items():
             print(f"{name:8s} {status}")
         return 0
+    if args.command == "demo" and args.attention:
+        from .lost_in_middle import demo_attention
+        return demo_attention(args)
     if args.command == "demo":
         from .demo import main as demo_main
         return demo_main(args)
+    if args.command == "eval":
+        from .lost_in_middle import main as eval_main
+        return eval_main(args)
     if args.command == "bench":
         from .bench import main as bench_main
         return bench_main(args)

@@ -1,0 +1,290 @@
+"""``focuskern eval lost-in-middle``: synthetic key-value retrieval (Liu et al. 2023, §3) with and
+without attention focus, and ``focuskern demo --attention`` (one case side by side).
+
+A case is a JSON object of ``k`` random UUID key -> UUID value pairs and a question asking for one key's
+value; the gold pair is moved to each of the positions first, 1/4, 1/2, 3/4, last (index
+``round((k - 1) * f)``) with the other pairs in the same order, so the five positions of a case differ
+only by where the gold pair sits.  Decoding is greedy on the chat template; a case is correct when the
+gold value appears in the answer.  Focus boosts the tokens of the *queried key* wherever it occurs in
+the prompt (what a user knows -- never where the answer is):
+``key_bias[b, j] = beta`` on those tokens, in the chosen layers, all heads; generated keys get 0.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import random
+import sys
+import textwrap
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .attention import entity_positions, positions_to_key_bias
+from .hf_attention import attention_focus
+from .prompts import chat_texts
+
+FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
+LABELS = ("first", "1/4", "1/2", "3/4", "last")
+# Answer budget per id format: a UUID is 32 tokens of SmolLM2's tokenizer, 8 hex digits are 8; the
+# answer stops earlier at its closing quote.
+ANSWER_TOKENS = {"uuid": 40, "hex8": 12}
+INSTRUCTION = "Extract the value corresponding to the specified key in the JSON object below."
+# The assistant's reply starts with this (the model restates the key anyway; prefilling it halves the
+# decode steps and leaves the value as the next thing to write).
+ANSWER_PREFIX = 'The value corresponding to the key "{key}" is "'
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the report: no focus (``beta`` None) or a boost ``beta`` in ``layers`` (None = all) on
+    the queried key's tokens: every occurrence (``scope="all"``: the JSON data, the question, the
+    answer prefix) or only the one in the JSON data (``scope="data"``)."""
+    beta: Optional[float] = None
+    layers: Optional[tuple[int, ...]] = None
+    scope: str = "all"
+
+    def __post_init__(self):
+        if self.scope not in ("all", "data"):
+            raise ValueError(f"scope: expected 'all' or 'data', got {self.scope!r}")
+
+    @property
+    def label(self) -> str:
+        if self.beta is None:
+            return "baseline"
+        return f"focus beta={self.beta:g}, layers {format_layers(self.layers)}, {self.scope} occurrences"
+
+
+def format_layers(layers: Optional[tuple[int, ...]]) -> str:
+    """``(8, 9, 10, 20)`` -> ``"8-10,20"``; None -> ``"all"``."""
+    if layers is None:
+        return "all"
+    runs, start = [], layers[0]
+    for prev, cur in zip(layers, layers[1:] + (None,)):
+        if cur != prev + 1:
+            runs.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = cur
+    return ",".join(runs)
+
+
+def parse_layers(spec: str) -> Optional[tuple[int, ...]]:
+    """``"all"`` -> None; ``"8-10,20"`` -> ``(8, 9, 10, 20)``; raises ``ValueError`` naming ``layers``."""
+    if spec == "all":
+        return None
+    try:
+        out = set()
+        for part in spec.split(","):
+            lo, dash, hi = part.partition("-")
+            out.update(range(int(lo), int(hi if dash else lo) + 1))
+    except ValueError:
+        raise ValueError(f"layers: expected 'all' or ranges like '8-21,25', got {spec!r}") from None
+    if not out or min(out) < 0:
+        raise ValueError(f"layers: expected non-negative layer indices, got {spec!r}")
+    return tuple(sorted(out))
+
+
+def gold_index(k: int, fraction: float) -> int:
+    return int((k - 1) * fraction + 0.5)
+
+
+def make_cases(k: int, n: int, seed: int, ids: str = "uuid") -> list[list[tuple[str, str]]]:
+    """``n`` cases of ``k`` (key, value) pairs; pair 0 is the gold one (moved by :func:`place`).
+
+    ``ids="uuid"``: random UUID4 strings as in Liu et al.; ``"hex8"``: 8 random hex digits (a copy a
+    135M-parameter model can make at all)."""
+    if ids not in ANSWER_TOKENS:
+        raise ValueError(f"ids: expected one of {sorted(ANSWER_TOKENS)}, got {ids!r}")
+    rng = random.Random(seed)
+    if ids == "uuid":
+        new = lambda: str(uuid.UUID(int=rng.getrandbits(128), version=4))  # noqa: E731
+    else:
+        new = lambda: f"{rng.getrandbits(32):08x}"  # noqa: E731
+    return [[(new(), new()) for _ in range(k)] for _ in range(n)]
+
+
+def place(pairs: list[tuple[str, str]], index: int) -> list[tuple[str, str]]:
+    """The gold pair ``pairs[0]`` moved to ``index``, the others in their order."""
+    rest = pairs[1:]
+    return rest[:index] + [pairs[0]] + rest[index:]
+
+
+def prompt(pairs: list[tuple[str, str]], key: str) -> str:
+    """Liu et al.'s key-value retrieval prompt (one pair per line)."""
+    body = json.dumps(dict(pairs), indent=1)
+    return f'{INSTRUCTION}\n\nJSON data:\n{body}\n\nKey: "{key}"\nCorresponding value:'
+
+
+def answer(model, tok, prompts: list[str], keys: list[str], setting: Setting, max_new_tokens: int) -> list[str]:
+    """Greedy answers of a left-padded batch, with the setting's focus on each row's key."""
+    texts = [t + ANSWER_PREFIX.format(key=key) for t, key in zip(chat_texts(tok, prompts), keys)]
+    tok.padding_side = "left"
+    inputs = tok(texts, return_tensors="pt", padding=True).to(model.device)
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+              stop_strings='"', tokenizer=tok)
+    if setting.beta is None:
+        out = model.generate(**inputs, **kw)
+    else:
+        pos = entity_positions(tok, texts, [[key] for key in keys], padding_side="left", per_occurrence=True)
+        if setting.scope == "data":  # the first occurrence is the JSON pair's; the others repeat the question
+            pos = [[occurrences[:1] for occurrences in row] for row in pos]
+        bias = positions_to_key_bias(pos, inputs["input_ids"].shape[1], setting.beta)
+        with attention_focus(model, bias, layers=setting.layers):
+            out = model.generate(**inputs, **kw)
+    return tok.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def evaluate(model, tok, ks: list[int], n: int, seed: int, settings: list[Setting], *, ids: str = "uuid",
+             batch_size: int = 10, max_new_tokens: Optional[int] = None, log=print, checkpoint=None) -> dict:
+    """``{"cells": [{"k", "position", "setting", "correct": [bool] * n}], "examples": [...]}``;
+    ``checkpoint(results_so_far)`` is called after every (k, position) cell (runs take hours on CPU)."""
+    cells, examples = [], []
+    for k in ks:
+        cases = make_cases(k, n, seed + k, ids)
+        for label, fraction in zip(LABELS, FRACTIONS):
+            t0 = time.perf_counter()
+            index = gold_index(k, fraction)
+            hits = {s: [] for s in settings}
+            for lo in range(0, n, batch_size):
+                batch = cases[lo:lo + batch_size]
+                prompts = [prompt(place(pairs, index), pairs[0][0]) for pairs in batch]
+                keys = [pairs[0][0] for pairs in batch]
+                for s in settings:
+                    answers = answer(model, tok, prompts, keys, s, max_new_tokens or ANSWER_TOKENS[ids])
+                    hits[s] += [pairs[0][1] in a for pairs, a in zip(batch, answers)]
+                    if lo == 0:
+                        examples.append({"k": k, "position": label, "setting": s.label, "gold": batch[0][0][1],
+                                         "answer": answers[0]})
+            cells += [{"k": k, "position": label, "setting": s.label, "correct": hits[s]} for s in settings]
+            log(f"  k={k:3d} {label:5s} " + "  ".join(f"{s.label}: {sum(hits[s])}/{n}" for s in settings)
+                + f"  ({time.perf_counter() - t0:.0f} s)")
+            if checkpoint is not None:
+                checkpoint({"cells": cells, "examples": examples})
+    return {"cells": cells, "examples": examples}
+
+
+def accuracy_table(results: dict, ks: list[int], settings: list[Setting]) -> str:
+    """Markdown: one row per (k, setting), accuracy (%) per gold position and the mean."""
+    acc = {(c["k"], c["position"], c["setting"]): 100 * sum(c["correct"]) / len(c["correct"])
+           for c in results["cells"]}
+    lines = ["| k | setting | " + " | ".join(LABELS) + " | mean |", "|---" * (len(LABELS) + 3) + "|"]
+    for k in ks:
+        for s in settings:
+            row = [acc[k, p, s.label] for p in LABELS]
+            lines.append(f"| {k} | {s.label} | " + " | ".join(f"{a:.0f}" for a in row)
+                         + f" | {sum(row) / len(row):.1f} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, ks: list[int], settings: list[Setting], path: str, title: str) -> None:
+    """Accuracy by gold position, one panel per k, one line per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(ks), figsize=(5 * len(ks), 4), sharey=True, squeeze=False)
+    for ax, k in zip(axes[0], ks):
+        for s in settings:
+            cells = {c["position"]: c["correct"] for c in results["cells"] if c["k"] == k and c["setting"] == s.label}
+            ax.plot(LABELS, [100 * sum(cells[p]) / len(cells[p]) for p in LABELS], marker="o", label=s.label)
+        ax.set_title(f"k = {k} pairs")
+        ax.set_xlabel("position of the gold pair")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (%)")
+    axes[0][0].set_ylim(-2, 102)
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux; ``platform.processor()`` is empty there)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: str) -> dict:
+    import transformers
+
+    from . import __version__
+
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else f"{cpu_name()}, {os.cpu_count()} vCPU"
+    return {"device": name, "torch": torch.__version__, "transformers": transformers.__version__,
+            "focuskern": __version__, "python": platform.python_version(),
+            "torch_threads": torch.get_num_threads(),
+            "date": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+def main(args) -> int:
+    """Run the evaluation and write ``<out>/<name>.{json,md,png}``."""
+    from .models import load_model
+
+    settings = [Setting()] + [Setting(beta, parse_layers(spec), scope)
+                              for scope in args.scope for spec in args.layers for beta in args.beta]
+    t0 = time.perf_counter()
+    model, tok = load_model(args.model, device=args.device, attn_implementation="focus")
+    print(f"k={args.k} n={args.n} seed={args.seed}; settings: " + "; ".join(s.label for s in settings))
+    os.makedirs(args.out, exist_ok=True)
+    base = os.path.join(args.out, args.name)
+
+    def checkpoint(partial: dict) -> None:
+        with open(base + ".partial.json", "w") as f:
+            json.dump({"args": vars(args), **partial}, f)
+
+    results = evaluate(model, tok, args.k, args.n, args.seed, settings, ids=args.ids, batch_size=args.batch_size,
+                       max_new_tokens=args.max_new_tokens, checkpoint=checkpoint)
+    os.remove(base + ".partial.json")
+    seconds = time.perf_counter() - t0
+    command = "focuskern " + " ".join(sys.argv[1:])
+    meta = {**environment(args.device), "model": args.model or "SmolLM2-135M-Instruct (embedded .gguf)",
+            "command": command, "ids": args.ids, "k": args.k, "n": args.n, "seed": args.seed, "seconds": round(seconds),
+            "settings": [s.label for s in settings], "note": args.note}
+    table = accuracy_table(results, args.k, settings)
+    with open(base + ".json", "w") as f:
+        json.dump({**meta, **results}, f, indent=1)
+    with open(base + ".md", "w") as f:
+        f.write(f"# Lost in the middle: key-value retrieval, accuracy (%) by gold position\n\n{table}\n\n")
+        f.write("\n".join(f"- {key}: {meta[key]}" for key in meta if key not in ("settings",)) + "\n")
+    plot(results, args.k, settings, base + ".png",
+         f"{meta['model']}, {args.ids} ids, greedy, n={args.n} per point, seed {args.seed} ({meta['device']})")
+    print(f"\n{table}\n\n{seconds:.0f} s; wrote {base}.{{json,md,png}}")
+    return 0
+
+
+def demo_attention(args) -> int:
+    """``focuskern demo --attention``: one case (seed 0, k = 20, gold pair in the middle) answered
+    without and with focus on the queried key, side by side."""
+    from .models import load_model
+
+    model, tok = load_model(args.model, device=args.device, attn_implementation="focus")
+    k, beta, layers = 20, args.attention_beta, parse_layers(args.attention_layers)
+    pairs = make_cases(k, 1, args.seed, args.ids)[0]
+    key, value = pairs[0]
+    text = prompt(place(pairs, gold_index(k, 0.5)), key)
+    settings = [Setting(), Setting(beta, layers, args.attention_scope)]
+    answers = [answer(model, tok, [text], [key], s, ANSWER_TOKENS[args.ids])[0].strip() for s in settings]
+    width = 52
+    print(f"Key-value retrieval, {k} UUID pairs, gold pair at position {gold_index(k, 0.5) + 1} of {k}.")
+    print(f'Question: value of key "{key}"\nGold value: {value}\n')
+    print(f"{'without focus':<{width}} | with focus (beta={beta:g}, layers {format_layers(layers)})")
+    print("-" * width + "-+-" + "-" * width)
+    cols = [textwrap.wrap(a, width) or [""] for a in answers]
+    for i in range(max(map(len, cols))):
+        left, right = (c[i] if i < len(c) else "" for c in cols)
+        print(f"{left:<{width}} | {right}")
+    print(f"{'correct' if value in answers[0] else 'wrong':<{width}} | "
+          f"{'correct' if value in answers[1] else 'wrong'}")
+    return 0
