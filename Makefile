@@ -96,6 +96,9 @@ clean:
 	rm -rf $(VENV) build focuskern/*.so *.egg-info .pytest_cache .benchmarks
 	rm -rf $(VLLM_VENV) .vllm-tmp .vllm-cache
 
-# Lost-in-the-middle key-value retrieval with and without attention focus (CPU: hours; see README).
+# Lost-in-the-middle key-value retrieval with and without attention focus: the two runs whose results
+# are in benchmarks/results/ and the README (about 30 min each on 2 vCPU).
 eval: $(STAMP)
-	$(PY) -m focuskern eval lost-in-middle
+	$(PY) -m focuskern eval lost-in-middle --ids hex8 --k 10 20 --n 50 --beta 0.5 2 \
+		--name lost_in_middle_hex8_smollm2_cpu
+	$(PY) -m focuskern eval lost-in-middle --ids uuid --k 10 --n 50 --name lost_in_middle_uuid_smollm2_cpu

@@ -119,6 +119,14 @@ def prompt(pairs: list[tuple[str, str]], key: str) -> str:
     return f'{INSTRUCTION}\n\nJSON data:\n{body}\n\nKey: "{key}"\nCorresponding value:'
 
 
+def key_bias(tok, texts: list[str], keys: list[str], setting: Setting, seq_len: int) -> torch.Tensor:
+    """[B, seq_len] float32: ``setting.beta`` on the tokens of each row's key (left-padded batch)."""
+    pos = entity_positions(tok, texts, [[key] for key in keys], padding_side="left", per_occurrence=True)
+    if setting.scope == "data":  # the first occurrence is the JSON pair's; the others repeat the question
+        pos = [[occurrences[:1] for occurrences in row] for row in pos]
+    return positions_to_key_bias(pos, seq_len, setting.beta)
+
+
 def answer(model, tok, prompts: list[str], keys: list[str], setting: Setting, max_new_tokens: int) -> list[str]:
     """Greedy answers of a left-padded batch, with the setting's focus on each row's key."""
     texts = [t + ANSWER_PREFIX.format(key=key) for t, key in zip(chat_texts(tok, prompts), keys)]
@@ -129,10 +137,7 @@ def answer(model, tok, prompts: list[str], keys: list[str], setting: Setting, ma
     if setting.beta is None:
         out = model.generate(**inputs, **kw)
     else:
-        pos = entity_positions(tok, texts, [[key] for key in keys], padding_side="left", per_occurrence=True)
-        if setting.scope == "data":  # the first occurrence is the JSON pair's; the others repeat the question
-            pos = [[occurrences[:1] for occurrences in row] for row in pos]
-        bias = positions_to_key_bias(pos, inputs["input_ids"].shape[1], setting.beta)
+        bias = key_bias(tok, texts, keys, setting, inputs["input_ids"].shape[1]).to(model.device)
         with attention_focus(model, bias, layers=setting.layers):
             out = model.generate(**inputs, **kw)
     return tok.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -275,16 +280,17 @@ def demo_attention(args) -> int:
     key, value = pairs[0]
     text = prompt(place(pairs, gold_index(k, 0.5)), key)
     settings = [Setting(), Setting(beta, layers, args.attention_scope)]
-    answers = [answer(model, tok, [text], [key], s, ANSWER_TOKENS[args.ids])[0].strip() for s in settings]
+    replies = [ANSWER_PREFIX.format(key=key) + answer(model, tok, [text], [key], s, ANSWER_TOKENS[args.ids])[0]
+               for s in settings]
     width = 52
-    print(f"Key-value retrieval, {k} UUID pairs, gold pair at position {gold_index(k, 0.5) + 1} of {k}.")
+    print(f"Key-value retrieval, {k} {args.ids} pairs, gold pair at position {gold_index(k, 0.5) + 1} of {k}.")
     print(f'Question: value of key "{key}"\nGold value: {value}\n')
-    print(f"{'without focus':<{width}} | with focus (beta={beta:g}, layers {format_layers(layers)})")
+    print(f"{'without focus':<{width}} | with focus ({settings[1].label.removeprefix('focus ')})")
     print("-" * width + "-+-" + "-" * width)
-    cols = [textwrap.wrap(a, width) or [""] for a in answers]
+    cols = [textwrap.wrap(a, width) or [""] for a in replies]
     for i in range(max(map(len, cols))):
         left, right = (c[i] if i < len(c) else "" for c in cols)
         print(f"{left:<{width}} | {right}")
-    print(f"{'correct' if value in answers[0] else 'wrong':<{width}} | "
-          f"{'correct' if value in answers[1] else 'wrong'}")
+    verdicts = ["correct" if value in r.removeprefix(ANSWER_PREFIX.format(key=key)) else "wrong" for r in replies]
+    print(f"{verdicts[0]:<{width}} | {verdicts[1]}")
     return 0

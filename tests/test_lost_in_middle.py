@@ -61,6 +61,11 @@ def test_layer_specs_round_trip(spec, layers):
         assert lim.parse_layers(lim.format_layers(layers)) == layers
 
 
+def test_bad_scope_names_the_argument():
+    with pytest.raises(ValueError, match="scope"):
+        lim.Setting(1.0, None, "question")
+
+
 @pytest.mark.parametrize("spec", ["", "a-b", "3-", "-1", "2,,3"])
 def test_bad_layer_spec_names_the_argument(spec):
     with pytest.raises(ValueError, match="layers"):
@@ -75,7 +80,7 @@ def test_accuracy_table_and_plot(tmp_path):
     table = lim.accuracy_table({"cells": cells}, [3, 5], settings).splitlines()
     assert len(table) == 2 + 4
     row = table[2 + 3].split(" | ")  # k=5, focused
-    assert row[1] == "focus beta=2, layers 0-2"
+    assert row[1] == "focus beta=2, layers 0-2, all occurrences" == settings[1].label
     want = [100 * sum(c["correct"]) / 8 for c in cells if c["k"] == 5 and c["setting"] == settings[1].label]
     assert [float(x) for x in row[2:7]] == [float(f"{a:.0f}") for a in want]
     assert float(row[7].rstrip(" |")) == pytest.approx(sum(want) / 5, abs=0.05)
@@ -84,11 +89,38 @@ def test_accuracy_table_and_plot(tmp_path):
 
 
 @pytest.mark.model
+def test_key_bias_marks_the_key_where_the_scope_says():
+    from focuskern.models import load_model
+    from focuskern.prompts import chat_texts
+
+    _, tok = load_model()
+    cases = lim.make_cases(6, 3, random.randrange(10**6), "hex8")
+    cases[1] = cases[1][:2]  # a shorter row: the batch is left-padded
+    keys = [pairs[0][0] for pairs in cases]
+    texts = [t + lim.ANSWER_PREFIX.format(key=key)
+             for t, key in zip(chat_texts(tok, [lim.prompt(lim.place(p, 1), p[0][0]) for p in cases]), keys)]
+    tok.padding_side = "left"
+    enc = tok(texts, return_tensors="pt", padding=True)
+    ids, pads = enc["input_ids"], enc["attention_mask"].eq(0).sum(1)
+    for scope, occurrences in (("all", 3), ("data", 1)):
+        bias = lim.key_bias(tok, texts, keys, lim.Setting(1.5, None, scope), ids.shape[1])
+        assert bias.shape == ids.shape and set(bias.unique().tolist()) == {0.0, 1.5}
+        for row, key in zip(range(len(cases)), keys):
+            marked = bias[row].nonzero().flatten().tolist()
+            assert marked, "the key was not found"
+            # Decoding the marked tokens gives the key once per boosted occurrence, nothing else.
+            assert tok.decode(ids[row, marked]).replace('"', "").replace(" ", "") == key * occurrences
+            if scope == "data":
+                question_start = len(tok(texts[row].split("Key:")[0])["input_ids"])
+                assert max(marked) < pads[row] + question_start
+
+
+@pytest.mark.model
 def test_evaluate_runs_baseline_and_focus_on_the_model():
     from focuskern.models import load_model
 
     model, tok = load_model(attn_implementation="focus")
-    settings = [lim.Setting(), lim.Setting(2.0, (0, 1))]
+    settings = [lim.Setting(), lim.Setting(2.0, (0, 1)), lim.Setting(1.0, None, "data")]
     res = lim.evaluate(model, tok, [2], 2, random.randrange(10**6), settings, ids="hex8", batch_size=2,
                        max_new_tokens=3, log=lambda _: None)
     assert [(c["k"], c["position"], c["setting"]) for c in res["cells"]] == \
