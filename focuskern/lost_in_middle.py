@@ -291,6 +291,17 @@ def demo_attention(args) -> int:
     for i in range(max(map(len, cols))):
         left, right = (c[i] if i < len(c) else "" for c in cols)
         print(f"{left:<{width}} | {right}")
-    verdicts = ["correct" if value in r.removeprefix(ANSWER_PREFIX.format(key=key)) else "wrong" for r in replies]
+    placed = place(pairs, gold_index(k, 0.5))
+
+    def verdict(reply: str) -> str:
+        said = reply.removeprefix(ANSWER_PREFIX.format(key=key))
+        if value in said:
+            return "correct"
+        # A wrong answer is most often another pair's key or value: say which, to show where it looked.
+        source = [f"{what} of pair {i + 1}" for i, pair in enumerate(placed)
+                  for what, text in zip(("key", "value"), pair) if text in said]
+        return f"wrong ({source[0]})" if source else "wrong"
+
+    verdicts = [verdict(r) for r in replies]
     print(f"{verdicts[0]:<{width}} | {verdicts[1]}")
     return 0
