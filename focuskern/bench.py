@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import platform
 import statistics
 import time
 
@@ -11,6 +10,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from .demo import recommended_spec
+from .environment import cpu_description
 from .hf import FocusLogitsProcessor
 from .prompts import SEED_KEYWORDS, SEED_PROMPT, chat_inputs
 
@@ -47,7 +47,7 @@ def main(args) -> int:
     model, tok = load_model(args.model, device=args.device)
     rows = [bench_generate(model, tok, batch=b, new_tokens=args.new_tokens, repeats=args.repeats, device=args.device)
             for b in args.batch]
-    device_name = torch.cuda.get_device_name() if args.device != "cpu" else platform.processor() or "cpu"
+    device_name = torch.cuda.get_device_name() if args.device != "cpu" else cpu_description()
     report = {"device": device_name, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
               "model": args.model or "SmolLM2-135M-Instruct (embedded)", "rows": rows}
     print(json.dumps(report, indent=1))

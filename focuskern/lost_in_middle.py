@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 
 from .attention import entity_positions, positions_to_key_bias
+from .environment import cpu_description
 from .hf_attention import attention_focus
 from .prompts import chat_texts
 
@@ -209,24 +210,12 @@ def plot(results: dict, ks: list[int], settings: list[Setting], path: str, title
     plt.close(fig)
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux; ``platform.processor()`` is empty there)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment(device: str) -> dict:
     import transformers
 
     from . import __version__
 
-    name = torch.cuda.get_device_name() if device.startswith("cuda") else f"{cpu_name()}, {os.cpu_count()} vCPU"
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else cpu_description()
     return {"device": name, "torch": torch.__version__, "transformers": transformers.__version__,
             "focuskern": __version__, "python": platform.python_version(),
             "torch_threads": torch.get_num_threads(),
