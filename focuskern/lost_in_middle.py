@@ -1,8 +1,8 @@
 """``focuskern eval lost-in-middle``: synthetic key-value retrieval (Liu et al. 2023, §3) with and
 without attention focus, and ``focuskern demo --attention`` (one case side by side).
 
-A case is a JSON object of ``k`` random UUID key -> UUID value pairs and a question asking for one key's
-value; the gold pair is moved to each of the positions first, 1/4, 1/2, 3/4, last (index
+A case is a JSON object of ``k`` random key -> value pairs (UUIDs, or 8 hex digits) and a question
+asking for one key's value; the gold pair is moved to each of the positions first, 1/4, 1/2, 3/4, last (index
 ``round((k - 1) * f)``) with the other pairs in the same order, so the five positions of a case differ
 only by where the gold pair sits.  Decoding is greedy on the chat template; a case is correct when the
 gold value appears in the answer.  Focus boosts the tokens of the *queried key* wherever it occurs in
@@ -131,8 +131,7 @@ def key_bias(tok, texts: list[str], keys: list[str], setting: Setting, seq_len: 
 def answer(model, tok, prompts: list[str], keys: list[str], setting: Setting, max_new_tokens: int) -> list[str]:
     """Greedy answers of a left-padded batch, with the setting's focus on each row's key."""
     texts = [t + ANSWER_PREFIX.format(key=key) for t, key in zip(chat_texts(tok, prompts), keys)]
-    tok.padding_side = "left"
-    inputs = tok(texts, return_tensors="pt", padding=True).to(model.device)
+    inputs = tok(texts, return_tensors="pt", padding=True, padding_side="left").to(model.device)
     kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
               stop_strings='"', tokenizer=tok)
     if setting.beta is None:
@@ -149,6 +148,7 @@ def evaluate(model, tok, ks: list[int], n: int, seed: int, settings: list[Settin
     """``{"cells": [{"k", "position", "setting", "correct": [bool] * n}], "examples": [...]}``;
     ``checkpoint(results_so_far)`` is called after every (k, position) cell (runs take hours on CPU)."""
     cells, examples = [], []
+    budget = max_new_tokens or ANSWER_TOKENS[ids]
     for k in ks:
         cases = make_cases(k, n, seed + k, ids)
         for label, fraction in zip(LABELS, FRACTIONS):
@@ -160,7 +160,7 @@ def evaluate(model, tok, ks: list[int], n: int, seed: int, settings: list[Settin
                 prompts = [prompt(place(pairs, index), pairs[0][0]) for pairs in batch]
                 keys = [pairs[0][0] for pairs in batch]
                 for s in settings:
-                    answers = answer(model, tok, prompts, keys, s, max_new_tokens or ANSWER_TOKENS[ids])
+                    answers = answer(model, tok, prompts, keys, s, budget)
                     hits[s] += [pairs[0][1] in a for pairs, a in zip(batch, answers)]
                     if lo == 0:
                         examples.append({"k": k, "position": label, "setting": s.label, "gold": batch[0][0][1],
@@ -173,10 +173,15 @@ def evaluate(model, tok, ks: list[int], n: int, seed: int, settings: list[Settin
     return {"cells": cells, "examples": examples}
 
 
+def accuracies(results: dict) -> dict[tuple[int, str, str], float]:
+    """``{(k, position, setting label): accuracy in %}`` of :func:`evaluate`'s cells."""
+    return {(c["k"], c["position"], c["setting"]): 100 * sum(c["correct"]) / len(c["correct"])
+            for c in results["cells"]}
+
+
 def accuracy_table(results: dict, ks: list[int], settings: list[Setting]) -> str:
     """Markdown: one row per (k, setting), accuracy (%) per gold position and the mean."""
-    acc = {(c["k"], c["position"], c["setting"]): 100 * sum(c["correct"]) / len(c["correct"])
-           for c in results["cells"]}
+    acc = accuracies(results)
     lines = ["| k | setting | " + " | ".join(LABELS) + " | mean |", "|---" * (len(LABELS) + 3) + "|"]
     for k in ks:
         for s in settings:
@@ -193,11 +198,11 @@ def plot(results: dict, ks: list[int], settings: list[Setting], path: str, title
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    acc = accuracies(results)
     fig, axes = plt.subplots(1, len(ks), figsize=(5 * len(ks), 4), sharey=True, squeeze=False)
     for ax, k in zip(axes[0], ks):
         for s in settings:
-            cells = {c["position"]: c["correct"] for c in results["cells"] if c["k"] == k and c["setting"] == s.label}
-            ax.plot(LABELS, [100 * sum(cells[p]) / len(cells[p]) for p in LABELS], marker="o", label=s.label)
+            ax.plot(LABELS, [acc[k, p, s.label] for p in LABELS], marker="o", label=s.label)
         ax.set_title(f"k = {k} pairs")
         ax.set_xlabel("position of the gold pair")
         ax.grid(alpha=0.3)
@@ -267,30 +272,28 @@ def demo_attention(args) -> int:
     k, beta, layers = 20, args.attention_beta, parse_layers(args.attention_layers)
     pairs = make_cases(k, 1, args.seed, args.ids)[0]
     key, value = pairs[0]
-    text = prompt(place(pairs, gold_index(k, 0.5)), key)
+    index = gold_index(k, 0.5)
+    placed = place(pairs, index)
     settings = [Setting(), Setting(beta, layers, args.attention_scope)]
-    replies = [ANSWER_PREFIX.format(key=key) + answer(model, tok, [text], [key], s, ANSWER_TOKENS[args.ids])[0]
-               for s in settings]
+    answers = [answer(model, tok, [prompt(placed, key)], [key], s, ANSWER_TOKENS[args.ids])[0] for s in settings]
     width = 52
-    print(f"Key-value retrieval, {k} {args.ids} pairs, gold pair at position {gold_index(k, 0.5) + 1} of {k}.")
+    print(f"Key-value retrieval, {k} {args.ids} pairs, gold pair at position {index + 1} of {k}.")
     print(f'Question: value of key "{key}"\nGold value: {value}\n')
     print(f"{'without focus':<{width}} | with focus ({settings[1].label.removeprefix('focus ')})")
     print("-" * width + "-+-" + "-" * width)
-    cols = [textwrap.wrap(a, width) or [""] for a in replies]
+    cols = [textwrap.wrap(ANSWER_PREFIX.format(key=key) + a, width) for a in answers]
     for i in range(max(map(len, cols))):
         left, right = (c[i] if i < len(c) else "" for c in cols)
         print(f"{left:<{width}} | {right}")
-    placed = place(pairs, gold_index(k, 0.5))
 
-    def verdict(reply: str) -> str:
-        said = reply.removeprefix(ANSWER_PREFIX.format(key=key))
+    def verdict(said: str) -> str:
         if value in said:
             return "correct"
-        # A wrong answer is most often another pair's key or value: say which, to show where it looked.
+        # Name the other pair's key or value the answer copied, if any: it shows where the model looked.
         source = [f"{what} of pair {i + 1}" for i, pair in enumerate(placed)
-                  for what, text in zip(("key", "value"), pair) if text in said]
+                  for what, id_ in zip(("key", "value"), pair) if id_ in said]
         return f"wrong ({source[0]})" if source else "wrong"
 
-    verdicts = [verdict(r) for r in replies]
+    verdicts = [verdict(a) for a in answers]
     print(f"{verdicts[0]:<{width}} | {verdicts[1]}")
     return 0
