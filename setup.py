@@ -1,4 +1,4 @@
-"""focuskern: fused kernels that steer LLM generation toward key entities.
+"""Builds the ``focuskern._C`` extension; the package metadata is in ``pyproject.toml``.
 
 ``focuskern._C`` (``csrc/``) is built with ``torch.utils.cpp_extension`` when torch is importable at
 build time (``pip install --no-build-isolation``): the C++ backend always, the CUDA backend too when
@@ -11,7 +11,7 @@ torch has CUDA and ``nvcc`` is found.  Environment:
 import glob
 import os
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 
 def extension_build():
@@ -42,22 +42,5 @@ def extension_build():
 
 ext_modules, cmdclass = extension_build()
 
-setup(
-    name="focuskern",
-    version="0.1.0",
-    description="Fused logits/attention focus kernels for LLM generation (PyTorch, Triton, C++/CUDA)",
-    packages=find_packages(include=["focuskern", "focuskern.*"]),
-    python_requires=">=3.10",
-    # torch is deliberately unpinned here: the Makefile installs the exact build (see constraints.txt)
-    # and a range would let pip pull a newer CUDA wheel.
-    install_requires=["torch", "transformers>=5.0"],
-    extras_require={"triton": ["triton"], "gguf": ["gguf", "accelerate"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-    entry_points={
-        "console_scripts": ["focuskern=focuskern.__main__:main"],
-        # vLLM loads every processor of this group into its engines (`vllm serve` included); the plugin
-        # stands aside where FocusLogitsProcessor is also listed in logits_processors=[...].
-        "vllm.logits_processors": ["focuskern=focuskern.vllm:FocusLogitsPlugin"],
-    },
-)
+# Metadata, dependencies and entry points: pyproject.toml.
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

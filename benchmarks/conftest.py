@@ -10,29 +10,20 @@
 """
 from __future__ import annotations
 
-import datetime
 import os
 
 import pytest
 import torch
 
-from focuskern.environment import cpu_name
+from focuskern.experiments.metadata import run_metadata
 
-from .logits_contenders import triton_version
 
 DEFAULT_MAX_TIME = os.environ.get("FOCUSKERN_BENCH_MAX_TIME", "0.25")
 THREADS = int(os.environ.get("FOCUSKERN_BENCH_THREADS", "1"))
 
 
 def _environment() -> dict:
-    return {
-        "device": f"cpu: {cpu_name()}",
-        "torch": torch.__version__,
-        "triton": triton_version(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    return run_metadata("cpu")
 
 
 def _option_given(config, name: str) -> bool:
@@ -50,7 +41,7 @@ def pytest_configure(config):
 
 def pytest_report_header(config):
     env = _environment()
-    return (f"focuskern benchmarks: {env['device']}, torch {env['torch']}, triton {env['triton']}, "
+    return (f"focuskern benchmarks: {env['device']}, torch {env['torch']}, triton {env.get('triton', 'not installed')}, "
             f"{env['torch_threads']} torch thread(s) (FOCUSKERN_BENCH_THREADS), "
             f"max-time default {DEFAULT_MAX_TIME}s, {env['date_utc']}")
 

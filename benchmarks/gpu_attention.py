@@ -32,13 +32,12 @@ Lk >= 16k.  Nothing touches CUDA at import time; without a GPU the script exits 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import re
-import shlex
 import sys
 from pathlib import Path
+
+from focuskern.experiments.metadata import run_metadata
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CONTENDERS = ("focus", "focus_nobias", "sdpa_flash", "sdpa_mask", "flex")
@@ -188,12 +187,7 @@ class Bench:
 
 
 def environment(torch) -> dict:
-    import triton
-
-    return {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "cuda": torch.version.cuda, "python": platform.python_version(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])}
+    return run_metadata("cuda", cuda=torch.version.cuda)
 
 
 def summary(rows: list[dict]) -> list[str]:

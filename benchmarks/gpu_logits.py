@@ -26,17 +26,15 @@ here touches CUDA at import time; without a GPU the script exits with a message 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import re
-import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from focuskern.environment import cpu_name
+from focuskern.experiments.metadata import run_metadata
 
 try:  # both `python benchmarks/gpu_logits.py` and `python -m benchmarks.gpu_logits`
     from . import logits_contenders as lc
@@ -161,7 +159,8 @@ def main(argv=None) -> int:
     elem = torch.empty((), dtype=dtype).element_size()
     timer = Timer(args, device)
     use_triton = not args.cpu_smoke
-    device_name = f"cpu: {cpu_name()}" if args.cpu_smoke else torch.cuda.get_device_name(device)
+    meta = run_metadata(device.type, cuda=torch.version.cuda, dtype=args.dtype, cpu_smoke=args.cpu_smoke)
+    device_name = meta["device"]
 
     # Peak copy bandwidth: one large device-to-device copy.
     n_peak = (PEAK_COPY_BYTES if not args.cpu_smoke else 16 * 2**20) // elem
@@ -220,14 +219,7 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
 
     report = {
-        "device": device_name,
-        "torch": torch.__version__,
-        "triton": lc.triton_version(),
-        "cuda": torch.version.cuda,
-        "dtype": args.dtype,
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join([Path(sys.executable).name, *sys.argv] if argv is None else ["gpu_logits.py", *argv]),
-        "cpu_smoke": args.cpu_smoke,
+        **meta,
         "timing": {
             "device_us": "cpu smoke: perf_counter median of 5 calls" if args.cpu_smoke else
             f"triton.testing.do_bench median, warmup={args.warmup_ms} ms, rep={args.rep_ms} ms, L2 flushed per call",

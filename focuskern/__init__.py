@@ -1,6 +1,6 @@
 """focuskern: fused kernels that steer LLM generation toward key entities."""
-from ._backends import backends
-from .attention import entity_positions, pasta_focus, pasta_head_scale, pasta_key_bias, positions_to_key_bias
+from .ops.dispatch import backends
+from .positions import entity_positions, pasta_focus, pasta_head_scale, pasta_key_bias, positions_to_key_bias
 from .decay import Decay
 from .spec import FocusSpec
 from .state import FocusState
@@ -12,9 +12,9 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # attention_focus lives in hf_attention, which imports transformers (seconds) and registers
+    # attention_focus lives in focuskern.hf.attention, which imports transformers (seconds) and registers
     # attn_implementation="focus": only on first use, so that `import focuskern` stays light.
     if name == "attention_focus":
-        from .hf_attention import attention_focus
+        from .hf.attention import attention_focus
         return attention_focus
     raise AttributeError(f"module 'focuskern' has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """focuskern command line: ``focuskern demo [--attention]`` (``python -m focuskern demo``),
-``focuskern eval lost-in-middle``, ``focuskern bench generate``, ``focuskern backends``."""
+``focuskern eval lost-in-middle``, ``focuskern backends``."""
 from __future__ import annotations
 
 import argparse
@@ -51,13 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default="benchmarks/results", help="folder of the .json/.md/.png")
     ev.add_argument("--name", default="lost_in_middle_smollm2_cpu", help="file name of the results")
     ev.add_argument("--note", default="", help="a sentence recorded with the results")
-    bench = sub.add_parser("bench", help="end-to-end benchmarks")
-    bench.add_argument("what", choices=["generate"])
-    bench.add_argument("--model")
-    bench.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    bench.add_argument("--new-tokens", type=int, default=64)
-    bench.add_argument("--repeats", type=int, default=3)
-    bench.add_argument("--device", default="cpu")
     return parser
 
 
@@ -69,17 +62,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:8s} {status}")
         return 0
     if args.command == "demo" and args.attention:
-        from .lost_in_middle import demo_attention
+        from .experiments.lost_in_middle import demo_attention
         return demo_attention(args)
     if args.command == "demo":
-        from .demo import main as demo_main
+        from .experiments.demo import main as demo_main
         return demo_main(args)
     if args.command == "eval":
-        from .lost_in_middle import main as eval_main
+        from .experiments.lost_in_middle import main as eval_main
         return eval_main(args)
-    if args.command == "bench":
-        from .bench import main as bench_main
-        return bench_main(args)
     return 2
 
 

@@ -96,6 +96,16 @@ class FocusSpec:
         """Seed 000's gentle nudge ``x*(1-alpha) + E*alpha``, i.e. ``bias = alpha * E``."""
         return cls(entities, bias=alpha * entity_bias, alpha=alpha, **kwargs)
 
+    @classmethod
+    def recommended(cls, entities: Sequence[Entity], **kwargs) -> "FocusSpec":
+        """What worked on the 135M model: almost no push while the model sets up its answer (a ramp that
+        grows until step 100 from a 0.1 floor), a strong continuation so that a started phrase is
+        finished, no re-boost of entity starts while a phrase is open (no "autonomous autonomous"),
+        mid-sentence (spaced) variants only, and each entity released once said."""
+        settings = dict(bias=4.0, continuation_bias=8.0, decay=Decay.ramp(100, floor=0.1), variants="spaced",
+                        boost_starts_in_match=False)
+        return cls(entities, **{**settings, **kwargs})
+
     @property
     def effective_continuation_bias(self) -> float:
         return self.bias if self.continuation_bias is None else self.continuation_bias

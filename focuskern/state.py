@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ._backends import resolve
+from .ops.dispatch import resolve
 from .automaton import Program, compile_program, words_for
 from .ops._checks import LOGIT_DTYPES, check_tensor
 from .ops.focus_state import I_NODE_BASE, FocusTables, RowState, focus_state_apply_

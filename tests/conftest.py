@@ -1,4 +1,5 @@
 import os
+import random
 
 import pytest
 import torch
@@ -30,3 +31,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def seed(request):
+    """Seeds ``random`` and torch for every test with a fresh seed, printed (pytest shows it when the
+    test fails); ``FOCUSKERN_TEST_SEED=<seed>`` replays a run."""
+    value = int(os.environ.get("FOCUSKERN_TEST_SEED") or random.SystemRandom().randrange(2**31))
+    print(f"seed {value} (replay: FOCUSKERN_TEST_SEED={value} pytest '{request.node.nodeid}')")
+    random.seed(value)
+    torch.manual_seed(value)
+    return value

@@ -1,7 +1,10 @@
 """Float64 ground truth written straight from the formulas of the contract (independent of the package)."""
 import math
+from typing import Optional, Sequence
 
 import torch
+
+import focuskern as fk
 
 
 def decay_f64(kind: float, horizon: float, floor: float, t: int) -> float:
@@ -43,3 +46,65 @@ def assert_close_to_f64(out, expected, magnitude, rtol, atol):
     bound = rtol * magnitude[~inf] + atol
     worst = int((err - bound).argmax()) if err.numel() else 0
     assert bool((err <= bound).all()), f"error {float(err[worst]):.3g} > bound {float(bound[worst]):.3g}"
+
+
+def occurs(seq, gen):
+    n = len(seq)
+    return any(tuple(gen[i:i + n]) == seq for i in range(len(gen) - n + 1))
+
+
+def brute_boosts(spec: fk.FocusSpec, gen: list[int], tokenizer=None) -> dict[int, float]:
+    """The contract, read literally: which ids get which value after ``gen`` was generated."""
+    variants = spec.token_variants(tokenizer)
+    satisfied = {e for e, vs in enumerate(variants) if spec.satisfy == "once" and any(occurs(v, gen) for v in vs)}
+    open_variants = [v for e, vs in enumerate(variants) if e not in satisfied for v in vs]
+    if spec.mode == "tokens":
+        return {t: spec.bias for v in open_variants for t in v}
+    cont = {}
+    for v in open_variants:
+        for n in range(1, len(v)):
+            if len(gen) >= n and tuple(gen[-n:]) == v[:n]:
+                cont[v[n]] = spec.effective_continuation_bias
+    out = {} if (cont and not spec.boost_starts_in_match) else {v[0]: spec.bias for v in open_variants}
+    for t, b in cont.items():
+        out[t] = max(out.get(t, -math.inf), b)
+    return out
+
+
+def pasta_eq2_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, emphasized: torch.Tensor,
+                        alpha: float, heads: Sequence[int], *, causal: bool = True,
+                        key_start: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """PASTA's Eq. 2 computed eagerly (float64): post-softmax weights of non-emphasized keys times
+    ``alpha`` in the chosen heads, then each row renormalized.  For tests and for reading.
+
+    Parameters
+    ----------
+    q : [B, Hq, Lq, D]; k, v : [B, Hkv, Lk, D].
+    emphasized : [B, Lk] bool.
+    alpha : scaling coefficient.
+    heads : query heads that are steered.
+    causal, key_start : as in ``focus_attention``.
+
+    Returns
+    -------
+    out : [B, Hq, Lq, D] float64.
+    """
+    B, Hq, Lq, D = q.shape
+    Lk = k.shape[2]
+    G = Hq // k.shape[1]
+    kk = k.double().repeat_interleave(G, dim=1)
+    vv = v.double().repeat_interleave(G, dim=1)
+    s = q.double() @ kk.transpose(-1, -2) / math.sqrt(D)
+    j = torch.arange(Lk)
+    visible = torch.ones(B, 1, Lq, Lk, dtype=torch.bool)
+    if causal:
+        visible = visible & (j[None, :] <= (Lk - Lq) + torch.arange(Lq)[:, None])
+    if key_start is not None:
+        visible = visible & (j >= key_start.long().view(B, 1, 1, 1))
+    a = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1).nan_to_num(0.0)
+    scale = torch.ones(B, Hq, 1, Lk, dtype=torch.float64)
+    for h in heads:
+        scale[:, h, 0] = torch.where(emphasized, 1.0, float(alpha))
+    a = a * scale
+    a = a / a.sum(-1, keepdim=True).clamp_min(1e-300)
+    return a @ vv

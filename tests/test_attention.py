@@ -10,10 +10,10 @@ from transformers import AutoTokenizer
 from transformers.masking_utils import sdpa_mask, sliding_window_causal_mask_function
 
 import focuskern as fk
-from focuskern._backends import available_backends
-from focuskern.attention import pasta_eq2_reference
-from focuskern.hf_attention import _STATE, FocusBias, focus_attention_forward, focus_mask
-from focuskern.models import DEFAULT_GGUF, default_model_dir
+from focuskern.ops.dispatch import available_backends
+from reference import pasta_eq2_reference
+from focuskern.hf.attention import _STATE, FocusBias, focus_attention_forward, focus_mask
+from focuskern.experiments.models import DEFAULT_GGUF, default_model_dir
 from focuskern.ops import focus_attention
 from conftest import DEVICE
 

@@ -5,8 +5,8 @@ import torch
 
 import focuskern as fk
 from focuskern.ops import focus_logits_
-from focuskern._backends import available_backends
-from test_focus_logits import random_case
+from focuskern.ops.dispatch import available_backends
+from cases import random_case
 
 CPU = torch.device("cpu")
 

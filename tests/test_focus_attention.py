@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import focuskern
-from focuskern._backends import available_backends
+from focuskern.ops.dispatch import available_backends
 from focuskern.ops import focus_attention
 from conftest import DEVICE, TOLERANCES
 from reference import assert_close_to_f64

@@ -5,38 +5,14 @@ import pytest
 import torch
 
 import focuskern
-from focuskern._backends import available_backends
+from focuskern.ops.dispatch import available_backends
 from focuskern.ops import focus_logits_
 from conftest import DEVICE, TOLERANCES
+from cases import random_case
 from reference import assert_close_to_f64, focus_logits_f64
 
 BACKENDS = available_backends("focus_logits", DEVICE)
 DTYPES = list(TOLERANCES)
-
-
-def random_case(B, V, *, max_k=24, blend=True, dtype=torch.float32, row_stride_pad=0, gen=None):
-    """Random CSR batch with empty rows, duplicated ids, -inf bans and every decay kind."""
-    gen = gen or torch.Generator().manual_seed(torch.seed() % 2**31)
-    base = torch.randn(B, V + row_stride_pad, generator=gen) * 4
-    counts = torch.randint(0, max_k + 1, (B,), generator=gen)
-    counts[torch.rand(B, generator=gen) < 0.2] = 0
-    row_offsets = torch.zeros(B + 1, dtype=torch.int32)
-    row_offsets[1:] = counts.cumsum(0)
-    nnz = int(row_offsets[-1])
-    ids = torch.randint(0, V, (nnz,), generator=gen, dtype=torch.int32)
-    if nnz > 2:
-        ids[1] = ids[0]  # a duplicate (same row unless row 0 holds one entry)
-        ids[-1] = V - 1  # the last column
-    bias = torch.randn(nnz, generator=gen) * 3
-    bias[torch.rand(nnz, generator=gen) < 0.05] = -math.inf
-    alpha = torch.rand(B, generator=gen) if blend else torch.zeros(B)
-    alpha[torch.rand(B, generator=gen) < 0.3] = 0.0
-    kinds = torch.randint(0, 6, (B,), generator=gen).float()
-    decay = torch.stack([kinds, torch.rand(B, generator=gen) * 20 + 0.5, torch.rand(B, generator=gen)], 1)
-    step = torch.randint(0, 40, (B,), generator=gen, dtype=torch.int32)
-    logits = base.to(dtype)[:, :V] if row_stride_pad else base.to(dtype)
-    args = [row_offsets, ids, bias, alpha, decay, step]
-    return logits.to(DEVICE), [a.to(DEVICE) for a in args]
 
 
 def check_against_f64(logits, args, backend, dtype):

@@ -6,63 +6,12 @@ import pytest
 import torch
 
 import focuskern as fk
-from focuskern._backends import available_backends
+from focuskern.ops.dispatch import available_backends
 from conftest import DEVICE, TOLERANCES
-from reference import assert_close_to_f64, decay_f64
+from cases import next_token, random_spec
+from reference import assert_close_to_f64, brute_boosts, decay_f64
 
 BACKENDS = available_backends("focus_state", DEVICE)
-
-
-def occurs(seq, gen):
-    n = len(seq)
-    return any(tuple(gen[i:i + n]) == seq for i in range(len(gen) - n + 1))
-
-
-def brute_boosts(spec: fk.FocusSpec, gen: list[int], tokenizer=None) -> dict[int, float]:
-    """The contract, read literally: which ids get which value after ``gen`` was generated."""
-    variants = spec.token_variants(tokenizer)
-    satisfied = {e for e, vs in enumerate(variants) if spec.satisfy == "once" and any(occurs(v, gen) for v in vs)}
-    open_variants = [v for e, vs in enumerate(variants) if e not in satisfied for v in vs]
-    if spec.mode == "tokens":
-        return {t: spec.bias for v in open_variants for t in v}
-    cont = {}
-    for v in open_variants:
-        for n in range(1, len(v)):
-            if len(gen) >= n and tuple(gen[-n:]) == v[:n]:
-                cont[v[n]] = spec.effective_continuation_bias
-    out = {} if (cont and not spec.boost_starts_in_match) else {v[0]: spec.bias for v in open_variants}
-    for t, b in cont.items():
-        out[t] = max(out.get(t, -math.inf), b)
-    return out
-
-
-def random_spec(rng: random.Random, alphabet: int, **kw) -> fk.FocusSpec:
-    """Entities with shared first tokens and prefix-overlapping variants over a small alphabet."""
-    entities = []
-    for _ in range(rng.randint(1, 5)):
-        variants = []
-        for _ in range(rng.randint(1, 3)):
-            variants.append([rng.randrange(alphabet) for _ in range(rng.randint(1, 4))])
-        if rng.random() < 0.3 and entities:  # a variant extending another entity's variant
-            variants.append(list(entities[-1][0]) + [rng.randrange(alphabet)])
-        entities.append(variants)
-    kw.setdefault("bias", rng.choice([1.5, 2.0, 3.0]))
-    kw.setdefault("continuation_bias", rng.choice([None, 0.5, 4.0]))
-    kw.setdefault("mode", rng.choice(["phrase", "phrase", "tokens"]))
-    kw.setdefault("satisfy", rng.choice(["once", "never"]))
-    kw.setdefault("boost_starts_in_match", rng.random() < 0.5)
-    return fk.FocusSpec(entities, **kw)
-
-
-def next_token(rng, spec, gen, alphabet):
-    """Half the time follow some variant, so matches (full and partial) actually happen."""
-    if spec is not None and rng.random() < 0.6:
-        variant = rng.choice(rng.choice(spec.entities))
-        for n in range(min(len(gen), len(variant) - 1), 0, -1):
-            if list(gen[-n:]) == list(variant[:n]):
-                return variant[n]
-        return variant[0]
-    return rng.randrange(alphabet + 3)
 
 
 def check_rows(state, specs, gens):

@@ -3,11 +3,11 @@ import pytest
 import torch
 
 import focuskern as fk
-from focuskern._backends import available_backends
+from focuskern.ops.dispatch import available_backends
 from focuskern.ops import focus_logits_
 from conftest import TOLERANCES
-from test_focus_logits import random_case
-from test_focus_state import random_spec
+from cases import random_case
+from cases import random_spec
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")

@@ -4,11 +4,11 @@ import torch
 from transformers import LogitsProcessorList
 
 import focuskern as fk
-from focuskern.demo import recommended_spec
-from focuskern.hf import FocusLogitsProcessor
-from focuskern.models import load_model
-from focuskern.prompts import SEED_KEYWORDS, SEED_PROMPT, chat_inputs, keyword_counts
-from test_focus_state import brute_boosts
+
+from focuskern.hf.logits import FocusLogitsProcessor
+from focuskern.experiments.models import load_model
+from focuskern.experiments.prompts import SEED_KEYWORDS, SEED_PROMPT, chat_inputs, keyword_counts
+from reference import brute_boosts
 
 pytestmark = pytest.mark.model
 
@@ -31,7 +31,7 @@ def test_greedy_phrase_focus_covers_more_keywords(lm):
     model, tok = lm
     kw = dict(max_new_tokens=200, repetition_penalty=1.05, no_repeat_ngram_size=2)
     base = tok.decode(generate(model, tok, [SEED_PROMPT], **kw)[0], skip_special_tokens=True)
-    spec = recommended_spec(SEED_KEYWORDS)
+    spec = fk.FocusSpec.recommended(SEED_KEYWORDS)
     focused = tok.decode(generate(model, tok, [SEED_PROMPT], FocusLogitsProcessor(spec, tok), **kw)[0],
                          skip_special_tokens=True)
     covered = lambda text: sum(c > 0 for c in keyword_counts(text, SEED_KEYWORDS).values())  # noqa: E731

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import focuskern as fk
-from focuskern.hf_attention import attention_layers
-from focuskern.models import load_model
-from focuskern.prompts import chat_inputs, chat_texts
+from focuskern.hf.attention import attention_layers
+from focuskern.experiments.models import load_model
+from focuskern.experiments.prompts import chat_inputs, chat_texts
 
 pytestmark = pytest.mark.model
 

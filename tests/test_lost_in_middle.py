@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from focuskern import lost_in_middle as lim
+from focuskern.experiments import lost_in_middle as lim
 
 
 def test_cases_are_seeded_random_uuid_pairs():
@@ -46,7 +46,7 @@ def test_gold_index_matches_quarters():
 
 def test_prompt_holds_the_json_in_order_and_asks_for_the_key():
     pairs = lim.make_cases(5, 1, random.randrange(10**6))[0]
-    text = lim.prompt(pairs, pairs[3][0])
+    text = lim.case_prompt(pairs, pairs[3][0])
     body = text.split("JSON data:\n", 1)[1].split("\n\nKey:", 1)[0]
     assert list(json.loads(body).items()) == pairs
     assert text.startswith(lim.INSTRUCTION)
@@ -90,15 +90,15 @@ def test_accuracy_table_and_plot(tmp_path):
 
 @pytest.mark.model
 def test_key_bias_marks_the_key_where_the_scope_says():
-    from focuskern.models import load_model
-    from focuskern.prompts import chat_texts
+    from focuskern.experiments.models import load_model
+    from focuskern.experiments.prompts import chat_texts
 
     _, tok = load_model()
     cases = lim.make_cases(6, 3, random.randrange(10**6), "hex8")
     cases[1] = cases[1][:2]  # a shorter row: the batch is left-padded
     keys = [pairs[0][0] for pairs in cases]
     texts = [t + lim.ANSWER_PREFIX.format(key=key)
-             for t, key in zip(chat_texts(tok, [lim.prompt(lim.place(p, 1), p[0][0]) for p in cases]), keys)]
+             for t, key in zip(chat_texts(tok, [lim.case_prompt(lim.place(p, 1), p[0][0]) for p in cases]), keys)]
     tok.padding_side = "left"
     enc = tok(texts, return_tensors="pt", padding=True)
     ids, pads = enc["input_ids"], enc["attention_mask"].eq(0).sum(1)
@@ -117,7 +117,7 @@ def test_key_bias_marks_the_key_where_the_scope_says():
 
 @pytest.mark.model
 def test_evaluate_runs_baseline_and_focus_on_the_model():
-    from focuskern.models import load_model
+    from focuskern.experiments.models import load_model
 
     model, tok = load_model(attn_implementation="focus")
     settings = [lim.Setting(), lim.Setting(2.0, (0, 1)), lim.Setting(1.0, None, "data")]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import focuskern
-from focuskern import _backends
+from focuskern.ops import dispatch as _backends
 from focuskern.ops.focus_logits import FOCUS_LOGITS_SCHEMA
 from focuskern.ops.focus_state import FOCUS_STATE_SCHEMA
 
@@ -42,7 +42,7 @@ def test_missing_extension_is_explained(monkeypatch):
     monkeypatch.setitem(sys.modules, "focuskern._C", None)  # import of focuskern._C now fails
     monkeypatch.delattr(focuskern, "_C", raising=False)
     monkeypatch.delenv("FOCUSKERN_BACKEND", raising=False)
-    _backends._extension.cache_clear()
+    _backends.extension.cache_clear()
     try:
         status = focuskern.backends()
         assert "focuskern._C is not built" in status["cpp"] and "focuskern._C is not built" in status["cuda"]
@@ -50,7 +50,7 @@ def test_missing_extension_is_explained(monkeypatch):
         with pytest.raises(ValueError, match="^backend: 'cpp' is not available: focuskern._C is not built"):
             _backends.resolve("cpp", torch.device("cpu"), "focus_logits")
     finally:
-        _backends._extension.cache_clear()
+        _backends.extension.cache_clear()
 
 
 @needs_ext

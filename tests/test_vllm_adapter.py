@@ -17,7 +17,8 @@ import torch
 import focuskern as fk
 from focuskern.vllm import focus_spec
 from focuskern.vllm.rows import BatchFocus, SlotFocus
-from test_focus_state import brute_boosts, next_token, random_spec
+from cases import next_token, random_spec
+from reference import brute_boosts
 
 try:
     from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality

@@ -33,8 +33,8 @@ from vllm.exceptions import VLLMValidationError  # noqa: E402
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState  # noqa: E402
 from vllm.v1.worker.gpu.sample.logits_processor.loader import _load_v2_logitsprocs_plugins  # noqa: E402
 
-from focuskern.hf import FocusLogitsProcessor as HFFocus  # noqa: E402
-from focuskern.prompts import chat_inputs  # noqa: E402
+from focuskern.hf.logits import FocusLogitsProcessor as HFFocus  # noqa: E402
+from focuskern.experiments.prompts import chat_inputs  # noqa: E402
 from focuskern.vllm import FocusLogitsPlugin, FocusLogitsProcessor, focus_spec  # noqa: E402
 
 MODEL = Path(os.environ.get("FOCUSKERN_VLLM_MODEL", ROOT / "build" / "smollm2-135m-instruct"))

@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backends import triton_interpreted
+from .dispatch import triton_interpreted
 
 
 @triton.jit

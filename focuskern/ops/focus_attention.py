@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from .._backends import op_name
+from .dispatch import op_name
 from ._checks import check_tensor, check_values
 
 ATTENTION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -33,6 +33,18 @@ FOCUS_ATTENTION_SCHEMA = ("(Tensor q, Tensor k, Tensor v, Tensor? key_bias, Tens
 def focus_attention_fake(q, k, v, key_bias, head_scale, key_start, causal, sm_scale):
     """Result metadata for tracing; every backend returns ``torch.empty_like(q)`` filled in."""
     return torch.empty_like(q)
+
+
+def visible_mask(B, Lq, Lk, q_lo, q_hi, causal, key_start, device) -> torch.Tensor:
+    """[B, 1, 1, q_hi - q_lo, Lk] bool: may query ``i`` (rows ``q_lo:q_hi``) of batch ``b`` see key ``j``."""
+    j = torch.arange(Lk, device=device)
+    i = torch.arange(q_lo, q_hi, device=device)
+    mask = torch.ones(1, q_hi - q_lo, Lk, dtype=torch.bool, device=device)
+    if causal:
+        mask = mask & (j[None, :] <= (Lk - Lq) + i[:, None])
+    if key_start is not None:
+        mask = mask & (j[None, None, :] >= key_start.to(device=device, dtype=torch.long)[:, None, None])
+    return mask.expand(B, q_hi - q_lo, Lk)[:, None, None]
 
 
 def _check_device(name: str, t: torch.Tensor, device: torch.device) -> None:

@@ -11,21 +11,9 @@ from __future__ import annotations
 import torch
 
 from ._registry import define_op
-from .focus_attention import FOCUS_ATTENTION_SCHEMA, focus_attention_fake
+from .focus_attention import FOCUS_ATTENTION_SCHEMA, focus_attention_fake, visible_mask
 
 MAX_SCORE_ELEMENTS = 1 << 26  # 256 MiB of float32 scores per query chunk
-
-
-def visible_mask(B, Lq, Lk, q_lo, q_hi, causal, key_start, device) -> torch.Tensor:
-    """[B, 1, 1, q_hi - q_lo, Lk] bool: may query ``i`` (rows ``q_lo:q_hi``) of batch ``b`` see key ``j``."""
-    j = torch.arange(Lk, device=device)
-    i = torch.arange(q_lo, q_hi, device=device)
-    mask = torch.ones(1, q_hi - q_lo, Lk, dtype=torch.bool, device=device)
-    if causal:
-        mask = mask & (j[None, :] <= (Lk - Lq) + i[:, None])
-    if key_start is not None:
-        mask = mask & (j[None, None, :] >= key_start.to(device=device, dtype=torch.long)[:, None, None])
-    return mask.expand(B, q_hi - q_lo, Lk)[:, None, None]
 
 
 def focus_attention_reference(q, k, v, key_bias, head_scale, key_start, causal: bool, sm_scale: float):

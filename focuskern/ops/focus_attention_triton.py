@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backends import triton_interpreted
+from .dispatch import triton_interpreted
 from ._registry import define_op
 from .focus_attention import FOCUS_ATTENTION_SCHEMA, focus_attention_fake
 

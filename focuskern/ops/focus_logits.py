@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .._backends import get_op
+from .dispatch import get_op
 from ..decay import KIND_NAMES
 from ._checks import LOGIT_DTYPES, check_tensor, check_values
 

@@ -18,7 +18,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .._backends import get_op
+from .dispatch import get_op
 
 # Columns of the per-program parameter tables.
 F_BIAS, F_CONT, F_ALPHA, F_KIND, F_HORIZON, F_FLOOR = range(6)

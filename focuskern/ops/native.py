@@ -6,7 +6,7 @@ arguments as the other backends (``FOCUS_LOGITS_SCHEMA`` / ``FOCUS_STATE_SCHEMA`
 """
 from __future__ import annotations
 
-from .._backends import _extension
+from .dispatch import extension as _extension
 from ._registry import register_noop_fake
 
 _C, _why = _extension()

@@ -10,7 +10,7 @@ to the scaled score of key ``j``):
   ``key_bias = -log(alpha)`` on the emphasized keys with ``head_scale`` 1 in the chosen heads and 0
   elsewhere.  PASTA's code only scales *prompt* keys, so keys generated after the prompt count as
   emphasized: they get ``-log(alpha)`` too (``generated="boost"`` in
-  :func:`focuskern.hf_attention.attention_focus`).
+  :func:`focuskern.hf.attention.attention_focus`).
 
 Positions are token indices of the tokenized batch exactly as ``tokenizer(texts, padding=True, ...)``
 returns it (left padding shifts them), so the bias lines up with the ``input_ids`` given to
@@ -221,7 +221,7 @@ def pasta_key_bias(positions: Sequence, seq_len: int, alpha: float = 0.01,
 
 
 def pasta_focus(positions: Sequence, seq_len: int, heads: HeadSet, alpha: float = 0.01) -> dict:
-    """Keyword arguments for :func:`focuskern.hf_attention.attention_focus` that reproduce PASTA.
+    """Keyword arguments for :func:`focuskern.hf.attention.attention_focus` that reproduce PASTA.
 
     Parameters
     ----------
@@ -246,42 +246,3 @@ def pasta_focus(positions: Sequence, seq_len: int, heads: HeadSet, alpha: float 
     else:
         head_map = {int(layer): None for layer in heads}
     return {"key_bias": pasta_key_bias(positions, seq_len, alpha), "heads": head_map, "generated": "boost"}
-
-
-def pasta_eq2_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, emphasized: torch.Tensor,
-                        alpha: float, heads: Sequence[int], *, causal: bool = True,
-                        key_start: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """PASTA's Eq. 2 computed eagerly (float64): post-softmax weights of non-emphasized keys times
-    ``alpha`` in the chosen heads, then each row renormalized.  For tests and for reading.
-
-    Parameters
-    ----------
-    q : [B, Hq, Lq, D]; k, v : [B, Hkv, Lk, D].
-    emphasized : [B, Lk] bool.
-    alpha : scaling coefficient.
-    heads : query heads that are steered.
-    causal, key_start : as in ``focus_attention``.
-
-    Returns
-    -------
-    out : [B, Hq, Lq, D] float64.
-    """
-    B, Hq, Lq, D = q.shape
-    Lk = k.shape[2]
-    G = Hq // k.shape[1]
-    kk = k.double().repeat_interleave(G, dim=1)
-    vv = v.double().repeat_interleave(G, dim=1)
-    s = q.double() @ kk.transpose(-1, -2) / math.sqrt(D)
-    j = torch.arange(Lk)
-    visible = torch.ones(B, 1, Lq, Lk, dtype=torch.bool)
-    if causal:
-        visible = visible & (j[None, :] <= (Lk - Lq) + torch.arange(Lq)[:, None])
-    if key_start is not None:
-        visible = visible & (j >= key_start.long().view(B, 1, 1, 1))
-    a = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1).nan_to_num(0.0)
-    scale = torch.ones(B, Hq, 1, Lk, dtype=torch.float64)
-    for h in heads:
-        scale[:, h, 0] = torch.where(emphasized, 1.0, float(alpha))
-    a = a * scale
-    a = a / a.sum(-1, keepdim=True).clamp_min(1e-300)
-    return a @ vv

@@ -22,14 +22,14 @@ def default_model_dir() -> str:
 def load_model(model: str | None = None, *, device: str = "cpu", dtype=None, attn_implementation: str | None = None):
     """Return ``(model, tokenizer)``; ``model=None`` loads the embedded SmolLM2 ``.gguf``.
 
-    ``attn_implementation="focus"`` selects focuskern's attention (see :mod:`focuskern.hf_attention`)."""
+    ``attn_implementation="focus"`` selects focuskern's attention (see :mod:`focuskern.hf.attention`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if attn_implementation == "focus":
-        from . import hf_attention  # noqa: F401  (registers "focus" with transformers)
+        from ..hf import attention  # noqa: F401  (registers "focus" with transformers)
     if dtype is not None:
         kwargs["dtype"] = dtype
     if model is None:

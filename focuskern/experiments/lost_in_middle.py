@@ -11,10 +11,8 @@ the prompt (what a user knows -- never where the answer is):
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
 import random
 import sys
 import textwrap
@@ -25,9 +23,9 @@ from typing import Optional
 
 import torch
 
-from .attention import entity_positions, positions_to_key_bias
-from .environment import cpu_description
-from .hf_attention import attention_focus
+from ..positions import entity_positions, positions_to_key_bias
+from .metadata import run_metadata
+from ..hf.attention import attention_focus
 from .prompts import chat_texts
 
 FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -114,7 +112,7 @@ def place(pairs: list[tuple[str, str]], index: int) -> list[tuple[str, str]]:
     return rest[:index] + [pairs[0]] + rest[index:]
 
 
-def prompt(pairs: list[tuple[str, str]], key: str) -> str:
+def case_prompt(pairs: list[tuple[str, str]], key: str) -> str:
     """Liu et al.'s key-value retrieval prompt (one pair per line)."""
     body = json.dumps(dict(pairs), indent=1)
     return f'{INSTRUCTION}\n\nJSON data:\n{body}\n\nKey: "{key}"\nCorresponding value:'
@@ -157,7 +155,7 @@ def evaluate(model, tok, ks: list[int], n: int, seed: int, settings: list[Settin
             hits = {s: [] for s in settings}
             for lo in range(0, n, batch_size):
                 batch = cases[lo:lo + batch_size]
-                prompts = [prompt(place(pairs, index), pairs[0][0]) for pairs in batch]
+                prompts = [case_prompt(place(pairs, index), pairs[0][0]) for pairs in batch]
                 keys = [pairs[0][0] for pairs in batch]
                 for s in settings:
                     answers = answer(model, tok, prompts, keys, s, budget)
@@ -215,18 +213,6 @@ def plot(results: dict, ks: list[int], settings: list[Setting], path: str, title
     plt.close(fig)
 
 
-def environment(device: str) -> dict:
-    import transformers
-
-    from . import __version__
-
-    name = torch.cuda.get_device_name() if device.startswith("cuda") else cpu_description()
-    return {"device": name, "torch": torch.__version__, "transformers": transformers.__version__,
-            "focuskern": __version__, "python": platform.python_version(),
-            "torch_threads": torch.get_num_threads(),
-            "date": datetime.datetime.now().isoformat(timespec="seconds")}
-
-
 def main(args) -> int:
     """Run the evaluation and write ``<out>/<name>.{json,md,png}``."""
     from .models import load_model
@@ -248,7 +234,7 @@ def main(args) -> int:
     os.remove(base + ".partial.json")
     seconds = time.perf_counter() - t0
     command = "focuskern " + " ".join(sys.argv[1:])
-    meta = {**environment(args.device), "model": args.model or "SmolLM2-135M-Instruct (embedded .gguf)",
+    meta = {**run_metadata(args.device), "model": args.model or "SmolLM2-135M-Instruct (embedded .gguf)",
             "command": command, "ids": args.ids, "k": args.k, "n": args.n, "seed": args.seed, "seconds": round(seconds),
             "settings": [s.label for s in settings], "note": args.note}
     table = accuracy_table(results, args.k, settings)
@@ -275,7 +261,7 @@ def demo_attention(args) -> int:
     index = gold_index(k, 0.5)
     placed = place(pairs, index)
     settings = [Setting(), Setting(beta, layers, args.attention_scope)]
-    answers = [answer(model, tok, [prompt(placed, key)], [key], s, ANSWER_TOKENS[args.ids])[0] for s in settings]
+    answers = [answer(model, tok, [case_prompt(placed, key)], [key], s, ANSWER_TOKENS[args.ids])[0] for s in settings]
     width = 52
     print(f"Key-value retrieval, {k} {args.ids} pairs, gold pair at position {index + 1} of {k}.")
     print(f'Question: value of key "{key}"\nGold value: {value}\n')

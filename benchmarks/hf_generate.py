@@ -1,7 +1,7 @@
-"""``focuskern bench generate``: HF ``generate`` tokens/s with and without the focus processor."""
+"""HF ``generate`` tokens/s with and without the focus processor (``python benchmarks/hf_generate.py``)."""
 from __future__ import annotations
 
-import datetime
+import argparse
 import json
 import statistics
 import time
@@ -9,15 +9,16 @@ import time
 import torch
 from transformers import LogitsProcessorList
 
-from .demo import recommended_spec
-from .environment import cpu_description
-from .hf import FocusLogitsProcessor
-from .prompts import SEED_KEYWORDS, SEED_PROMPT, chat_inputs
+from focuskern import FocusSpec
+from focuskern.experiments.metadata import run_metadata
+from focuskern.experiments.models import load_model
+from focuskern.experiments.prompts import SEED_KEYWORDS, SEED_PROMPT, chat_inputs
+from focuskern.hf import FocusLogitsProcessor
 
 
 def bench_generate(model, tok, *, batch: int, new_tokens: int, repeats: int, device: str) -> dict:
     inputs = chat_inputs(tok, [SEED_PROMPT] * batch, device)
-    spec = recommended_spec(SEED_KEYWORDS)
+    spec = FocusSpec.recommended(SEED_KEYWORDS)
 
     def run(with_focus: bool) -> float:
         procs = LogitsProcessorList([FocusLogitsProcessor(spec, tok)] if with_focus else [])
@@ -41,14 +42,21 @@ def bench_generate(model, tok, *, batch: int, new_tokens: int, repeats: int, dev
             "tokens_per_s_focus": round(f, 1), "overhead_pct": round(100 * (p - f) / p, 2)}
 
 
-def main(args) -> int:
-    from .models import load_model
-
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", help="HF model folder/id or a .gguf path (default: embedded SmolLM2)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
     model, tok = load_model(args.model, device=args.device)
     rows = [bench_generate(model, tok, batch=b, new_tokens=args.new_tokens, repeats=args.repeats, device=args.device)
             for b in args.batch]
-    device_name = torch.cuda.get_device_name() if args.device != "cpu" else cpu_description()
-    report = {"device": device_name, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
-              "model": args.model or "SmolLM2-135M-Instruct (embedded)", "rows": rows}
+    report = {**run_metadata(args.device), "model": args.model or "SmolLM2-135M-Instruct (embedded)", "rows": rows}
     print(json.dumps(report, indent=1))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

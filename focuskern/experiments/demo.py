@@ -13,11 +13,11 @@ import time
 import torch
 from transformers import LogitsProcessorList
 
-from .decay import Decay
-from .evaluate import broken_fragments, mean_logprob, score_text
-from .hf import FocusLogitsProcessor
+from ..decay import Decay
+from .metrics import broken_fragments, mean_logprob, score_text
+from ..hf.logits import FocusLogitsProcessor
 from .prompts import chat_inputs
-from .spec import FocusSpec
+from ..spec import FocusSpec
 
 
 def demo_rows(keywords: list[str]) -> list[tuple[str, FocusSpec | None]]:
@@ -27,17 +27,8 @@ def demo_rows(keywords: list[str]) -> list[tuple[str, FocusSpec | None]]:
         ("phrase (+3, once)", FocusSpec(keywords, bias=3.0)),
         ("blend (E=15, a=0.2)", FocusSpec.blend(keywords, entity_bias=15.0, alpha=0.2)),
         ("decay (+5, half-life 50)", FocusSpec(keywords, bias=5.0, decay=Decay.exponential(50))),
-        ("focuskern (ramp 100, cont +8)", recommended_spec(keywords)),
+        ("focuskern (ramp 100, cont +8)", FocusSpec.recommended(keywords)),
     ]
-
-
-def recommended_spec(keywords: list[str]) -> FocusSpec:
-    """What worked on the 135M model: almost no push while the model sets up its answer (a ramp that
-    grows until step 100 from a 0.1 floor), a strong continuation so that a started phrase is
-    finished, no re-boost of entity starts while a phrase is open (no "autonomous autonomous"),
-    mid-sentence (spaced) variants only, and each entity released once said."""
-    return FocusSpec(keywords, bias=4.0, continuation_bias=8.0, decay=Decay.ramp(100, floor=0.1),
-                     variants="spaced", boost_starts_in_match=False)
 
 
 def _generate(model, tok, inputs, spec, *, sample: bool, samples: int, max_new_tokens: int, seed: int):

@@ -3,7 +3,7 @@
 Importing this module registers an attention function and its mask function under the name ``"focus"``
 (``transformers.AttentionInterface`` / ``AttentionMaskInterface``)::
 
-    import focuskern.hf_attention                                # registers "focus"
+    import focuskern.hf.attention                                # registers "focus"
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="focus")
     pos = entity_positions(tok, texts, ["Paris"])                # positions in the padded batch
     bias = positions_to_key_bias(pos, inputs["input_ids"].shape[1], beta=2.0)
@@ -50,9 +50,9 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
 
-from .attention import pasta_head_scale
-from .ops import focus_attention
-from .ops.focus_attention_torch import visible_mask
+from ..positions import pasta_head_scale
+from ..ops import focus_attention
+from ..ops.focus_attention import visible_mask
 
 NAME = "focus"
 _STATE = "_focuskern_attention_focus"  # attribute of an attention module while a block is active
@@ -254,13 +254,13 @@ def attention_focus(model: torch.nn.Module, key_bias: torch.Tensor, *,
     model : a transformers model loaded (or switched) with ``attn_implementation="focus"``.
     key_bias : [B, L0] float, natural-log units, one row per prompt of the padded batch given to
         ``generate``/``forward`` (``L0`` = ``input_ids.shape[1]``), e.g. from
-        :func:`focuskern.attention.positions_to_key_bias` or :func:`~focuskern.attention.pasta_key_bias`.
+        :func:`focuskern.positions.positions_to_key_bias` or :func:`~focuskern.positions.pasta_key_bias`.
         Moved to the model's device; ``num_beams``/``num_return_sequences`` rows are handled.
     layers : layer indices that get the bias (None = every layer).
     heads : None (every head of the chosen layers), a list of query heads (in every chosen layer), or
         ``{layer: [heads] or None}`` (PASTA's head set; then ``layers`` must be None).
     generated : bias of keys after the prompt -- ``"zero"`` (entity boost), ``"boost"`` (each row's
-        largest bias: PASTA's behaviour, see :func:`focuskern.attention.pasta_focus`) or a number.
+        largest bias: PASTA's behaviour, see :func:`focuskern.positions.pasta_focus`) or a number.
 
     Yields
     ------
@@ -270,7 +270,7 @@ def attention_focus(model: torch.nn.Module, key_bias: torch.Tensor, *,
     if impl != NAME:
         raise ValueError(f"model: uses attn_implementation={impl!r}; load it with attn_implementation="
                          f"'{NAME}' (or call model.set_attn_implementation('{NAME}')) after importing "
-                         "focuskern.hf_attention")
+                         "focuskern.hf.attention")
     if not isinstance(key_bias, torch.Tensor):
         raise TypeError(f"key_bias must be a torch.Tensor, got {type(key_bias).__name__}")
     if key_bias.dim() != 2 or not key_bias.is_floating_point():

@@ -37,10 +37,10 @@ def _triton_reason() -> str | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _extension():
+def extension():
     """``(focuskern._C, None)``, or ``(None, why it cannot be loaded)``; loading registers the ops."""
     try:
-        from . import _C
+        from .. import _C
     except ImportError as e:
         return None, (f"focuskern._C is not built ({e}); build it with torch installed: "
                       "pip install --no-build-isolation -e .")
@@ -48,7 +48,7 @@ def _extension():
 
 
 def _cuda_extension_reason() -> str | None:
-    ext, reason = _extension()
+    ext, reason = extension()
     if ext is None:
         return reason
     if not ext.has_cuda:
@@ -63,7 +63,7 @@ def backends() -> dict[str, str]:
     return {
         "torch": "available",
         "triton": _triton_reason() or "available",
-        "cpp": _extension()[1] or "available",
+        "cpp": extension()[1] or "available",
         "cuda": _cuda_extension_reason() or "available",
     }
 

@@ -3,8 +3,7 @@
     proc = FocusLogitsProcessor(FocusSpec(["healthcare", "autonomous driving"]), tokenizer)
     model.generate(**inputs, logits_processor=LogitsProcessorList([proc]))
 
-The attention lever, :func:`attention_focus` (``attn_implementation="focus"``), lives in
-:mod:`focuskern.hf_attention` and is re-exported here.
+The attention lever is :mod:`focuskern.hf.attention` (not imported from here).
 """
 from __future__ import annotations
 
@@ -13,9 +12,8 @@ from typing import Optional, Sequence, Union
 import torch
 from transformers import LogitsProcessor
 
-from .hf_attention import attention_focus  # noqa: F401  (the attention lever, see hf_attention)
-from .spec import FocusSpec
-from .state import FocusState
+from ..spec import FocusSpec
+from ..state import FocusState
 
 
 class FocusLogitsProcessor(LogitsProcessor):
