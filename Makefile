@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 .PHONY: install-vllm vllm-model test-vllm bench-vllm
 .PHONY: eval
 
-$(STAMP): requirements.txt constraints.txt setup.py pyproject.toml $(wildcard csrc/*)
+$(STAMP): requirements.txt constraints.txt setup.py pyproject.toml focuskern/ops/layout.py $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -c constraints.txt -r requirements.txt
@@ -84,12 +84,13 @@ check-cuda: $(STAMP)
 	@if ! command -v nvcc >/dev/null; then echo "check-cuda: nvcc not found, skipped"; exit 0; fi; \
 	inc=$$($(PY) -c "import torch.utils.cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths()))"); \
 	pyinc=$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['include'])"); \
+	$(PY) focuskern/ops/layout.py build/generated >/dev/null && \
 	mkdir -p build/compat/c10/cuda/impl && \
 	printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > build/compat/c10/cuda/impl/cuda_cmake_macros.h && \
 	for f in csrc/*.cu; do \
 	  echo "nvcc -c $$f (-arch=$(CUDA_ARCH))"; \
 	  nvcc -c $$f -o build/$$(basename $$f).o -std=c++20 -O3 --expt-relaxed-constexpr -arch=$(CUDA_ARCH) \
-	    -DFOCUSKERN_WITH_CUDA=1 -Ibuild/compat $$inc -I$$pyinc -diag-suppress 3306 -Xcompiler -Wno-c++20-extensions || exit 1; \
+	    -DFOCUSKERN_WITH_CUDA=1 -Ibuild/compat -Ibuild/generated $$inc -I$$pyinc -diag-suppress 3306 -Xcompiler -Wno-c++20-extensions || exit 1; \
 	done
 
 clean:

@@ -10,6 +10,7 @@ torch has CUDA and ``nvcc`` is found.  Environment:
 """
 import glob
 import os
+import runpy
 
 from setuptools import setup
 
@@ -24,6 +25,9 @@ def extension_build():
     except ImportError:  # e.g. an isolated build environment without torch: pure-Python install
         return [], {}
     cxx = ["-O3", "-fopenmp", "-std=c++20"]  # OpenMP: at::parallel_for over rows
+    # The table layout's C++ enums, generated from its one definition (focuskern/ops/layout.py).
+    generated = os.path.dirname(runpy.run_path("focuskern/ops/layout.py")["write_header"]("build/generated"))
+    include_dirs = [os.path.abspath(generated)]
     sources = ["csrc/module.cpp", "csrc/focus_cpu.cpp"]
     with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
     if with_cuda:
@@ -31,12 +35,12 @@ def extension_build():
             os.environ["TORCH_CUDA_ARCH_LIST"] = os.environ["FOCUSKERN_CUDA_ARCHS"]
         extension = cpp_extension.CUDAExtension(
             "focuskern._C", sources + sorted(glob.glob("csrc/*.cu")),
-            define_macros=[("FOCUSKERN_WITH_CUDA", "1")],
+            define_macros=[("FOCUSKERN_WITH_CUDA", "1")], include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]},
             extra_link_args=["-fopenmp"])
     else:
         extension = cpp_extension.CppExtension("focuskern._C", sources, extra_compile_args=cxx,
-                                               extra_link_args=["-fopenmp"])
+                                               include_dirs=include_dirs, extra_link_args=["-fopenmp"])
     return [extension], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=False)}
 
 

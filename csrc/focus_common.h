@@ -1,8 +1,11 @@
-// Shared by the CPU and CUDA backends: the decay schedule and the op schemas' column layouts.
+// Shared by the CPU and CUDA backends: the decay schedule and one row of the FocusState op (the
+// automaton step, the satisfied set, the value of a slot), written once for both.
 // Formulas: focuskern/decay.py (strength) and focuskern/ops/focus_state.py (the FocusState op).
 #pragma once
 #include <cmath>
 #include <cstdint>
+
+#include "focus_layout.h"
 
 #if defined(__CUDACC__)
 #define FK_HOST_DEVICE __host__ __device__ __forceinline__
@@ -11,10 +14,6 @@
 #endif
 
 namespace focuskern {
-
-// Columns of prog_f32 / prog_i32 (focuskern/ops/focus_state.py).
-enum ProgF32 { F_BIAS = 0, F_CONT, F_ALPHA, F_KIND, F_HORIZON, F_FLOOR, F_WIDTH };
-enum ProgI32 { I_NODE_BASE = 0, I_SLOT_BASE, I_N_SLOTS, I_PHRASE, I_ONCE, I_STARTS_IN_MATCH, I_WIDTH };
 
 // s = floor + (1 - floor) * f(t); decay = (kind, horizon, floor).
 FK_HOST_DEVICE float decay_strength(const float* decay, int32_t step) {
@@ -30,28 +29,99 @@ FK_HOST_DEVICE float decay_strength(const float* decay, int32_t step) {
   return floor_ + (1.f - floor_) * f;
 }
 
-// Does the bitset `mask` (W words) hold an entity not in `sat`?
-FK_HOST_DEVICE bool any_unsatisfied(const int32_t* mask, const int32_t* sat, int64_t words) {
-  for (int64_t w = 0; w < words; ++w)
-    if (mask[w] & ~sat[w]) return true;
+// A FocusState program's view of the tables (columns: focus_layout.h, generated from
+// focuskern/ops/layout.py).  Node, slot and closure indices are program-local; bounds of closure
+// ranges and entity lists are global.
+struct ProgramView {
+  const int32_t* node;     // [N, N_WIDTH], this program's rows
+  const int32_t* slot;     // [S, S_WIDTH], this program's rows
+  const int32_t* closure;  // [E, C_WIDTH], all programs
+  const int32_t* ents;     // [M], all programs
+  int32_t n_slots;
+
+  FK_HOST_DEVICE const int32_t* node_row(int32_t u) const { return node + static_cast<int64_t>(u) * N_WIDTH; }
+  FK_HOST_DEVICE const int32_t* slot_row(int32_t k) const { return slot + static_cast<int64_t>(k) * S_WIDTH; }
+  FK_HOST_DEVICE int32_t clo_slot(int32_t c) const { return closure[static_cast<int64_t>(c) * C_WIDTH + C_SLOT]; }
+  FK_HOST_DEVICE int32_t clo_child(int32_t c) const { return closure[static_cast<int64_t>(c) * C_WIDTH + C_CHILD]; }
+};
+
+// The view of the program whose prog_i32 row is `ip`.
+FK_HOST_DEVICE ProgramView program_view(const int32_t* ip, const int32_t* node, const int32_t* slot,
+                                        const int32_t* closure, const int32_t* ents) {
+  return {node + static_cast<int64_t>(ip[I_NODE_BASE]) * N_WIDTH, slot + static_cast<int64_t>(ip[I_SLOT_BASE]) * S_WIDTH,
+          closure, ents, ip[I_N_SLOTS]};
+}
+
+// Does the entity list [lo, hi) hold an entity whose bit in `sat` is clear?
+FK_HOST_DEVICE bool any_unsatisfied(const int32_t* ents, int32_t lo, int32_t hi, const int32_t* sat) {
+  for (int32_t j = lo; j < hi; ++j)
+    if (!((sat[ents[j] >> 5] >> (ents[j] & 31)) & 1)) return true;
   return false;
 }
 
-// Aho-Corasick step of a program from local node u on `token`: the program's slots hold its distinct
-// token ids sorted; the node's closure entries (cslot, cchild) map a slot to the deepest child; a slot
-// outside the closure restarts from the root's child on it, an unknown token at the root (0).
-FK_HOST_DEVICE int32_t advance_node(int32_t u, int32_t token, const int32_t* slot_token, int32_t n_slots,
-                                    const int32_t* slot_root_child, const int32_t* clo_slot,
-                                    const int32_t* clo_child, int32_t clo_lo, int32_t clo_hi) {
-  int32_t lo = 0, hi = n_slots;
+// Slot of `token` (binary search of the program's sorted slot tokens), -1 if it holds none.
+FK_HOST_DEVICE int32_t find_slot(const ProgramView& p, int32_t token) {
+  int32_t lo = 0, hi = p.n_slots;
   while (lo < hi) {
     const int32_t mid = (lo + hi) / 2;
-    if (slot_token[mid] < token) lo = mid + 1; else hi = mid;
+    if (p.slot_row(mid)[S_TOKEN] < token) lo = mid + 1; else hi = mid;
   }
-  if (lo == n_slots || slot_token[lo] != token) return 0;
-  for (int32_t c = clo_lo; c < clo_hi; ++c)
-    if (clo_slot[c] == lo) return clo_child[c];
-  return slot_root_child[lo];
+  return lo < p.n_slots && p.slot_row(lo)[S_TOKEN] == token ? lo : -1;
+}
+
+// First closure entry of node u with slot >= k (entries are sorted by slot, deepest first).
+FK_HOST_DEVICE int32_t closure_lower_bound(const ProgramView& p, int32_t u, int32_t k) {
+  int32_t lo = p.node_row(u)[N_CLO_LO], hi = p.node_row(u)[N_CLO_HI];
+  while (lo < hi) {
+    const int32_t mid = (lo + hi) / 2;
+    if (p.clo_slot(mid) < k) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+// Aho-Corasick step from local node u on `token`: the deepest closure entry on its slot, else the
+// root's child on it, else the root.
+FK_HOST_DEVICE int32_t advance_node(const ProgramView& p, int32_t u, int32_t token) {
+  const int32_t k = find_slot(p, token);
+  if (k < 0) return 0;
+  const int32_t c = closure_lower_bound(p, u, k);
+  if (c < p.node_row(u)[N_CLO_HI] && p.clo_slot(c) == k) return p.clo_child(c);
+  return p.slot_row(k)[S_ROOT_CHILD];
+}
+
+// Step 1 of the op for one row (one thread): advance on `token`, record the entities the new node
+// completes (satisfy="once"), return the new node.
+FK_HOST_DEVICE int32_t step_row(const ProgramView& p, int32_t u, int32_t token, bool once, int32_t* sat) {
+  u = advance_node(p, u, token);
+  if (once) {
+    const int32_t* row = p.node_row(u);
+    for (int32_t j = row[N_OUT_LO]; j < row[N_OUT_HI]; ++j) sat[p.ents[j] >> 5] |= 1 << (p.ents[j] & 31);
+  }
+  return u;
+}
+
+// Is closure entry c alive: does its child have an unsatisfied entity?
+FK_HOST_DEVICE bool entry_alive(const ProgramView& p, int32_t c, const int32_t* sat) {
+  const int32_t* child = p.node_row(p.clo_child(c));
+  return any_unsatisfied(p.ents, child[N_THROUGH_LO], child[N_THROUGH_HI], sat);
+}
+
+// Is slot k a continuation of an open partial match at node u (an alive entry on slot k)?
+FK_HOST_DEVICE bool is_continuation(const ProgramView& p, int32_t u, int32_t k, const int32_t* sat) {
+  const int32_t hi = p.node_row(u)[N_CLO_HI];
+  for (int32_t c = closure_lower_bound(p, u, k); c < hi && p.clo_slot(c) == k; ++c)
+    if (entry_alive(p, c, sat)) return true;
+  return false;
+}
+
+// Steps 2-3 for slot k: the value to add (times the strength), -inf for none.
+FK_HOST_DEVICE float slot_value(const ProgramView& p, int32_t u, int32_t k, const int32_t* sat, bool phrase,
+                                bool starts, float bias, float cont_bias) {
+  const int32_t* row = p.slot_row(k);
+  float val = -INFINITY;
+  if (starts && any_unsatisfied(p.ents, row[S_FIRST_LO], row[S_FIRST_HI], sat)) val = bias;
+  if (phrase && is_continuation(p, u, k, sat)) val = val > cont_bias ? val : cont_bias;
+  return val;
 }
 
 }  // namespace focuskern

@@ -115,12 +115,12 @@ void focus_logits_cpu(at::Tensor logits, const at::Tensor& row_offsets, const at
 
 void focus_state_cpu(at::Tensor logits, const c10::optional<at::Tensor>& last_tokens, const at::Tensor& prog,
                      at::Tensor node, at::Tensor sat, at::Tensor step, const at::Tensor& prog_f32,
-                     const at::Tensor& prog_i32, const at::Tensor& node_mask, const at::Tensor& node_out,
-                     const at::Tensor& clo_start, const at::Tensor& clo_end, const at::Tensor& clo_slot,
-                     const at::Tensor& clo_child, const at::Tensor& slot_token, const at::Tensor& slot_first,
-                     const at::Tensor& slot_root_child, int64_t max_slots, int64_t max_closure, bool blend) {
+                     const at::Tensor& prog_i32, const at::Tensor& node_table, const at::Tensor& slot_table,
+                     const at::Tensor& closure, const at::Tensor& ents, at::IntArrayRef limits, bool blend) {
   TORCH_CHECK(logits.device().is_cpu(), "focus_state_cpp_: logits must be a CPU tensor");
-  TORCH_CHECK(node.is_contiguous() && sat.is_contiguous() && step.is_contiguous(), "focus_state_cpp_: row state must be contiguous");
+  TORCH_CHECK(node.is_contiguous() && sat.is_contiguous() && step.is_contiguous() && prog.is_contiguous(),
+              "focus_state_cpp_: row state must be contiguous");
+  TORCH_CHECK(!last_tokens.has_value() || last_tokens->is_contiguous(), "focus_state_cpp_: last_tokens must be contiguous");
   const int64_t B = logits.size(0), V = logits.size(1), W = sat.size(1);
   const int64_t s0 = logits.stride(0), s1 = logits.stride(1);
   const int32_t* last = last_tokens.has_value() ? last_tokens->data_ptr<int32_t>() : nullptr;
@@ -130,56 +130,40 @@ void focus_state_cpu(at::Tensor logits, const c10::optional<at::Tensor>& last_to
   int32_t* step_p = step.data_ptr<int32_t>();
   const float* pf = prog_f32.data_ptr<float>();
   const int32_t* pi = prog_i32.data_ptr<int32_t>();
-  const int32_t* nmask = node_mask.data_ptr<int32_t>();
-  const int32_t* nout = node_out.data_ptr<int32_t>();
-  const int32_t* cstart = clo_start.data_ptr<int32_t>();
-  const int32_t* cend = clo_end.data_ptr<int32_t>();
-  const int32_t* cslot = clo_slot.data_ptr<int32_t>();
-  const int32_t* cchild = clo_child.data_ptr<int32_t>();
-  const int32_t* stok = slot_token.data_ptr<int32_t>();
-  const int32_t* sfirst = slot_first.data_ptr<int32_t>();
-  const int32_t* sroot = slot_root_child.data_ptr<int32_t>();
+  const int32_t* nodes = node_table.data_ptr<int32_t>();
+  const int32_t* slots = slot_table.data_ptr<int32_t>();
+  const int32_t* clo = closure.data_ptr<int32_t>();
+  const int32_t* ent = ents.data_ptr<int32_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "focus_state_cpu", [&] {
     scalar_t* x = logits.data_ptr<scalar_t>();
     at::parallel_for(0, B, rows_per_task(blend), [&](int64_t begin, int64_t end) {
-      std::vector<float> val;  // per slot of the row's program: the value to add (-inf = none)
       for (int64_t r = begin; r < end; ++r) {
         const int32_t p = prog_p[r];
         if (p < 0) continue;
         const int32_t* ip = pi + p * I_WIDTH;
         const float* fp = pf + p * F_WIDTH;
-        const int32_t node_base = ip[I_NODE_BASE], slot_base = ip[I_SLOT_BASE], n_slots = ip[I_N_SLOTS];
+        const ProgramView view = program_view(ip, nodes, slots, clo, ent);
         int32_t* row_sat = sat_p + r * W;
         int32_t u = node_p[r];
         if (last != nullptr) {
-          u = advance_node(u, last[r], stok + slot_base, n_slots, sroot + slot_base, cslot, cchild,
-                           cstart[node_base + u], cend[node_base + u]);
-          if (ip[I_ONCE])
-            for (int64_t w = 0; w < W; ++w) row_sat[w] |= nout[(node_base + u) * W + w];
-          node_p[r] = u;
+          u = node_p[r] = step_row(view, u, last[r], ip[I_ONCE] != 0, row_sat);
           step_p[r] += 1;
         }
         const float s = decay_strength(fp + F_KIND, step_p[r]);
         const float scale = 1.f - s * fp[F_ALPHA];
         scalar_t* row = x + r * s0;
         if (scale != 1.f) scale_row(row, V, s1, scale);
-
-        val.assign(n_slots, kNegInf);
+        const bool phrase = ip[I_PHRASE] != 0;
         bool in_match = false;
-        if (ip[I_PHRASE]) {
-          for (int32_t c = cstart[node_base + u]; c < cend[node_base + u]; ++c) {
-            if (any_unsatisfied(nmask + (node_base + cchild[c]) * W, row_sat, W)) {
-              in_match = true;
-              val[cslot[c]] = fp[F_CONT];
-            }
-          }
-        }
+        if (phrase)
+          for (int32_t c = view.node_row(u)[N_CLO_LO]; c < view.node_row(u)[N_CLO_HI] && !in_match; ++c)
+            in_match = entry_alive(view, c, row_sat);
         const bool starts = ip[I_STARTS_IN_MATCH] || !in_match;
-        for (int32_t k = 0; k < n_slots; ++k) {
-          if (starts && any_unsatisfied(sfirst + (slot_base + k) * W, row_sat, W)) val[k] = std::max(val[k], fp[F_BIAS]);
-          if (val[k] == kNegInf) continue;
-          scalar_t& out = row[static_cast<int64_t>(stok[slot_base + k]) * s1];
-          out = static_cast<scalar_t>(static_cast<float>(out) + s * val[k]);
+        for (int32_t k = 0; k < view.n_slots; ++k) {
+          const float val = slot_value(view, u, k, row_sat, in_match, starts, fp[F_BIAS], fp[F_CONT]);
+          if (val == kNegInf) continue;
+          scalar_t& out = row[static_cast<int64_t>(view.slot_row(k)[S_TOKEN]) * s1];
+          out = static_cast<scalar_t>(static_cast<float>(out) + s * val);
         }
       }
     });
@@ -193,11 +177,7 @@ TORCH_LIBRARY_FRAGMENT(focuskern, m) {
   const std::string logits_args =
       "(Tensor(a!) logits, Tensor row_offsets, Tensor token_ids, Tensor token_bias, Tensor alpha, "
       "Tensor decay, Tensor step) -> ()";
-  const std::string state_args =
-      "(Tensor(a!) logits, Tensor? last_tokens, Tensor prog, Tensor(b!) node, Tensor(c!) sat, "
-      "Tensor(d!) step, Tensor prog_f32, Tensor prog_i32, Tensor node_mask, Tensor node_out, "
-      "Tensor clo_start, Tensor clo_end, Tensor clo_slot, Tensor clo_child, Tensor slot_token, "
-      "Tensor slot_first, Tensor slot_root_child, int max_slots, int max_closure, bool blend) -> ()";
+  const std::string state_args = kFocusStateArgs;  // focus_layout.h, from focuskern/ops/layout.py
   for (const char* backend : {"cpp", "cuda"}) {
     m.def((std::string("focus_logits_") + backend + "_" + logits_args).c_str());
     m.def((std::string("focus_state_") + backend + "_" + state_args).c_str());

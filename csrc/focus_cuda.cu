@@ -74,27 +74,21 @@ __global__ void focus_logits_kernel(scalar_t* x, int64_t s0, int64_t s1, int64_t
 template <typename scalar_t>
 __global__ void focus_state_kernel(scalar_t* x, int64_t s0, int64_t s1, int64_t V, const int32_t* last,
                                    const int32_t* prog, int32_t* node, int32_t* sat, int32_t* step, int64_t W,
-                                   const float* pf, const int32_t* pi, const int32_t* nmask, const int32_t* nout,
-                                   const int32_t* cstart, const int32_t* cend, const int32_t* cslot,
-                                   const int32_t* cchild, const int32_t* stok, const int32_t* sfirst,
-                                   const int32_t* sroot) {
+                                   const float* pf, const int32_t* pi, const int32_t* nodes, const int32_t* slots,
+                                   const int32_t* clo, const int32_t* ents) {
   const int64_t r = blockIdx.x;
   const int32_t p = prog[r];
   if (p < 0) return;
   const int32_t* ip = pi + p * I_WIDTH;
   const float* fp = pf + p * F_WIDTH;
-  const int32_t node_base = ip[I_NODE_BASE], slot_base = ip[I_SLOT_BASE], n_slots = ip[I_N_SLOTS];
+  const ProgramView view = program_view(ip, nodes, slots, clo, ents);
   int32_t* row_sat = sat + r * W;
   __shared__ int32_t shared_u;
   __shared__ int shared_in_match;
   if (threadIdx.x == 0) {
     int32_t u = node[r];
     if (last != nullptr) {
-      u = advance_node(u, last[r], stok + slot_base, n_slots, sroot + slot_base, cslot, cchild,
-                       cstart[node_base + u], cend[node_base + u]);
-      if (ip[I_ONCE])
-        for (int64_t w = 0; w < W; ++w) row_sat[w] |= nout[(node_base + u) * W + w];
-      node[r] = u;
+      u = node[r] = step_row(view, u, last[r], ip[I_ONCE] != 0, row_sat);
       step[r] += 1;
     }
     shared_u = u;
@@ -106,22 +100,16 @@ __global__ void focus_state_kernel(scalar_t* x, int64_t s0, int64_t s1, int64_t 
   const float scale = 1.f - s * fp[F_ALPHA];
   scalar_t* row = x + r * s0;
   if (scale != 1.f) scale_columns(row, s1, 0, V, scale);
-  const int32_t c_lo = cstart[node_base + u];
-  const int32_t c_hi = ip[I_PHRASE] ? cend[node_base + u] : c_lo;
-  for (int32_t c = c_lo + threadIdx.x; c < c_hi; c += blockDim.x)
-    if (any_unsatisfied(nmask + (node_base + cchild[c]) * W, row_sat, W)) shared_in_match = 1;
+  if (ip[I_PHRASE])
+    for (int32_t c = view.node_row(u)[N_CLO_LO] + threadIdx.x; c < view.node_row(u)[N_CLO_HI]; c += blockDim.x)
+      if (entry_alive(view, c, row_sat)) shared_in_match = 1;
   __syncthreads();  // the scaled row and in_match are visible to every thread
-  const bool starts = ip[I_STARTS_IN_MATCH] || !shared_in_match;
-  for (int32_t k = threadIdx.x; k < n_slots; k += blockDim.x) {
-    float val = -INFINITY;
-    if (starts && any_unsatisfied(sfirst + (slot_base + k) * W, row_sat, W)) val = fp[F_BIAS];
-    for (int32_t c = c_lo; c < c_hi; ++c)
-      if (cslot[c] == k && any_unsatisfied(nmask + (node_base + cchild[c]) * W, row_sat, W)) {
-        val = fmaxf(val, fp[F_CONT]);
-        break;
-      }
+  const bool in_match = shared_in_match != 0;
+  const bool starts = ip[I_STARTS_IN_MATCH] || !in_match;
+  for (int32_t k = threadIdx.x; k < view.n_slots; k += blockDim.x) {
+    const float val = slot_value(view, u, k, row_sat, in_match, starts, fp[F_BIAS], fp[F_CONT]);
     if (val == -INFINITY) continue;
-    scalar_t& out = row[static_cast<int64_t>(stok[slot_base + k]) * s1];
+    scalar_t& out = row[static_cast<int64_t>(view.slot_row(k)[S_TOKEN]) * s1];
     out = static_cast<scalar_t>(static_cast<float>(out) + s * val);
   }
 }
@@ -151,22 +139,19 @@ void focus_logits_cuda(at::Tensor logits, const at::Tensor& row_offsets, const a
 
 void focus_state_cuda(at::Tensor logits, const c10::optional<at::Tensor>& last_tokens, const at::Tensor& prog,
                       at::Tensor node, at::Tensor sat, at::Tensor step, const at::Tensor& prog_f32,
-                      const at::Tensor& prog_i32, const at::Tensor& node_mask, const at::Tensor& node_out,
-                      const at::Tensor& clo_start, const at::Tensor& clo_end, const at::Tensor& clo_slot,
-                      const at::Tensor& clo_child, const at::Tensor& slot_token, const at::Tensor& slot_first,
-                      const at::Tensor& slot_root_child, int64_t max_slots, int64_t max_closure, bool blend) {
+                      const at::Tensor& prog_i32, const at::Tensor& node_table, const at::Tensor& slot_table,
+                      const at::Tensor& closure, const at::Tensor& ents, at::IntArrayRef limits, bool blend) {
   const int64_t B = logits.size(0);
   if (B == 0) return;
+  TORCH_CHECK(!last_tokens.has_value() || last_tokens->is_contiguous(), "focus_state_cuda_: last_tokens must be contiguous");
   const c10::cuda::CUDAGuard guard(logits.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "focus_state_cuda", [&] {
     focus_state_kernel<scalar_t><<<static_cast<unsigned>(B), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         logits.data_ptr<scalar_t>(), logits.stride(0), logits.stride(1), logits.size(1),
         last_tokens.has_value() ? last_tokens->data_ptr<int32_t>() : nullptr, prog.data_ptr<int32_t>(),
         node.data_ptr<int32_t>(), sat.data_ptr<int32_t>(), step.data_ptr<int32_t>(), sat.size(1),
-        prog_f32.data_ptr<float>(), prog_i32.data_ptr<int32_t>(), node_mask.data_ptr<int32_t>(),
-        node_out.data_ptr<int32_t>(), clo_start.data_ptr<int32_t>(), clo_end.data_ptr<int32_t>(),
-        clo_slot.data_ptr<int32_t>(), clo_child.data_ptr<int32_t>(), slot_token.data_ptr<int32_t>(),
-        slot_first.data_ptr<int32_t>(), slot_root_child.data_ptr<int32_t>());
+        prog_f32.data_ptr<float>(), prog_i32.data_ptr<int32_t>(), node_table.data_ptr<int32_t>(),
+        slot_table.data_ptr<int32_t>(), closure.data_ptr<int32_t>(), ents.data_ptr<int32_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

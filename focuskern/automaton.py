@@ -1,152 +1,165 @@
 """Compile one spec's entity variants into the flat Aho-Corasick tables the kernels walk.
 
 A *program* is the compiled form of one :class:`~focuskern.FocusSpec` (rows with the same spec share
-it).  Node 0 is the root; every node index, slot index and closure index is local to the program.
+it).  Node 0 is the root; node, slot, closure and entity indices are local to the program.  Entity
+sets are sorted lists of entity ids in one array (``ents``), so a program's size, its compile time and
+a kernel's work per step grow linearly with the number of entities (a bitset per node would grow with
+nodes x entities).  Column meanings: :mod:`focuskern.ops.layout`.
 
-Tables (numpy, int32):
-
-* ``node_mask`` [N, W]  entities that have a variant passing through the node (bitsets of W words).
-* ``node_out``  [N, W]  entities one of whose variants ends at the node or at a node on its fail chain:
-  reaching the node means they have been generated in full.
-* ``clo_start``/``clo_end`` [N]  the node's *closure*: the children of every node on its fail chain
-  (root excluded), deepest first, as ``clo_slot`` / ``clo_child`` [E].  The first closure entry with
-  slot k is the AC transition on k; every entry is a possible continuation of a partial match.
-* ``slot_token`` [S] the distinct token ids of the program (sorted); ``slot_first`` [S, W] entities
-  boosted by ``bias`` when they own the slot (phrase mode: variants that start with it; tokens mode:
-  variants containing it); ``slot_root_child`` [S] the root's child on that token (0 = none).
-* ``parent`` / ``edge`` [N]  the trie parent of each node and the token leading to it from there (the
-  root: 0 and -1), so a state can be stepped back by one token (``FocusState.apply_(hold=...)``).
+* node ``u``: ``through(u)`` = entities with a variant passing through ``u``; ``out(u)`` = entities one
+  of whose variants ends at ``u`` or at a node on its fail chain (reaching ``u`` completes them);
+  ``closure(u)`` = the children of every node on ``u``'s fail chain (root excluded) as (slot, child)
+  entries sorted by slot, deepest first within a slot: the first entry with slot ``k`` is the AC
+  transition on ``k``, and every entry is a possible continuation of a partial match; ``parent(u)`` and
+  ``edge(u)``, the trie parent and the token from it (root: 0 and -1), step a state back by one token.
+* slot ``k`` (the program's ``k``-th smallest distinct token id): ``first(k)`` = entities boosted by
+  ``bias`` when they own the slot (phrase mode: variants that start with it, i.e. ``through`` of the
+  root's child on it; tokens mode: variants containing it) and the root's child on it (0 = none).
 """
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
+
+from .ops.layout import C, N_, S_
 
 WORD_BITS = 32
 
 
 def words_for(n_entities: int) -> int:
+    """int32 words of a satisfied-entity bitset (one per row, not per node)."""
     return max(1, -(-n_entities // WORD_BITS))
-
-
-def _bitsets(sets: list[set[int]], words: int) -> np.ndarray:
-    out = np.zeros((len(sets), words), dtype=np.uint32)
-    for i, members in enumerate(sets):
-        for e in members:
-            out[i, e // WORD_BITS] |= np.uint32(1 << (e % WORD_BITS))
-    return out.view(np.int32)
 
 
 @dataclass
 class Program:
     n_entities: int
-    node_mask: np.ndarray
-    node_out: np.ndarray
-    clo_start: np.ndarray
-    clo_end: np.ndarray
-    clo_slot: np.ndarray
-    clo_child: np.ndarray
-    slot_token: np.ndarray
-    slot_first: np.ndarray
-    slot_root_child: np.ndarray
-    parent: np.ndarray
-    edge: np.ndarray
+    node: np.ndarray  # [N, N_.WIDTH] int32, entity-list bounds local to ``ents``
+    slot: np.ndarray  # [S, S_.WIDTH] int32
+    closure: np.ndarray  # [E, C.WIDTH] int32
+    ents: np.ndarray  # [M] int32
 
     @property
     def n_nodes(self) -> int:
-        return len(self.clo_start)
+        return self.node.shape[0]
 
     @property
     def n_slots(self) -> int:
-        return len(self.slot_token)
+        return self.slot.shape[0]
 
     @property
     def max_closure(self) -> int:
-        return int((self.clo_end - self.clo_start).max(initial=0))
+        return int((self.node[:, N_.CLO_HI] - self.node[:, N_.CLO_LO]).max(initial=0))
 
-    def padded_masks(self, words: int) -> "Program":
-        """The same program with bitsets widened to ``words`` words (batches share one width)."""
-        def pad(a):
-            return np.pad(a, ((0, 0), (0, words - a.shape[1])))
-        return Program(self.n_entities, pad(self.node_mask), pad(self.node_out), self.clo_start,
-                       self.clo_end, self.clo_slot, self.clo_child, self.slot_token,
-                       pad(self.slot_first), self.slot_root_child, self.parent, self.edge)
+    @property
+    def max_out(self) -> int:
+        return int((self.node[:, N_.OUT_HI] - self.node[:, N_.OUT_LO]).max(initial=0))
+
+
+def _merge(a: list[int], b: list[int]) -> list[int]:
+    """Sorted union of two sorted lists."""
+    if not b:
+        return a
+    if not a:
+        return b
+    return sorted(set(a).union(b))
+
+
+class _Lists:
+    """Entity lists laid end to end in one array; ``add`` returns the list's ``(lo, hi)``."""
+
+    def __init__(self):
+        self.parts: list[list[int]] = []
+        self.size = 0
+
+    def add(self, items: list[int]) -> tuple[int, int]:
+        lo = self.size
+        self.parts.append(items)
+        self.size += len(items)
+        return lo, self.size
+
+    def array(self) -> np.ndarray:
+        return np.fromiter(chain.from_iterable(self.parts), dtype=np.int32, count=self.size)
 
 
 def compile_program(entity_variants: list[list[tuple[int, ...]]], phrase: bool) -> Program:
-    """Build the tables for entities given as lists of token-id variants."""
+    """Build the tables for entities given as lists of token-id variants (linear in their total length)."""
     children: list[dict[int, int]] = [{}]
-    through: list[set[int]] = [set()]
-    ends: list[set[int]] = [set()]
+    through: list[list[int]] = [[]]
+    ends: list[list[int]] = [[]]
     parent, edge = [0], [-1]
     for entity, variants in enumerate(entity_variants):
         for variant in variants:
             node = 0
             for token in variant:
-                if token not in children[node]:
-                    children[node][token] = len(children)
+                nxt = children[node].get(token)
+                if nxt is None:
+                    nxt = len(children)
+                    children[node][token] = nxt
                     children.append({})
-                    through.append(set())
-                    ends.append(set())
+                    through.append([])
+                    ends.append([])
                     parent.append(node)
                     edge.append(token)
-                node = children[node][token]
-                through[node].add(entity)
-            ends[node].add(entity)
+                node = nxt
+                if not through[node] or through[node][-1] != entity:  # entities arrive in order: sorted
+                    through[node].append(entity)
+            if not ends[node] or ends[node][-1] != entity:
+                ends[node].append(entity)
 
     n = len(children)
     fail = [0] * n
-    out = [set(e) for e in ends]
-    order = []
+    out = ends
     queue = deque(children[0].values())
     while queue:
         node = queue.popleft()
-        order.append(node)
         for token, child in children[node].items():
             f = fail[node]
             while f and token not in children[f]:
                 f = fail[f]
-            fail[child] = children[f][token] if token in children[f] and children[f][token] != child else 0
-            out[child] |= out[fail[child]]
+            target = children[f].get(token, 0)
+            fail[child] = target if target != child else 0
+            out[child] = _merge(out[child], out[fail[child]])
             queue.append(child)
 
     tokens = sorted({t for c in children for t in c})
     slot_of = {t: i for i, t in enumerate(tokens)}
-    clo_start, clo_end, clo_slot, clo_child = [], [], [], []
-    for node in range(n):
-        clo_start.append(len(clo_slot))
-        w = node
+    lists = _Lists()
+    node_table = np.zeros((n, N_.WIDTH), dtype=np.int32)
+    closure: list[tuple[int, int]] = []
+    for u in range(n):
+        entries = []
+        w = u
         while w:
-            for token, child in sorted(children[w].items()):
-                clo_slot.append(slot_of[token])
-                clo_child.append(child)
+            entries.extend((slot_of[t], c) for t, c in children[w].items())
             w = fail[w]
-        clo_end.append(len(clo_slot))
+        entries.sort(key=lambda e: e[0])  # stable: deepest first within a slot
+        row = node_table[u]
+        row[N_.CLO_LO] = len(closure)
+        closure.extend(entries)
+        row[N_.CLO_HI] = len(closure)
+        row[N_.THROUGH_LO], row[N_.THROUGH_HI] = lists.add(through[u])
+        row[N_.OUT_LO], row[N_.OUT_HI] = lists.add(out[u])
+    node_table[:, N_.PARENT] = parent
+    node_table[:, N_.EDGE] = edge
 
-    if phrase:
-        first = [through[children[0][t]] if t in children[0] else set() for t in tokens]
+    slot_table = np.zeros((len(tokens), S_.WIDTH), dtype=np.int32)
+    slot_table[:, S_.TOKEN] = tokens
+    slot_table[:, S_.ROOT_CHILD] = [children[0].get(t, 0) for t in tokens]
+    if phrase:  # first(k) = through(root's child on k): the node's list, not a copy
+        root_child = slot_table[:, S_.ROOT_CHILD]
+        has = root_child > 0
+        slot_table[has, S_.FIRST_LO] = node_table[root_child[has], N_.THROUGH_LO]
+        slot_table[has, S_.FIRST_HI] = node_table[root_child[has], N_.THROUGH_HI]
     else:
-        owners = {t: set() for t in tokens}
-        for node in range(n):
-            for token, child in children[node].items():
-                owners[token] |= through[child]
-        first = [owners[t] for t in tokens]
+        owners: dict[int, set[int]] = {t: set() for t in tokens}
+        for u in range(1, n):
+            owners[edge[u]].update(through[u])
+        for k, t in enumerate(tokens):
+            slot_table[k, S_.FIRST_LO], slot_table[k, S_.FIRST_HI] = lists.add(sorted(owners[t]))
 
-    words = words_for(len(entity_variants))
-    i32 = lambda xs: np.asarray(xs, dtype=np.int32)  # noqa: E731
-    return Program(
-        n_entities=len(entity_variants),
-        node_mask=_bitsets(through, words),
-        node_out=_bitsets(out, words),
-        clo_start=i32(clo_start),
-        clo_end=i32(clo_end),
-        clo_slot=i32(clo_slot),
-        clo_child=i32(clo_child),
-        slot_token=i32(tokens),
-        slot_first=_bitsets(first, words),
-        slot_root_child=i32([children[0].get(t, 0) for t in tokens]),
-        parent=i32(parent),
-        edge=i32(edge),
-    )
+    closure_table = np.asarray(closure, dtype=np.int32).reshape(-1, C.WIDTH)
+    return Program(len(entity_variants), node_table, slot_table, closure_table, lists.array())

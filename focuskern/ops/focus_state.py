@@ -1,52 +1,43 @@
 """The stateful op behind :class:`focuskern.FocusState`: advance every row's automaton with the token
 it generated last, then bias/blend/decay its logits -- one launch for the batch.
 
-For row ``r`` following program ``p`` (``row_prog[r] = p >= 0``; -1 leaves the row untouched):
+For row ``r`` following program ``p`` (``prog[r] = p >= 0``; -1 leaves the row untouched), with the
+tables of :mod:`focuskern.automaton` and ``unsat(L)`` = "list ``L`` holds an entity whose bit in
+``sat[r]`` is clear":
 
 1. if ``last_tokens`` is given: ``node <- delta(node, last_tokens[r])`` (Aho-Corasick),
-   ``sat <- sat | node_out[node]`` (satisfy="once"), ``step <- step + 1``;
-2. ``alive(c) = node_mask[c] & ~sat != 0``; continuation slots = closure entries of ``node`` with an
-   alive child (phrase mode); first slots = ``slot_first & ~sat != 0`` (suppressed while a
-   continuation is open unless ``boost_starts_in_match``);
+   ``sat <- sat | out(node)`` (satisfy="once"), ``step <- step + 1``;
+2. a closure entry ``(k, c)`` of ``node`` is *alive* if ``unsat(through(c))`` (phrase mode);
+   continuation slots = slots of alive entries; first slots = slots with ``unsat(first(k))``
+   (suppressed while an entry is alive unless ``boost_starts_in_match``);
 3. ``val = max(bias if first, continuation_bias if continuation)``, and with ``s`` the decay strength at
    ``step``: ``out[r, v] = (1 - s*alpha) * x[r, v] + s * val`` for boosted ``v``, ``(1 - s*alpha) * x``
    elsewhere.
+
+Work per row and step: one pass over the program's slots and the lists they own (early exit at the
+first unsatisfied entity), i.e. linear in the program's size, never in entities x nodes.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 
-from .dispatch import get_op
+from .dispatch import get_op, resolve
+from .layout import FOCUS_STATE_ARGS
 
-# Columns of the per-program parameter tables.
-F_BIAS, F_CONT, F_ALPHA, F_KIND, F_HORIZON, F_FLOOR = range(6)
-I_NODE_BASE, I_SLOT_BASE, I_N_SLOTS, I_PHRASE, I_ONCE, I_STARTS_IN_MATCH = range(6)
-
-
-# Shared by every backend's registered op ``focuskern::focus_state_<backend>_``.
-FOCUS_STATE_SCHEMA = (
-    "(Tensor(a!) logits, Tensor? last_tokens, Tensor prog, Tensor(b!) node, Tensor(c!) sat, Tensor(d!) step, "
-    "Tensor prog_f32, Tensor prog_i32, Tensor node_mask, Tensor node_out, Tensor clo_start, Tensor clo_end, "
-    "Tensor clo_slot, Tensor clo_child, Tensor slot_token, Tensor slot_first, Tensor slot_root_child, "
-    "int max_slots, int max_closure, bool blend) -> ()")
+FOCUS_STATE_SCHEMA = FOCUS_STATE_ARGS
 
 
 class FocusTables(NamedTuple):
-    """Device tables of all programs of a batch (see :mod:`focuskern.automaton`), indices global."""
+    """Device tables of all programs of a batch (columns: :mod:`focuskern.ops.layout`), bounds global."""
 
-    prog_f32: torch.Tensor  # [P, 6] float32
-    prog_i32: torch.Tensor  # [P, 6] int32
-    node_mask: torch.Tensor  # [N, W] int32
-    node_out: torch.Tensor  # [N, W] int32
-    clo_start: torch.Tensor  # [N] int32 (global closure index)
-    clo_end: torch.Tensor  # [N] int32
-    clo_slot: torch.Tensor  # [E] int32 (program-local slot)
-    clo_child: torch.Tensor  # [E] int32 (program-local node)
-    slot_token: torch.Tensor  # [S] int32
-    slot_first: torch.Tensor  # [S, W] int32
-    slot_root_child: torch.Tensor  # [S] int32 (program-local node)
+    prog_f32: torch.Tensor  # [P, F.WIDTH] float32
+    prog_i32: torch.Tensor  # [P, I.WIDTH] int32
+    node: torch.Tensor  # [N, N_.WIDTH] int32
+    slot: torch.Tensor  # [S, S_.WIDTH] int32
+    closure: torch.Tensor  # [E, C.WIDTH] int32
+    ents: torch.Tensor  # [M] int32
 
 
 class RowState(NamedTuple):
@@ -58,15 +49,17 @@ class RowState(NamedTuple):
     step: torch.Tensor  # [B] int32, tokens generated so far
 
 
-def focus_state_apply_(
-    backend: str,
-    logits: torch.Tensor,
-    last_tokens: Optional[torch.Tensor],
-    rows: RowState,
-    tables: FocusTables,
-    max_slots: int,
-    max_closure: int,
-    blend: bool,
-) -> None:
-    """Run the op (arguments are trusted: FocusState validated them when its specs were added)."""
-    get_op("focus_state", backend, logits.device)(logits, last_tokens, *rows, *tables, max_slots, max_closure, blend)
+class FocusStateOp:
+    """The op of one backend for one device, resolved once (``"auto"`` is not re-resolved per step)."""
+
+    def __init__(self, backend: str, device: torch.device):
+        self.backend = resolve(backend, device, "focus_state")
+        self._op = get_op("focus_state", self.backend, device)
+
+    def __call__(self, logits: torch.Tensor, last_tokens: Optional[torch.Tensor], rows: RowState,
+                 tables: FocusTables, limits: Sequence[int], blend: bool) -> None:
+        """Run the op.  Arguments are trusted (FocusState validated them when its specs were added);
+        ``last_tokens`` may have any strides and int dtype: normalized here, once, for every backend."""
+        if last_tokens is not None:
+            last_tokens = last_tokens.to(torch.int32).contiguous()
+        self._op(logits, last_tokens, *rows, *tables, list(limits), blend)

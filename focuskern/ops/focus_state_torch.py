@@ -1,81 +1,114 @@
 """PyTorch backend (the reference) of the FocusState op: vectorized over rows, padded to the largest
-program (``max_slots`` slots, ``max_closure`` closure entries), no host sync, no [B, V] temporaries."""
-from __future__ import annotations
+program (``limits`` = max slots, closure entries, entity-list entries, completed entities per node), no
+host sync, no host-to-device copy, no [B, V] temporaries.
 
-from typing import Optional
+An entity list ``[lo, hi)`` holds an unsatisfied entity iff the prefix sums of "entry is unsatisfied"
+over the row's program lists differ at ``lo`` and ``hi``: one pass over the program's lists per row.
+"""
+from __future__ import annotations
 
 import torch
 
 from ..decay import decay_strength
 from ._registry import define_mutating_op
-from .focus_state import (FOCUS_STATE_SCHEMA, F_ALPHA, F_BIAS, F_CONT, F_FLOOR, I_N_SLOTS, I_NODE_BASE, I_ONCE, I_PHRASE,
-                          I_SLOT_BASE, I_STARTS_IN_MATCH)
+from .focus_state import FOCUS_STATE_SCHEMA
+from .layout import C, F, I, N_, S_
+
+WORD_BITS = 32
 
 
-def _any_bit(masks: torch.Tensor, sat: torch.Tensor) -> torch.Tensor:
-    """masks [..., W] & ~sat [B, W] (broadcast over the middle dims) has a bit set -> [...] bool."""
-    while sat.dim() < masks.dim():
-        sat = sat.unsqueeze(1)
-    return ((masks & ~sat) != 0).any(-1)
+def _set_bits(sat: torch.Tensor, ents: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``sat`` [B, W] int32 with the bits of ``ents`` [B, n] (where ``valid``) set."""
+    B, W = sat.shape
+    bits = torch.arange(WORD_BITS, device=sat.device)
+    flags = ((sat[:, :, None] >> bits) & 1).bool().view(B, W * WORD_BITS)
+    # Invalid lanes write into one extra column, dropped after: scatter targets stay unambiguous.
+    flags = torch.nn.functional.pad(flags, (0, 1))
+    flags.scatter_(1, torch.where(valid, ents.long(), W * WORD_BITS), True)
+    words = (flags[:, :-1].reshape(B, W, WORD_BITS).long() << bits).sum(-1)
+    return torch.where(words >= 2**31, words - 2**32, words).int()
 
 
-def focus_state_reference_(logits, last_tokens, prog, node, sat, step, prog_f32, prog_i32, node_mask,
-                           node_out, clo_start, clo_end, clo_slot, clo_child, slot_token, slot_first,
-                           slot_root_child, max_slots, max_closure, blend) -> None:
+def _unsat_prefix(sat: torch.Tensor, ents: torch.Tensor, ent_base: torch.Tensor, max_ents: int) -> torch.Tensor:
+    """[B, max_ents + 1] prefix counts of unsatisfied entries over each row's program entity lists."""
+    idx = ent_base[:, None] + torch.arange(max_ents, device=sat.device)
+    e = ents[idx.clamp_max(ents.shape[0] - 1)].long()
+    word = sat.gather(1, e // WORD_BITS)
+    unsat = ((word >> (e % WORD_BITS)) & 1) == 0
+    return torch.nn.functional.pad(unsat.int().cumsum(1), (1, 0))
+
+
+def focus_state_reference_(logits, last_tokens, prog, node, sat, step, prog_f32, prog_i32, node_table,
+                           slot_table, closure, ents, limits, blend) -> None:
+    max_slots, max_closure, max_ents, max_out = limits
     B = logits.shape[0]
     dev = logits.device
     active = prog >= 0
     p = prog.clamp_min(0).long()
     params_i = prog_i32[p].long()
     params_f = prog_f32[p]
-    node_base, slot_base, n_slots = params_i[:, I_NODE_BASE], params_i[:, I_SLOT_BASE], params_i[:, I_N_SLOTS]
-    phrase, once, starts = params_i[:, I_PHRASE] != 0, params_i[:, I_ONCE] != 0, params_i[:, I_STARTS_IN_MATCH] != 0
+    node_base, slot_base, n_slots = params_i[:, I.NODE_BASE], params_i[:, I.SLOT_BASE], params_i[:, I.N_SLOTS]
+    ent_base = params_i[:, I.ENT_BASE]
+    phrase, once, starts = params_i[:, I.PHRASE] != 0, params_i[:, I.ONCE] != 0, params_i[:, I.STARTS_IN_MATCH] != 0
 
     # Padded slot view [B, max_slots]; padding repeats slot 0 so duplicate writes carry equal values.
     lane = torch.arange(max_slots, device=dev)
     slot_valid = lane < n_slots[:, None]
     lane = torch.where(slot_valid, lane, 0).expand(B, max_slots)
-    slot = slot_base[:, None] + lane
-    tokens = slot_token[slot].long()
+    slots = slot_table[(slot_base[:, None] + lane).clamp_max(max(slot_table.shape[0] - 1, 0))].long()
+    tokens = slots[..., S_.TOKEN]
 
-    def closure(local_node):
-        g = node_base + local_node
-        start, end = clo_start[g].long(), clo_end[g].long()
-        idx = start[:, None] + torch.arange(max_closure, device=dev)
-        valid = idx < end[:, None]
-        idx = torch.where(valid, idx, 0).clamp_max(max(clo_slot.shape[0] - 1, 0))
-        return valid, clo_slot[idx].long(), clo_child[idx].long()
+    def node_rows(local_node):
+        """Node-table rows of program-local nodes [B] or [B, n]."""
+        base = node_base if local_node.dim() == 1 else node_base[:, None]
+        return node_table[(base + local_node).clamp_max(max(node_table.shape[0] - 1, 0))].long()
+
+    def closure_of(nodes):
+        idx = nodes[:, N_.CLO_LO, None] + torch.arange(max_closure, device=dev)
+        valid = idx < nodes[:, N_.CLO_HI, None]
+        entries = closure[torch.where(valid, idx, 0).clamp_max(closure.shape[0] - 1)].long()
+        return valid, entries[..., C.SLOT], entries[..., C.CHILD]
 
     u = node.long()
     if last_tokens is not None:
         hit_slot = slot_valid & (tokens == last_tokens.long()[:, None])
         has = hit_slot.any(1)
         k = hit_slot.int().argmax(1)
-        valid, cslot, cchild = closure(u)
+        valid, cslot, cchild = closure_of(node_rows(u))
         hit = valid & (cslot == k[:, None]) & has[:, None]
-        first_hit = hit.int().argmax(1)
-        root_child = slot_root_child[slot_base + k].long()
+        first_hit = hit.int().argmax(1)  # entries sorted by slot, deepest first: the AC transition
+        root_child = slots[torch.arange(B, device=dev), k, S_.ROOT_CHILD]
         u_next = torch.where(hit.any(1), cchild.gather(1, first_hit[:, None]).squeeze(1),
                              torch.where(has, root_child, torch.zeros_like(u)))
         u = torch.where(active, u_next, u)
-        reached = node_out[node_base + u]
-        sat.copy_(torch.where((active & once)[:, None], sat | reached, sat))
+        reached = node_rows(u)
+        idx = reached[:, N_.OUT_LO, None] + torch.arange(max_out, device=dev)
+        valid = (idx < reached[:, N_.OUT_HI, None]) & (active & once)[:, None]
+        sat.copy_(_set_bits(sat, ents[torch.where(valid, idx, 0).clamp_max(ents.shape[0] - 1)], valid))
         node.copy_(u)
         step.add_(active.int())
 
-    valid, cslot, cchild = closure(u)
-    alive = valid & _any_bit(node_mask[node_base[:, None] + cchild], sat) & (phrase & active)[:, None]
+    prefix = _unsat_prefix(sat, ents, ent_base, max_ents)
+
+    def unsat(lo, hi):
+        """Does the list [lo, hi) (global bounds, [B, n]) hold an unsatisfied entity?"""
+        lo_local = (lo - ent_base[:, None]).clamp(0, max_ents)
+        hi_local = (hi - ent_base[:, None]).clamp(0, max_ents)
+        return (prefix.gather(1, hi_local) - prefix.gather(1, lo_local)) > 0
+
+    valid, cslot, cchild = closure_of(node_rows(u))
+    children = node_rows(cchild)  # [B, max_closure, N_.WIDTH]
+    alive = valid & unsat(children[..., N_.THROUGH_LO], children[..., N_.THROUGH_HI]) & (phrase & active)[:, None]
     in_match = alive.any(1)
     cont = torch.zeros(B, max_slots + 1, dtype=torch.bool, device=dev)
     cont.scatter_(1, torch.where(alive, cslot, max_slots), True)
     cont = cont.gather(1, lane)
-    first = _any_bit(slot_first[slot], sat) & (active & (starts | ~in_match))[:, None]
-    neg = torch.tensor(float("-inf"), device=dev)
-    val = torch.maximum(torch.where(first, params_f[:, F_BIAS:F_BIAS + 1], neg),
-                        torch.where(cont, params_f[:, F_CONT:F_CONT + 1], neg))
+    first = unsat(slots[..., S_.FIRST_LO], slots[..., S_.FIRST_HI]) & (active & (starts | ~in_match))[:, None]
+    val = torch.maximum(torch.where(first, params_f[:, F.BIAS:F.BIAS + 1], float("-inf")),
+                        torch.where(cont, params_f[:, F.CONT:F.CONT + 1], float("-inf")))
 
-    strength = decay_strength(params_f[:, F_ALPHA + 1:F_FLOOR + 1], step)
-    scale = torch.where(active, 1.0 - strength * params_f[:, F_ALPHA], 1.0)
+    strength = decay_strength(params_f[:, F.KIND:F.FLOOR + 1], step)
+    scale = torch.where(active, 1.0 - strength * params_f[:, F.ALPHA], 1.0)
     row_idx = torch.arange(B, device=dev)[:, None].expand(B, max_slots)
     original = logits[row_idx, tokens].float()
     if blend:

@@ -5,113 +5,147 @@ writes its boosted slots (distinct token ids, so the writes never collide).  The
 across programs because the state is updated in place: a second program of the same row could read
 the state after the first had already advanced it.  (A blended row at small B therefore streams
 through one SM; splitting it needs double-buffered state, left for later.)
+
+Entity lists are scanned entry by entry for a block of slots at once, each entry testing one bit of
+the row's satisfied set, so a step costs the program's list entries, not entities x nodes.
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
 from ._registry import define_mutating_op
-from .focus_state import FOCUS_STATE_SCHEMA
 from ._triton_common import blend_range, decay_strength
+from .focus_state import FOCUS_STATE_SCHEMA
+from .layout import C, F, I, N_, S_
 
 BLOCK_V = 2048
 BLOCK_S = 64
 BLOCK_C = 32
+BLOCK_E = 64
 NOT_FOUND = 2**30
+
+# Column indices from the one layout definition, as Triton compile-time constants.
+F_BIAS, F_CONT, F_ALPHA, F_KIND, F_WIDTH = (tl.constexpr(v) for v in (F.BIAS, F.CONT, F.ALPHA, F.KIND, F.WIDTH))
+I_NODE_BASE, I_SLOT_BASE, I_N_SLOTS, I_PHRASE, I_ONCE, I_STARTS, I_WIDTH = (tl.constexpr(v) for v in (
+    I.NODE_BASE, I.SLOT_BASE, I.N_SLOTS, I.PHRASE, I.ONCE, I.STARTS_IN_MATCH, I.WIDTH))
+N_CLO_LO, N_CLO_HI, N_THROUGH_LO, N_THROUGH_HI, N_OUT_LO, N_OUT_HI, N_WIDTH = (tl.constexpr(v) for v in (
+    N_.CLO_LO, N_.CLO_HI, N_.THROUGH_LO, N_.THROUGH_HI, N_.OUT_LO, N_.OUT_HI, N_.WIDTH))
+S_TOKEN, S_ROOT_CHILD, S_FIRST_LO, S_FIRST_HI, S_WIDTH = (tl.constexpr(v) for v in (
+    S_.TOKEN, S_.ROOT_CHILD, S_.FIRST_LO, S_.FIRST_HI, S_.WIDTH))
+C_SLOT, C_CHILD, C_WIDTH = (tl.constexpr(v) for v in (C.SLOT, C.CHILD, C.WIDTH))
 
 
 @triton.jit
-def _alive(node_mask_ptr, node_base, child, valid, sat, w_offs, W):
-    """Children whose node has an entity not yet satisfied -> int32 [BLOCK_C]."""
-    ptrs = node_mask_ptr + (node_base + child)[:, None] * W + w_offs[None, :]
-    masks = tl.load(ptrs, mask=valid[:, None] & (w_offs[None, :] < W), other=0)
-    return tl.max(((masks & ~sat[None, :]) != 0).to(tl.int32), axis=1) * valid.to(tl.int32)
+def _lists_unsat(ents_ptr, sat_row_ptr, lo, hi, mask):
+    """Per lane: does the entity list ``[lo, hi)`` hold an entity whose satisfied bit is clear?"""
+    found = tl.zeros(lo.shape, dtype=tl.int32)
+    longest = tl.max(tl.where(mask, hi - lo, 0))
+    for j in range(0, longest):
+        inside = mask & (lo + j < hi)
+        ent = tl.load(ents_ptr + lo + j, mask=inside, other=0)
+        word = tl.load(sat_row_ptr + ent // 32, mask=inside, other=-1)
+        found = tl.maximum(found, (((word >> (ent % 32)) & 1) == 0).to(tl.int32) * inside.to(tl.int32))
+    return found
+
+
+@triton.jit
+def _alive_entries(node_ptr, closure_ptr, ents_ptr, sat_row_ptr, node_base, c, valid):
+    """Closure entries ``c`` whose child has an unsatisfied entity -> (alive int32, slot) per lane."""
+    cslot = tl.load(closure_ptr + c * C_WIDTH + C_SLOT, mask=valid, other=-1)
+    child = tl.load(closure_ptr + c * C_WIDTH + C_CHILD, mask=valid, other=0)
+    row = (node_base + child) * N_WIDTH
+    lo = tl.load(node_ptr + row + N_THROUGH_LO, mask=valid, other=0)
+    hi = tl.load(node_ptr + row + N_THROUGH_HI, mask=valid, other=0)
+    return _lists_unsat(ents_ptr, sat_row_ptr, lo, hi, valid), cslot
 
 
 @triton.jit
 def _focus_state_kernel(
     x_ptr, stride_row, stride_col, V,
     last_ptr,
-    prog_ptr, node_ptr, sat_ptr, step_ptr,
-    prog_f32_ptr, prog_i32_ptr, node_mask_ptr, node_out_ptr, clo_start_ptr, clo_end_ptr,
-    clo_slot_ptr, clo_child_ptr, slot_token_ptr, slot_first_ptr, slot_root_child_ptr,
+    prog_ptr, node_state_ptr, sat_ptr, step_ptr,
+    prog_f32_ptr, prog_i32_ptr, node_ptr, slot_ptr, closure_ptr, ents_ptr,
     W,
-    HAS_LAST: tl.constexpr, W_BLOCK: tl.constexpr,
-    BLOCK_V: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_LAST: tl.constexpr,
+    BLOCK_V: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
     row = tl.program_id(0)
     p = tl.load(prog_ptr + row)
     if p >= 0:
-        node_base = tl.load(prog_i32_ptr + p * 6 + 0)
-        slot_base = tl.load(prog_i32_ptr + p * 6 + 1)
-        n_slots = tl.load(prog_i32_ptr + p * 6 + 2)
-        phrase = tl.load(prog_i32_ptr + p * 6 + 3)
-        once = tl.load(prog_i32_ptr + p * 6 + 4)
-        starts_in_match = tl.load(prog_i32_ptr + p * 6 + 5)
-        bias = tl.load(prog_f32_ptr + p * 6 + 0)
-        cont_bias = tl.load(prog_f32_ptr + p * 6 + 1)
-        alpha = tl.load(prog_f32_ptr + p * 6 + 2)
-        w_offs = tl.arange(0, W_BLOCK)
-        u = tl.load(node_ptr + row)
+        pi = prog_i32_ptr + p * I_WIDTH
+        pf = prog_f32_ptr + p * F_WIDTH
+        node_base = tl.load(pi + I_NODE_BASE)
+        slot_base = tl.load(pi + I_SLOT_BASE)
+        n_slots = tl.load(pi + I_N_SLOTS)
+        phrase = tl.load(pi + I_PHRASE)
+        once = tl.load(pi + I_ONCE)
+        starts_in_match = tl.load(pi + I_STARTS)
+        bias = tl.load(pf + F_BIAS)
+        cont_bias = tl.load(pf + F_CONT)
+        alpha = tl.load(pf + F_ALPHA)
+        sat_row = sat_ptr + row * W
+        u = tl.load(node_state_ptr + row)
         step = tl.load(step_ptr + row)
-        sat = tl.load(sat_ptr + row * W + w_offs, mask=w_offs < W, other=0)
 
         if HAS_LAST:
             token = tl.load(last_ptr + row)
             k = NOT_FOUND
             for s0 in range(0, n_slots, BLOCK_S):
                 s = s0 + tl.arange(0, BLOCK_S)
-                tok = tl.load(slot_token_ptr + slot_base + s, mask=s < n_slots, other=-1)
+                tok = tl.load(slot_ptr + (slot_base + s) * S_WIDTH + S_TOKEN, mask=s < n_slots, other=-1)
                 k = tl.minimum(k, tl.min(tl.where(tok == token, s, NOT_FOUND)))
             found = NOT_FOUND
-            c_lo = tl.load(clo_start_ptr + node_base + u)
-            c_hi = tl.load(clo_end_ptr + node_base + u)
+            c_lo = tl.load(node_ptr + (node_base + u) * N_WIDTH + N_CLO_LO)
+            c_hi = tl.load(node_ptr + (node_base + u) * N_WIDTH + N_CLO_HI)
             for c0 in range(c_lo, c_hi, BLOCK_C):
                 c = c0 + tl.arange(0, BLOCK_C)
-                cslot = tl.load(clo_slot_ptr + c, mask=c < c_hi, other=-1)
+                cslot = tl.load(closure_ptr + c * C_WIDTH + C_SLOT, mask=c < c_hi, other=-1)
                 found = tl.minimum(found, tl.min(tl.where(cslot == k, c, NOT_FOUND)))
             if found < NOT_FOUND:
-                u = tl.load(clo_child_ptr + found)
+                u = tl.load(closure_ptr + found * C_WIDTH + C_CHILD)
             elif k < NOT_FOUND:
-                u = tl.load(slot_root_child_ptr + slot_base + k)
+                u = tl.load(slot_ptr + (slot_base + k) * S_WIDTH + S_ROOT_CHILD)
             else:
                 u = 0
             if once != 0:
-                sat = sat | tl.load(node_out_ptr + (node_base + u) * W + w_offs, mask=w_offs < W, other=0)
+                o_lo = tl.load(node_ptr + (node_base + u) * N_WIDTH + N_OUT_LO)
+                o_hi = tl.load(node_ptr + (node_base + u) * N_WIDTH + N_OUT_HI)
+                for e0 in range(o_lo, o_hi, BLOCK_E):
+                    e = e0 + tl.arange(0, BLOCK_E)
+                    ent = tl.load(ents_ptr + e, mask=e < o_hi, other=0)
+                    tl.atomic_or(sat_row + ent // 32, (1 << (ent % 32)).to(tl.int32), mask=e < o_hi)
+                tl.debug_barrier()  # the tests below read the bits just set
             step = step + 1
-            tl.store(node_ptr + row, u)
+            tl.store(node_state_ptr + row, u)
             tl.store(step_ptr + row, step)
-            tl.store(sat_ptr + row * W + w_offs, sat, mask=w_offs < W)
 
-        strength = decay_strength(prog_f32_ptr + p * 6 + 3, step)
+        strength = decay_strength(pf + F_KIND, step)
         row_ptr = x_ptr + row.to(tl.int64) * stride_row
         lo, hi = blend_range(row_ptr, stride_col, V, 0, V, 1.0 - strength * alpha, BLOCK_V)
 
-        c_lo = tl.load(clo_start_ptr + node_base + u)
-        c_hi = tl.where(phrase != 0, tl.load(clo_end_ptr + node_base + u), c_lo)
+        c_lo = tl.load(node_ptr + (node_base + u) * N_WIDTH + N_CLO_LO)
+        c_hi = tl.where(phrase != 0, tl.load(node_ptr + (node_base + u) * N_WIDTH + N_CLO_HI), c_lo)
         in_match = 0
         for c0 in range(c_lo, c_hi, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
-            child = tl.load(clo_child_ptr + c, mask=c < c_hi, other=0)
-            in_match = tl.maximum(in_match, tl.max(_alive(node_mask_ptr, node_base, child, c < c_hi, sat, w_offs, W)))
+            alive, cslot = _alive_entries(node_ptr, closure_ptr, ents_ptr, sat_row, node_base, c, c < c_hi)
+            in_match = tl.maximum(in_match, tl.max(alive))
         starts_ok = (starts_in_match != 0) | (in_match == 0)
 
         if hi > lo:
             for s0 in range(0, n_slots, BLOCK_S):
                 s = s0 + tl.arange(0, BLOCK_S)
-                tok = tl.load(slot_token_ptr + slot_base + s, mask=s < n_slots, other=0)
+                srow = (slot_base + s) * S_WIDTH
+                tok = tl.load(slot_ptr + srow + S_TOKEN, mask=s < n_slots, other=0)
                 mine = (s < n_slots) & (tok >= lo) & (tok < hi)
-                firsts = tl.load(slot_first_ptr + (slot_base + s)[:, None] * W + w_offs[None, :],
-                                 mask=mine[:, None] & (w_offs[None, :] < W), other=0)
-                first = (tl.max(((firsts & ~sat[None, :]) != 0).to(tl.int32), axis=1) > 0) & starts_ok
+                f_lo = tl.load(slot_ptr + srow + S_FIRST_LO, mask=mine, other=0)
+                f_hi = tl.load(slot_ptr + srow + S_FIRST_HI, mask=mine, other=0)
+                first = (_lists_unsat(ents_ptr, sat_row, f_lo, f_hi, mine) != 0) & starts_ok
                 cont = tl.zeros([BLOCK_S], dtype=tl.int32)
                 for c0 in range(c_lo, c_hi, BLOCK_C):
                     c = c0 + tl.arange(0, BLOCK_C)
-                    cslot = tl.load(clo_slot_ptr + c, mask=c < c_hi, other=-1)
-                    child = tl.load(clo_child_ptr + c, mask=c < c_hi, other=0)
-                    alive = _alive(node_mask_ptr, node_base, child, c < c_hi, sat, w_offs, W)
+                    alive, cslot = _alive_entries(node_ptr, closure_ptr, ents_ptr, sat_row, node_base, c, c < c_hi)
                     hit = (s[:, None] == cslot[None, :]) & (alive[None, :] != 0)
                     cont = tl.maximum(cont, tl.max(hit.to(tl.int32), axis=1))
                 val = tl.maximum(tl.where(first, bias, float("-inf")), tl.where(cont != 0, cont_bias, float("-inf")))
@@ -121,22 +155,19 @@ def _focus_state_kernel(
                 tl.store(ptrs, (x.to(tl.float32) + strength * val).to(x.dtype), mask=boost)
 
 
-def launch_focus_state(logits, last_tokens, prog, node, sat, step, prog_f32, prog_i32, node_mask, node_out,
-                       clo_start, clo_end, clo_slot, clo_child, slot_token, slot_first, slot_root_child,
-                       max_slots, max_closure, blend) -> None:
+def launch_focus_state(logits, last_tokens, prog, node, sat, step, prog_f32, prog_i32, node_table, slot_table,
+                       closure, ents, limits, blend) -> None:
     B, V = logits.shape
     if B == 0:
         return
-    W = sat.shape[1]
     _focus_state_kernel[(B,)](
         logits, logits.stride(0), logits.stride(1), V,
         last_tokens if last_tokens is not None else step,
         prog, node, sat, step,
-        prog_f32, prog_i32, node_mask, node_out, clo_start, clo_end,
-        clo_slot, clo_child, slot_token, slot_first, slot_root_child,
-        W,
-        HAS_LAST=last_tokens is not None, W_BLOCK=triton.next_power_of_2(W),
-        BLOCK_V=BLOCK_V, BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C,
+        prog_f32, prog_i32, node_table, slot_table, closure, ents,
+        sat.shape[1],
+        HAS_LAST=last_tokens is not None,
+        BLOCK_V=BLOCK_V, BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C, BLOCK_E=BLOCK_E,
     )
 
 
