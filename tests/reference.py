@@ -108,3 +108,49 @@ def pasta_eq2_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, empha
     a = a * scale
     a = a / a.sum(-1, keepdim=True).clamp_min(1e-300)
     return a @ vv
+
+
+def attention_mass_f64(q, k, v, key_bias=None, head_scale=None, *, causal=True, sm_scale=None, key_start=None,
+                       key_group=None, num_groups=1, target_mass=None, max_target_bias=20.0):
+    """(out, magnitude, mass) in float64, from the contract of ``focus_attention`` read literally:
+    ``s = sm_scale q.k + head_scale[h] key_bias[b, j]`` over visible j (query i at Lk - Lq + i, keys
+    j >= key_start[b]); ``mu`` = softmax share of group 0; ``delta = min(cap, max(0, logit(p_h) -
+    logit(mu)))`` (0 where mu = 0 or p_h = 0) added to group 0's scores; ``mass[g]`` = the steered
+    softmax summed over group g; magnitude = sum_j w_j |v_j| (the scale of the output's rounding)."""
+    q, k, v = (t.detach().cpu().double() for t in (q, k, v))
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    scale = 1.0 / math.sqrt(D) if sm_scale is None else sm_scale
+    out = torch.zeros(B, Hq, Lq, D, dtype=torch.float64)
+    mag = torch.zeros_like(out)
+    mass = torch.zeros(B, Hq, Lq, num_groups, dtype=torch.float64)
+    for b in range(B):
+        grp = None if key_group is None else [int(g) for g in key_group[b]]
+        for h in range(Hq):
+            for i in range(Lq):
+                vis = [j for j in range(Lk) if j >= (0 if key_start is None else int(key_start[b]))
+                       and (not causal or j <= Lk - Lq + i)]
+                if not vis:
+                    continue
+                s = {}
+                for j in vis:
+                    s[j] = scale * float(q[b, h, i] @ k[b, h // G, j])
+                    if key_bias is not None:
+                        s[j] += (1.0 if head_scale is None else float(head_scale[h])) * float(key_bias[b, j])
+                top = max(s.values())
+                w = {j: math.exp(x - top) for j, x in s.items()}
+                if target_mass is not None and float(target_mass[h]) > 0:
+                    total = sum(w.values())
+                    mu = sum(x for j, x in w.items() if grp[j] == 0) / total
+                    p = float(target_mass[h])
+                    if 0 < mu < 1:
+                        delta = min(max_target_bias, max(0.0, math.log(p / (1 - p)) - math.log(mu / (1 - mu))))
+                        w = {j: x * math.exp(delta) if grp[j] == 0 else x for j, x in w.items()}
+                total = sum(w.values())
+                for j, x in w.items():
+                    out[b, h, i] += x / total * v[b, h // G, j]
+                    mag[b, h, i] += x / total * v[b, h // G, j].abs()
+                    if grp is not None and grp[j] >= 0:
+                        mass[b, h, i, grp[j]] += x / total
+    return out, mag, mass
