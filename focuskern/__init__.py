@@ -6,8 +6,8 @@ from .spec import FocusSpec
 from .state import FocusState
 from . import ops
 
-__all__ = ["Decay", "FocusSpec", "FocusState", "attention_focus", "backends", "entity_positions", "ops",
-           "pasta_focus", "pasta_head_scale", "pasta_key_bias", "positions_to_key_bias"]
+__all__ = ["Decay", "FocusSpec", "FocusState", "attention_focus", "attention_readout", "backends",
+           "entity_positions", "ops", "pasta_focus", "pasta_head_scale", "pasta_key_bias", "positions_to_key_bias"]
 __version__ = "0.1.0"
 
 
@@ -17,4 +17,7 @@ def __getattr__(name: str):
     if name == "attention_focus":
         from .hf.attention import attention_focus
         return attention_focus
+    if name == "attention_readout":
+        from .hf.readout import attention_readout
+        return attention_readout
     raise AttributeError(f"module 'focuskern' has no attribute {name!r}")

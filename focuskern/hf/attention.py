@@ -33,7 +33,9 @@ memory and never as an Lq x Lk tensor in the usual cases:
 On CUDA the first two go to the Triton kernel for every query length.  On CPU, decoding steps go to
 the op's torch backend and prefill (Lq > 1) takes the dense SDPA route too: the torch backend is a
 reference that materializes the scores in several passes, 2.5-4x slower than SDPA's fused CPU kernel
-at the prompt lengths of ``focuskern eval lost-in-middle``.
+at the prompt lengths of ``focuskern eval lost-in-middle``.  Layers that steer by target mass
+(``attention_focus(..., target_mass=...)``) or record a readout (:mod:`focuskern.hf.readout`) always go
+through the op, prefill included (on CPU its torch backend, chunk x Lk scores at a time, never Lq x Lk).
 
 Checking that a 2-D mask is left padding reads it on the host: one sync per forward pass (not per
 layer), as ``transformers``' own ``sdpa`` and flash masks do.  Growing the bias as the cache grows,
@@ -43,7 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterable, Mapping, Optional, Sequence, Union
+from typing import Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -56,17 +58,28 @@ from ..ops.focus_attention import visible_mask
 
 NAME = "focus"
 _STATE = "_focuskern_attention_focus"  # attribute of an attention module while a block is active
+READOUT = "_focuskern_attention_readout"  # attribute of an attention module while a readout records it
 GENERATED_MODES = ("zero", "boost")
 UNSUPPORTED_KWARGS = ("softcap", "s_aux")  # score soft-capping (Gemma 2), attention sinks (gpt-oss)
 
 
+class LayerFocus(NamedTuple):
+    """What an :func:`attention_focus` block sets on one layer: the bias and its head scale, and the
+    target (``target`` [Hq] float32 or None) with its span (key group 0, as a grown int32 row)."""
+    bias: Optional["FocusBias"]
+    head_scale: Optional[torch.Tensor]
+    span: Optional["FocusBias"]
+    target: Optional[torch.Tensor]
+
+
 class FocusBias:
-    """The ``key_bias`` of one :func:`attention_focus` block, grown to the keys a layer sees.
+    """The ``key_bias`` of one :func:`attention_focus` block (or any per-key row: a readout's or a target's
+    int32 key groups), grown to the keys a layer sees.
 
     Parameters
     ----------
-    key_bias : [B0, L0] float32 on the model's device, one row per prompt.
-    generated : [B0, 1] float32, the bias of every key at position ``>= L0`` (generated tokens).
+    key_bias : [B0, L0] on the model's device, one row per prompt.
+    generated : [B0, 1] of key_bias's dtype, the value of every key at position ``>= L0`` (generated tokens).
 
     ``num_beams`` / ``num_return_sequences`` = n turn prompt ``p`` into rows ``p*n .. p*n+n-1``; all rows
     of one prompt get the prompt's bias.  Beam search reorders rows only within a prompt's group, and the
@@ -174,14 +187,33 @@ def focus_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
     for name in UNSUPPORTED_KWARGS:
         if kwargs.get(name) is not None:
             raise NotImplementedError(f"{name}: not supported by the focus attention implementation")
-    state = getattr(module, _STATE, None)
-    key_bias = head_scale = None
-    if state is not None:
-        bias, head_scale = state
-        key_bias = bias(query.shape[0], key.shape[2])
+    focus = getattr(module, _STATE, None)
+    readout = getattr(module, READOUT, None)
+    B, _, Lq, _ = query.shape
+    rows, Lk = B, key.shape[2]
+    key_bias = head_scale = target = key_group = None
+    num_groups = 1
+    if focus is not None:
+        head_scale = focus.head_scale
+        key_bias = None if focus.bias is None else focus.bias(rows, Lk)
+        if focus.target is not None:
+            target, key_group = focus.target, focus.span(rows, Lk)
+    record = readout is not None and readout.wants(Lq)
+    if record:  # its group 0 is the target's span when both are active (checked when they meet)
+        key_group, num_groups = readout.groups(rows, Lk), readout.num_groups
     small = attention_mask is None or (attention_mask.dim() == 1 and attention_mask.dtype == torch.int32)
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
-    B, _, Lq, _ = query.shape
+    if key_group is not None:
+        if not small:
+            raise NotImplementedError("attention_mask: target mass and readout need causal attention with "
+                                      "at most left padding (the kernel's masks), not a dense mask")
+        out = focus_attention(query, key, value, key_bias, head_scale, causal=causal, sm_scale=scaling,
+                              key_start=attention_mask, key_group=key_group, num_groups=num_groups,
+                              return_mass=record, target_mass=target, validate=False)
+        if record:
+            out, mass = out
+            readout.record(module.layer_idx, mass)
+        return out.transpose(1, 2).contiguous(), None
     if small and query.device.type == "cpu" and Lq > 1:
         # CPU prefill: SDPA's fused CPU kernel with the bias in a float mask is 2.5-4x faster than the
         # op's torch backend (a reference that materializes the scores in several passes); same formula.
@@ -228,6 +260,56 @@ def _head_map(layers, heads, num_layers: int, num_heads: int) -> dict[int, list[
     return {int(layer): row for layer in chosen}
 
 
+def focus_layers(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
+    """:func:`attention_layers` of a model that uses ``attn_implementation="focus"`` (else ValueError)."""
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl != NAME:
+        raise ValueError(f"model: uses attn_implementation={impl!r}; load it with attn_implementation="
+                         f"'{NAME}' (or call model.set_attn_implementation('{NAME}')) after importing "
+                         "focuskern.hf.attention")
+    modules = attention_layers(model)
+    if not modules:
+        raise ValueError("model: no attention module with a layer_idx found")
+    return modules
+
+
+def _target(target_mass, target_keys, key_bias, num_heads: int, device) -> tuple[FocusBias, torch.Tensor]:
+    """(span as grown int32 groups: 0 on the span, -1 elsewhere and on generated keys; [num_heads] target)."""
+    if target_keys is None:
+        if key_bias is None:
+            raise ValueError("target_keys: needed when target_mass is given without key_bias")
+        target_keys = key_bias != 0
+    if not isinstance(target_keys, torch.Tensor) or target_keys.dtype != torch.bool or target_keys.dim() != 2:
+        raise ValueError("target_keys must be a [batch, prompt_len] bool tensor")
+    if key_bias is not None and target_keys.shape != key_bias.shape:
+        raise ValueError(f"target_keys: shape {list(target_keys.shape)} differs from key_bias's "
+                         f"{list(key_bias.shape)}")
+    if isinstance(target_mass, torch.Tensor):
+        target = target_mass.detach().to(device=device, dtype=torch.float32).reshape(-1)
+        if target.numel() != num_heads:
+            raise ValueError(f"target_mass: expected a float or {num_heads} values, got {target.numel()}")
+    elif isinstance(target_mass, (int, float)) and not isinstance(target_mass, bool):
+        target = torch.full((num_heads,), float(target_mass), device=device)
+    else:
+        raise TypeError(f"target_mass must be a float or a tensor, got {type(target_mass).__name__}")
+    if not bool(((target >= 0) & (target < 1)).all()):
+        raise ValueError("target_mass: must lie in [0, 1)")
+    groups = torch.where(target_keys.to(device), 0, -1).to(torch.int32)
+    return FocusBias(groups, groups.new_full((groups.shape[0], 1), -1)), target
+
+
+def check_compatible(module: torch.nn.Module) -> None:
+    """A layer that both steers by target and records a readout makes one op call whose key group 0 is
+    the target's span: the readout's group 0 must be exactly that span (over the prompt)."""
+    focus, readout = getattr(module, _STATE, None), getattr(module, READOUT, None)
+    if focus is None or focus.target is None or readout is None:
+        return
+    span, groups = focus.span.key_bias, readout.groups.key_bias
+    if span.shape != groups.shape or not bool(((span == 0) == (groups == 0)).all()):
+        raise ValueError("key_group: with target_mass active, the readout's group 0 must be the target's "
+                         "span (target_keys) exactly")
+
+
 def _generated_value(key_bias: torch.Tensor, generated: Union[str, float]) -> torch.Tensor:
     """[B, 1] bias of generated keys: 0 (``"zero"``), the row's largest bias (``"boost"``: PASTA counts
     generated keys as emphasized, so they get ``-log alpha`` like the emphasized ones) or a number."""
@@ -243,11 +325,14 @@ def _generated_value(key_bias: torch.Tensor, generated: Union[str, float]) -> to
 
 
 @contextlib.contextmanager
-def attention_focus(model: torch.nn.Module, key_bias: torch.Tensor, *,
+def attention_focus(model: torch.nn.Module, key_bias: Optional[torch.Tensor] = None, *,
                     layers: Optional[Iterable[int]] = None,
                     heads: Optional[Union[Sequence[int], Mapping[int, Optional[Sequence[int]]]]] = None,
-                    generated: Union[str, float] = "zero"):
-    """Add ``key_bias`` to the attention scores of the chosen layers/heads while the block is active.
+                    generated: Union[str, float] = "zero",
+                    target_mass: Optional[Union[float, torch.Tensor]] = None,
+                    target_keys: Optional[torch.Tensor] = None):
+    """Add ``key_bias`` to the attention scores of the chosen layers/heads while the block is active,
+    and/or steer them by target mass.
 
     Parameters
     ----------
@@ -261,38 +346,45 @@ def attention_focus(model: torch.nn.Module, key_bias: torch.Tensor, *,
         ``{layer: [heads] or None}`` (PASTA's head set; then ``layers`` must be None).
     generated : bias of keys after the prompt -- ``"zero"`` (entity boost), ``"boost"`` (each row's
         largest bias: PASTA's behaviour, see :func:`focuskern.positions.pasta_focus`) or a number.
+    target_mass : a share ``p`` in ``[0, 1)`` (every chosen head) or ``[num_heads]`` per head: in the
+        chosen layers/heads the share of attention on ``target_keys`` is raised to at least ``p`` by
+        ``delta = min(20, max(0, logit(p) - logit(current share)))`` on those keys, per query
+        (``focus_attention``'s ``target_mass``; generated keys are outside the span).
+    target_keys : [B, L0] bool, the span; default ``key_bias != 0``.
 
     Yields
     ------
     The model.  Blocks nest (the inner one wins and the outer one is restored on exit).
     """
-    impl = getattr(model.config, "_attn_implementation", None)
-    if impl != NAME:
-        raise ValueError(f"model: uses attn_implementation={impl!r}; load it with attn_implementation="
-                         f"'{NAME}' (or call model.set_attn_implementation('{NAME}')) after importing "
-                         "focuskern.hf.attention")
-    if not isinstance(key_bias, torch.Tensor):
-        raise TypeError(f"key_bias must be a torch.Tensor, got {type(key_bias).__name__}")
-    if key_bias.dim() != 2 or not key_bias.is_floating_point():
-        raise ValueError(f"key_bias must be a [batch, prompt_len] float tensor, got {key_bias.dtype} "
-                         f"{list(key_bias.shape)}")
-    if not bool(torch.isfinite(key_bias).all()):
-        raise ValueError("key_bias: must be finite (NaN and +-inf are rejected)")
-    modules = attention_layers(model)
-    if not modules:
-        raise ValueError("model: no attention module with a layer_idx found")
+    modules = focus_layers(model)
+    if key_bias is None and target_mass is None:
+        raise ValueError("key_bias: give key_bias, target_mass or both")
+    if key_bias is not None:
+        if not isinstance(key_bias, torch.Tensor):
+            raise TypeError(f"key_bias must be a torch.Tensor, got {type(key_bias).__name__}")
+        if key_bias.dim() != 2 or not key_bias.is_floating_point():
+            raise ValueError(f"key_bias must be a [batch, prompt_len] float tensor, got {key_bias.dtype} "
+                             f"{list(key_bias.shape)}")
+        if not bool(torch.isfinite(key_bias).all()):
+            raise ValueError("key_bias: must be finite (NaN and +-inf are rejected)")
     device = next(model.parameters()).device
-    key_bias = key_bias.to(device=device, dtype=torch.float32)
     num_heads = model.config.get_text_config().num_attention_heads
     scales = pasta_head_scale(_head_map(layers, heads, len(modules), num_heads), len(modules), num_heads)
-    bias = FocusBias(key_bias, _generated_value(key_bias, generated))
+    bias = span = targets = None
+    if key_bias is not None:
+        key_bias = key_bias.to(device=device, dtype=torch.float32)
+        bias = FocusBias(key_bias, _generated_value(key_bias, generated))
+    if target_mass is not None:
+        span, target = _target(target_mass, target_keys, key_bias, num_heads, device)
+        targets = {idx: (target * scales[idx].to(device)) for idx in scales}
     saved = {idx: getattr(m, _STATE, None) for idx, m in modules.items()}
     try:
         for idx, m in modules.items():
             if idx in scales:
                 # All heads on: no head_scale (the kernel skips the multiply), same result.
                 hs = None if bool(scales[idx].all()) else scales[idx].to(device)
-                setattr(m, _STATE, (bias, hs))
+                setattr(m, _STATE, LayerFocus(bias, hs, span, None if targets is None else targets[idx]))
+                check_compatible(m)
             else:
                 setattr(m, _STATE, None)
         yield model
