@@ -1,5 +1,5 @@
 """focuskern command line: ``focuskern demo [--attention]`` (``python -m focuskern demo``),
-``focuskern eval lost-in-middle``, ``focuskern backends``."""
+``focuskern eval lost-in-middle``, ``focuskern eval coverage``, ``focuskern backends``."""
 from __future__ import annotations
 
 import argparse
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with --attention: which occurrences of the key get the boost")
     demo.add_argument("--ids", choices=["uuid", "hex8"], default="hex8", help="with --attention: id format")
     ev = sub.add_parser("eval", help="evaluations")
-    ev.add_argument("what", choices=["lost-in-middle"])
+    ev.add_argument("what", choices=["lost-in-middle", "coverage"])
     ev.add_argument("--model", help="HF model folder/id or a .gguf path (default: embedded SmolLM2-135M-Instruct)")
     ev.add_argument("--k", type=int, nargs="+", default=[10, 20], help="key-value pairs per case")
     ev.add_argument("--n", type=int, default=50, help="cases per (k, position) cell")
@@ -43,14 +43,31 @@ def build_parser() -> argparse.ArgumentParser:
                     help="layer sets that get the boost, 'all' or like '8-21,25' (one row per beta and set)")
     ev.add_argument("--scope", nargs="+", choices=["all", "data"], default=[DEFAULT_SCOPE],
                     help="boost every occurrence of the key, or only the one in the JSON data (one row each)")
+    ev.add_argument("--target", type=float, nargs="*", default=[],
+                    help="lost-in-middle: target masses p on the queried key (one row each)")
+    ev.add_argument("--calibrate", type=float, nargs="*", default=[],
+                    help="lost-in-middle: position-calibration strengths lambda (one row each)")
+    ev.add_argument("--calibration-seed", type=int, default=1000, help="cases the calibration is measured on")
+    ev.add_argument("--calibration-n", type=int, default=10, help="cases per gold position for the calibration")
     ev.add_argument("--batch-size", type=int, default=25)
     ev.add_argument("--ids", choices=["uuid", "hex8"], default="uuid",
                     help="keys and values: UUIDs (Liu et al.) or 8 hex digits")
-    ev.add_argument("--max-new-tokens", type=int, help="answer budget (default: 40 for uuid, 12 for hex8)")
+    ev.add_argument("--max-new-tokens", type=int,
+                    help="answer budget (default: 40 for uuid, 12 for hex8; coverage: 200)")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--out", default="benchmarks/results", help="folder of the .json/.md/.png")
-    ev.add_argument("--name", default="lost_in_middle_smollm2_cpu", help="file name of the results")
+    ev.add_argument("--name", help="file name of the results (default: <evaluation>_smollm2_cpu)")
     ev.add_argument("--note", default="", help="a sentence recorded with the results")
+    cov = ev.add_argument_group("coverage")
+    cov.add_argument("--split", choices=["tune", "report", "all"], default="tune", help="which half of the cases")
+    cov.add_argument("--policies", nargs="+", help="rows, names in focuskern.experiments.coverage.POLICIES "
+                     "(default: baseline seed000 sequence_bias recommended defaults)")
+    cov.add_argument("--strengths", type=float, nargs="+", default=[1.0], help="push multipliers (the plot's points)")
+    cov.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="sampled answers (besides greedy)")
+    cov.add_argument("--limit", type=int, help="only the first N cases of the split (quick runs)")
+    cov.add_argument("--repetition-penalty", type=float, default=1.05)
+    cov.add_argument("--no-repeat-ngram-size", type=int, default=2)
+    cov.add_argument("--resume", action="store_true", help="reuse rows of an earlier run with the same settings")
     return parser
 
 
@@ -68,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         from .experiments.demo import main as demo_main
         return demo_main(args)
     if args.command == "eval":
+        args.name = args.name or args.what.replace("-", "_") + "_smollm2_cpu"
+        if args.what == "coverage":
+            from .experiments.coverage import main as coverage_main
+            return coverage_main(args)
         from .experiments.lost_in_middle import main as eval_main
         return eval_main(args)
     return 2

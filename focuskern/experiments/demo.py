@@ -10,11 +10,9 @@ import json
 import statistics
 import time
 
-import torch
-from transformers import LogitsProcessorList
-
 from ..decay import Decay
-from .metrics import broken_fragments, mean_logprob, score_text
+from .generation import Decoding, generate
+from .metrics import broken_fragments, output_logprobs, score_text
 from ..hf.logits import FocusLogitsProcessor
 from .prompts import chat_inputs
 from ..spec import FocusSpec
@@ -31,42 +29,36 @@ def demo_rows(keywords: list[str]) -> list[tuple[str, FocusSpec | None]]:
     ]
 
 
-def _generate(model, tok, inputs, spec, *, sample: bool, samples: int, max_new_tokens: int, seed: int):
-    procs = [FocusLogitsProcessor(spec, tok)] if spec is not None else []
-    kw = dict(max_new_tokens=max_new_tokens, repetition_penalty=1.05, no_repeat_ngram_size=2,
-              pad_token_id=tok.pad_token_id, logits_processor=LogitsProcessorList(procs))
-    if sample:
-        torch.manual_seed(seed)
-        kw.update(do_sample=True, temperature=0.7, top_p=0.9, num_return_sequences=samples)
-    else:
-        kw.update(do_sample=False)
-    return model.generate(**inputs, **kw)[:, inputs["input_ids"].shape[1]:]
-
-
-def _measure(model, tok, prompt_ids, outputs, keywords, variants) -> list[dict]:
+def _measure(model, tok, inputs, outputs, keywords, variants) -> list[dict]:
     rows = []
-    for out in outputs:
+    lps = output_logprobs(model, inputs["input_ids"], inputs["attention_mask"], outputs, tok.pad_token_id)
+    for out, lp in zip(outputs, lps):
         text = tok.decode(out, skip_special_tokens=True)
         ids = [t for t in out.tolist() if t != tok.pad_token_id]
-        rows.append({**score_text(text, keywords), "text": text,
-                     "broken": broken_fragments(ids, variants, tok),
-                     "logprob": mean_logprob(model, prompt_ids, out, tok.pad_token_id)})
+        rows.append({**score_text(text, keywords), "text": text, "broken": broken_fragments(ids, variants, tok),
+                     "logprob": lp})
     return rows
 
 
 def run_demo(model, tok, prompt: str, keywords: list[str], *, samples: int = 10, max_new_tokens: int = 200,
-             seed: int = 0, log=print) -> list[dict]:
+             seed: int = 0, log=print, progress: bool = True) -> list[dict]:
+    """Every row greedy and sampled; with ``progress`` a bar per row (decoding steps, with an ETA)."""
+    from tqdm import tqdm
+
     inputs = chat_inputs(tok, [prompt], model.device)
-    prompt_ids = inputs["input_ids"][0]
     variants = FocusSpec(keywords).token_variants(tok)
+    decoding = Decoding(max_new_tokens=max_new_tokens)
     results = []
     for label, spec in demo_rows(keywords):
         t0 = time.perf_counter()
         result = {"row": label}
-        for kind, sample in (("greedy", False), ("sampled", True)):
-            outs = _generate(model, tok, inputs, spec, sample=sample, samples=samples,
-                             max_new_tokens=max_new_tokens, seed=seed)
-            result[kind] = _measure(model, tok, prompt_ids, outs, keywords, variants)
+        with tqdm(total=2 * max_new_tokens, desc=f"{label:34s}", unit="step", disable=not progress,
+                  leave=True, dynamic_ncols=True) as bar:
+            for kind, sample_seed in (("greedy", None), ("sampled", seed)):
+                procs = [FocusLogitsProcessor(spec, tok)] if spec is not None else []
+                outs = generate(model, tok, inputs, procs, decoding, sample_seed, num_return_sequences=samples,
+                                bar=bar)
+                result[kind] = _measure(model, tok, inputs, outs, keywords, variants)
         result["seconds"] = round(time.perf_counter() - t0, 1)
         log(f"  {label}: done in {result['seconds']} s")
         results.append(result)

@@ -1,10 +1,13 @@
-"""Metrics of the demo: keyword coverage, doubled words, broken fragments and fluency."""
+"""Metrics of the demo and of ``focuskern eval coverage``: entity coverage, doubled words, degenerate
+text (double-space runs, glued pieces), over-focus, and fluency (log-probability under the model)."""
 from __future__ import annotations
 
 import re
+from typing import Sequence
 
 import torch
 
+from ..spec import VARIANT_POLICIES
 from .prompts import keyword_counts
 
 _DOUBLED = re.compile(r"\b(\w+)(?:\s+\1\b)+", re.IGNORECASE)
@@ -31,16 +34,101 @@ def broken_fragments(token_ids: list[int], variants: list[list[tuple[int, ...]]]
 
 
 @torch.no_grad()
-def mean_logprob(model, prompt_ids: torch.Tensor, output_ids: torch.Tensor, pad_id: int) -> float:
-    """Mean log-probability of ``output_ids`` (one row) under the unmodified model."""
-    out = output_ids[output_ids != pad_id]
-    if out.numel() == 0:
-        return float("nan")
-    ids = torch.cat([prompt_ids, out]).unsqueeze(0)
-    logp = torch.log_softmax(model(ids).logits[0, prompt_ids.numel() - 1:-1].float(), -1)
-    return float(logp.gather(1, out.unsqueeze(1)).mean())
+def output_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, outputs: torch.Tensor,
+                    pad_id: int, chunk: int = 4) -> list[float]:
+    """Per output row, the mean log-probability of its non-pad tokens under the unmodified model:
+    ``mean_t log p(y_t | prompt, y_<t)``.
+
+    ``prompt_ids``/``prompt_mask``: (P, L) left-padded prompts; ``outputs``: (R, N) generated tokens,
+    R = P * k (prompt ``i`` owns rows ``i*k .. i*k+k-1``, as ``generate`` returns them), pads after
+    the end.  Rows are scored ``chunk`` at a time (the logits of a row are N x vocab floats).  NaN
+    for a row that generated nothing."""
+    k = outputs.shape[0] // prompt_ids.shape[0]
+    ids = torch.cat([prompt_ids.repeat_interleave(k, 0), outputs], 1)
+    out_mask = outputs != pad_id
+    mask = torch.cat([prompt_mask.repeat_interleave(k, 0).bool(), out_mask], 1)
+    # Left padding: positions count only attended tokens, as generate() numbers them.
+    positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+    start = prompt_ids.shape[1] - 1
+    result = []
+    for lo in range(0, ids.shape[0], chunk):
+        sl = slice(lo, lo + chunk)
+        logits = model(input_ids=ids[sl], attention_mask=mask[sl].long(), position_ids=positions[sl]).logits
+        logp = torch.log_softmax(logits[:, start:-1].float(), -1).gather(2, outputs[sl].unsqueeze(2)).squeeze(2)
+        m = out_mask[sl]
+        n = m.sum(1)
+        result += [float(v) if c else float("nan") for v, c in zip((logp * m).sum(1) / n.clamp(min=1), n)]
+    return result
+
+
+def accepted_forms(entity: str) -> list[str]:
+    """What counts as saying ``entity``: every form any variant policy generates (case and leading
+    space aside), so that coverage is the same yardstick for every policy."""
+    forms = {v.strip().lower() for policy in VARIANT_POLICIES.values() for v in policy(entity)}
+    return sorted(f for f in forms if f)
+
+
+def _form_pattern(form: str) -> re.Pattern:
+    # Whole words only ("app" is not said by "apply"), a plural s/es allowed ("trams" for "tram").
+    return re.compile(r"(?<!\w)" + re.escape(form) + r"(?:e?s)?(?!\w)", re.IGNORECASE)
+
+
+def entity_counts(text: str, entities: Sequence[str]) -> dict[str, int]:
+    """Occurrences of each entity in ``text`` (case-insensitive, whole words, any accepted form; an
+    occurrence of a longer form is not counted again for a shorter form at the same place)."""
+    counts = {}
+    for entity in entities:
+        spans = set()
+        for form in sorted(accepted_forms(entity), key=len, reverse=True):
+            for m in _form_pattern(form).finditer(text):
+                if not any(a <= m.start() < b for a, b in spans):
+                    spans.add(m.span())
+        counts[entity] = len(spans)
+    return counts
+
+
+_GAP = re.compile(r"(?<=\S) {2,}(?=\S)")
+DOUBLE_SPACE_RUN = 3  # double gaps between words in one output that make it degenerate
+
+
+def double_space_gaps(text: str) -> int:
+    """Gaps of two or more spaces between two words on one line (indentation is not counted)."""
+    return len(_GAP.findall(text))
+
+
+def glued_pieces(text: str, entities: Sequence[str]) -> list[str]:
+    """Entity pieces stuck onto the preceding word: the entity's first word right after a letter or
+    digit where the junction shows it (a capital inside a word, a letter next to a digit, or the
+    same entity twice without a gap: "AIHealthcare", "the12-core", "healthcarehealthcare").
+    A plain lowercase compound ("teapot" for "pot") is not counted: text alone cannot tell it apart."""
+    found = []
+    for entity in entities:
+        for form in accepted_forms(entity):
+            head = form.split()[0]
+            for m in re.finditer(r"(\w+?)(" + re.escape(head) + ")", text, re.IGNORECASE):
+                before, piece = m.group(1)[-1], m.group(2)[0]
+                if piece.isupper() or (before.isalpha() != piece.isalpha()) \
+                        or m.group(1).lower().endswith(head.lower()):
+                    found.append(m.group(0))
+    return sorted(set(found))
+
+
+OVER_FOCUS = 3  # an entity said more often than this in one output is over-focused
+
+
+def score_output(text: str, entities: Sequence[str]) -> dict:
+    """All text metrics of one output: ``counts`` per entity, ``said`` (entities present), ``doubled``
+    words, ``double_gaps``, ``glued`` pieces, ``degenerate`` (at least ``DOUBLE_SPACE_RUN`` double
+    gaps or any glued piece) and ``over_focused`` entities (said more than ``OVER_FOCUS`` times)."""
+    counts = entity_counts(text, entities)
+    gaps, glued = double_space_gaps(text), glued_pieces(text, entities)
+    return {"counts": counts, "said": sum(c > 0 for c in counts.values()), "n_entities": len(entities),
+            "doubled": doubled_words(text), "double_gaps": gaps, "glued": glued,
+            "degenerate": gaps >= DOUBLE_SPACE_RUN or bool(glued),
+            "over_focused": [e for e, c in counts.items() if c > OVER_FOCUS]}
 
 
 def score_text(text: str, keywords: list[str]) -> dict:
+    """Seed 000's scoring of the demo: its keyword counter (substrings), coverage and doubled words."""
     counts = keyword_counts(text, keywords)
     return {"counts": counts, "coverage": sum(c > 0 for c in counts.values()), "doubled": doubled_words(text)}

@@ -1,0 +1,253 @@
+"""``focuskern eval coverage``: does a steering policy get every entity said, fluently, on prompts it
+was never tuned on?
+
+The cases (``coverage_cases.json``: open writing with required keywords, summaries of a given text,
+QA with dates, instructions with technical terms; 3-6 entities each) are split once into a tuning
+and a report half.  Each policy of :data:`POLICIES` generates an answer to every case of the split
+on the chat template -- greedy and one sampled answer per seed (temperature 0.7, top-p 0.9) -- with
+the seed's decoding (``repetition_penalty`` 1.05, ``no_repeat_ngram_size`` 2, 200 new tokens).
+Scores (:mod:`.metrics`): coverage = entities said / entities asked; doubled words; degenerate
+outputs; over-focused entities; fluency = mean log-prob of the outputs under the unmodified model
+relative to the baseline's (``lp_policy / lp_baseline``: 110% = 10% less likely); mean length.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import statistics
+from typing import Callable
+
+import torch
+from transformers import LogitsProcessor, SequenceBiasLogitsProcessor
+
+from ..hf.logits import FocusLogitsProcessor
+from ..spec import FocusSpec
+from .generation import Decoding, generate
+from .metadata import run_metadata
+from .metrics import output_logprobs, score_output
+from .prompts import chat_inputs
+
+CASES_FILE = os.path.join(os.path.dirname(__file__), "coverage_cases.json")
+SPLITS = ("tune", "report", "all")
+
+
+def load_cases(split: str = "all", path: str = CASES_FILE) -> list[dict]:
+    """The cases of ``split`` in file order (each: ``id``, ``kind``, ``split``, ``prompt``, ``entities``)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    with open(path) as f:
+        cases = json.load(f)["cases"]
+    return [c for c in cases if split == "all" or c["split"] == split]
+
+
+# --- policies: name -> (entities, max_new_tokens, tokenizer, strength) -> logits processors for one
+# prompt's rows.  ``strength`` multiplies the policy's push (1 = as defined); the baseline ignores it.
+
+def _focus(spec: FocusSpec, tokenizer, strength: float) -> list[LogitsProcessor]:
+    scaled = dataclasses.replace(spec, bias=spec.bias * strength,
+                                 continuation_bias=spec.effective_continuation_bias * strength)
+    return [FocusLogitsProcessor(scaled, tokenizer)]
+
+
+def seed000_spec(entities) -> FocusSpec:
+    """Seed 000's method: +3 on every token of each entity as written, every step."""
+    return FocusSpec(entities, bias=3.0, mode="tokens", satisfy="never", variants="as_written")
+
+
+def _sequence_bias(entities, tokenizer, strength: float) -> list[LogitsProcessor]:
+    # transformers' own lever with seed 000's token ids: each entity's token sequence gets +3 on its
+    # last token once the rest has been generated (single-token entities: every step).
+    seqs = {seq: 3.0 * strength for variants in seed000_spec(entities).token_variants(tokenizer) for seq in variants}
+    return [SequenceBiasLogitsProcessor(sequence_bias=[[list(s), b] for s, b in seqs.items()])]
+
+
+Policy = Callable[[list, int, object, float], list[LogitsProcessor]]
+POLICIES: dict[str, Policy] = {
+    "baseline": lambda ents, n, tok, s: [],
+    "seed000": lambda ents, n, tok, s: _focus(seed000_spec(ents), tok, s),
+    "sequence_bias": lambda ents, n, tok, s: _sequence_bias(ents, tok, s),
+    "recommended": lambda ents, n, tok, s: _focus(FocusSpec.recommended(ents), tok, s),
+    "defaults": lambda ents, n, tok, s: _focus(FocusSpec(ents), tok, s),
+}
+DEFAULT_POLICIES = ("baseline", "seed000", "sequence_bias", "recommended", "defaults")
+
+
+class PerPrompt(LogitsProcessor):
+    """Applies prompt ``i``'s processors to its rows ``i*k .. i*k+k-1`` only (``k`` = rows / prompts),
+    so that cases with different entities share one batched ``generate``."""
+
+    def __init__(self, per_prompt: list[list[LogitsProcessor]]):
+        self.per_prompt = per_prompt
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        k = input_ids.shape[0] // len(self.per_prompt)
+        for i, procs in enumerate(self.per_prompt):
+            rows = slice(i * k, (i + 1) * k)
+            for proc in procs:
+                scores[rows] = proc(input_ids[rows], scores[rows])
+        return scores
+
+
+def run_policy(model, tok, cases, policy: str, strength: float, decoding: Decoding, seeds, batch_size: int,
+               bar=None) -> list[dict]:
+    """Every case's outputs under one policy: ``[{"mode": "greedy" | "seed N", "outputs": [...]}]``."""
+    runs = []
+    for seed in [None, *seeds]:
+        outputs = []
+        for lo in range(0, len(cases), batch_size):
+            batch = cases[lo:lo + batch_size]
+            inputs = chat_inputs(tok, [c["prompt"] for c in batch], model.device)
+            procs = [POLICIES[policy](c["entities"], decoding.max_new_tokens, tok, strength) for c in batch]
+            out = generate(model, tok, inputs, [PerPrompt(procs)], decoding, seed, bar=bar)
+            lps = output_logprobs(model, inputs["input_ids"], inputs["attention_mask"], out, tok.pad_token_id)
+            for case, row, lp in zip(batch, out, lps):
+                text = tok.decode(row, skip_special_tokens=True)
+                outputs.append({"case": case["id"], "text": text, "logprob": lp,
+                                "tokens": int((row != tok.pad_token_id).sum()),
+                                **score_output(text, case["entities"])})
+        runs.append({"mode": "greedy" if seed is None else f"seed {seed}", "outputs": outputs})
+    return runs
+
+
+def summarize(policy: str, strength: float, runs: list[dict], baseline_lp: float | None) -> dict:
+    """One table row: coverage (greedy; sampled = all seeds together), counts over all outputs."""
+    greedy = [o for r in runs if r["mode"] == "greedy" for o in r["outputs"]]
+    sampled = [o for r in runs if r["mode"] != "greedy" for o in r["outputs"]]
+    every = greedy + sampled
+
+    def coverage(outs):
+        return sum(o["said"] for o in outs) / sum(o["n_entities"] for o in outs) if outs else float("nan")
+
+    lp = statistics.fmean(o["logprob"] for o in every if not math.isnan(o["logprob"]))
+    return {"policy": policy, "strength": strength, "outputs": len(every),
+            "coverage": coverage(every), "greedy_coverage": coverage(greedy), "sampled_coverage": coverage(sampled),
+            "mean_logprob": lp, "fluency": lp / baseline_lp if baseline_lp else None,
+            "doubled_words": sum(len(o["doubled"]) for o in every),
+            "degenerate_outputs": sum(o["degenerate"] for o in every),
+            "over_focused": sum(len(o["over_focused"]) for o in every),
+            "mean_tokens": statistics.fmean(o["tokens"] for o in every)}
+
+
+def _pct(x) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1%}"
+
+
+def markdown_table(summary: list[dict], cases: int, seeds) -> str:
+    """The report's table: one row per policy and strength."""
+    lines = ["| policy | strength | greedy coverage | sampled coverage | fluency vs baseline | doubled words "
+             "| degenerate outputs | over-focused entities | mean length (tokens) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in summary:
+        lines.append(f"| {r['policy']} | {r['strength']:g} | {_pct(r['greedy_coverage'])} | "
+                     f"{_pct(r['sampled_coverage'])} | {_pct(r['fluency'])} | {r['doubled_words']} | "
+                     f"{r['degenerate_outputs']} of {r['outputs']} | {r['over_focused']} | {r['mean_tokens']:.0f} |")
+    lines.append(f"\n{cases} cases; greedy + sampled seeds {list(seeds)} (temperature 0.7, top-p 0.9); "
+                 "counts are over all outputs of the row.")
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict], path: str, title: str) -> None:
+    """Coverage (all outputs) vs fluency, one line per policy over its push strengths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for policy in dict.fromkeys(r["policy"] for r in summary):
+        rows = sorted((r for r in summary if r["policy"] == policy and r["fluency"]), key=lambda r: r["strength"])
+        if not rows:
+            continue
+        xs = [100 * r["fluency"] for r in rows]
+        ys = [100 * r["coverage"] for r in rows]
+        ax.plot(xs, ys, marker="o", label=policy)
+        for x, y, r in zip(xs, ys, rows):
+            if len(rows) > 1:
+                ax.annotate(f"×{r['strength']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("fluency: mean log-prob relative to baseline (%; higher = less likely)")
+    ax.set_ylabel("coverage: entities said (%, greedy + sampled)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _config(args, decoding: Decoding) -> dict:
+    """What a result depends on besides the policy (``--resume`` reuses results only when it matches)."""
+    return {"split": args.split, "model": args.model or "embedded SmolLM2-135M-Instruct (Q4_1 .gguf)",
+            "seeds": list(args.seeds), "limit": args.limit, "decoding": dataclasses.asdict(decoding)}
+
+
+def _previous(path: str, config: dict) -> dict:
+    """Results of an earlier run with the same config, by (policy, strength)."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        old = json.load(f)
+    if old.get("config") != config:
+        return {}
+    return {(r["policy"], r["strength"]): r for r in old["results"]}
+
+
+def main(args) -> int:
+    from tqdm import tqdm
+
+    from .models import load_model
+
+    args.policies = args.policies or list(DEFAULT_POLICIES)
+    args.max_new_tokens = args.max_new_tokens or Decoding.max_new_tokens
+    unknown = [p for p in args.policies if p not in POLICIES]
+    if unknown:
+        raise ValueError(f"--policies: unknown {unknown}; known: {list(POLICIES)}")
+    decoding = Decoding(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
+                        no_repeat_ngram_size=args.no_repeat_ngram_size)
+    cases = load_cases(args.split)[:args.limit]
+    config = _config(args, decoding)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, args.name)
+    previous = _previous(stem + ".json", config) if args.resume else {}
+    # The baseline pushes nothing: one strength is enough.
+    todo = [(p, 1.0 if p == "baseline" else s) for p in args.policies for s in args.strengths]
+    todo = list(dict.fromkeys(todo))
+    print(f"loading {args.model or 'the embedded SmolLM2-135M-Instruct'} ...")
+    model, tok = load_model(args.model, device=args.device)
+    runs_per_policy = (1 + len(args.seeds)) * math.ceil(len(cases) / args.batch_size)
+    fresh = [t for t in todo if t not in previous]
+    print(f"{len(cases)} cases ({args.split}), {len(todo)} policy settings ({len(todo) - len(fresh)} reused), "
+          f"greedy + seeds {args.seeds}")
+    bar = tqdm(total=len(fresh) * runs_per_policy * decoding.max_new_tokens, unit="step", dynamic_ncols=True)
+    results = []
+    for policy, strength in todo:
+        if (policy, strength) in previous:
+            results.append(previous[(policy, strength)])
+            continue
+        bar.set_description(f"{policy} x{strength:g}")
+        runs = run_policy(model, tok, cases, policy, strength, decoding, args.seeds, args.batch_size, bar)
+        results.append({"policy": policy, "strength": strength, "runs": runs})
+        _write(stem, args, config, cases, results, partial=True)
+    bar.close()
+    summary = _write(stem, args, config, cases, results, partial=False)
+    print(markdown_table(summary, len(cases), args.seeds))
+    print(f"wrote {stem}.json, .md, .png")
+    return 0
+
+
+def _write(stem: str, args, config: dict, cases: list[dict], results: list[dict], partial: bool) -> list[dict]:
+    """JSON (every output) always; the markdown table and the plot once the run is complete."""
+    base = next((r for r in results if r["policy"] == "baseline"), None)
+    base_lp = summarize("baseline", 1.0, base["runs"], None)["mean_logprob"] if base else None
+    summary = [summarize(r["policy"], r["strength"], r["runs"], base_lp) for r in results]
+    meta = run_metadata(args.device, cases=len(cases), split=args.split, partial=partial, note=args.note)
+    with open(stem + ".json", "w") as f:
+        json.dump({"metadata": meta, "config": config, "cases": [c["id"] for c in cases], "summary": summary,
+                   "results": results}, f, indent=1)
+    if not partial:
+        title = f"{args.name}: {len(cases)} cases ({args.split}), greedy + seeds {list(args.seeds)}"
+        with open(stem + ".md", "w") as f:
+            f.write(f"# {title}\n\n{markdown_table(summary, len(cases), args.seeds)}\n\n"
+                    f"Device: {meta['device']}; date: {meta['date_utc']}; command: `{meta['command']}`\n")
+        plot(summary, stem + ".png", title)
+    return summary
