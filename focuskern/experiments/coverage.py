@@ -26,7 +26,7 @@ from ..hf.logits import FocusLogitsProcessor
 from ..spec import FocusSpec
 from .generation import Decoding, generate
 from .metadata import run_metadata
-from .metrics import output_logprobs, score_output
+from .metrics import score_output
 from .prompts import chat_inputs
 
 CASES_FILE = os.path.join(os.path.dirname(__file__), "coverage_cases.json")
@@ -100,8 +100,7 @@ def run_policy(model, tok, cases, policy: str, strength: float, decoding: Decodi
             batch = cases[lo:lo + batch_size]
             inputs = chat_inputs(tok, [c["prompt"] for c in batch], model.device)
             procs = [POLICIES[policy](c["entities"], decoding.max_new_tokens, tok, strength) for c in batch]
-            out = generate(model, tok, inputs, [PerPrompt(procs)], decoding, seed, bar=bar)
-            lps = output_logprobs(model, inputs["input_ids"], inputs["attention_mask"], out, tok.pad_token_id)
+            out, lps = generate(model, tok, inputs, [PerPrompt(procs)], decoding, seed, bar=bar)
             for case, row, lp in zip(batch, out, lps):
                 text = tok.decode(row, skip_special_tokens=True)
                 outputs.append({"case": case["id"], "text": text, "logprob": lp,

@@ -12,7 +12,7 @@ import time
 
 from ..decay import Decay
 from .generation import Decoding, generate
-from .metrics import broken_fragments, output_logprobs, score_text
+from .metrics import broken_fragments, score_text
 from ..hf.logits import FocusLogitsProcessor
 from .prompts import chat_inputs
 from ..spec import FocusSpec
@@ -29,9 +29,8 @@ def demo_rows(keywords: list[str]) -> list[tuple[str, FocusSpec | None]]:
     ]
 
 
-def _measure(model, tok, inputs, outputs, keywords, variants) -> list[dict]:
+def _measure(tok, outputs, lps, keywords, variants) -> list[dict]:
     rows = []
-    lps = output_logprobs(model, inputs["input_ids"], inputs["attention_mask"], outputs, tok.pad_token_id)
     for out, lp in zip(outputs, lps):
         text = tok.decode(out, skip_special_tokens=True)
         ids = [t for t in out.tolist() if t != tok.pad_token_id]
@@ -56,9 +55,9 @@ def run_demo(model, tok, prompt: str, keywords: list[str], *, samples: int = 10,
                   leave=True, dynamic_ncols=True) as bar:
             for kind, sample_seed in (("greedy", None), ("sampled", seed)):
                 procs = [FocusLogitsProcessor(spec, tok)] if spec is not None else []
-                outs = generate(model, tok, inputs, procs, decoding, sample_seed, num_return_sequences=samples,
-                                bar=bar)
-                result[kind] = _measure(model, tok, inputs, outs, keywords, variants)
+                outs, lps = generate(model, tok, inputs, procs, decoding, sample_seed,
+                                     num_return_sequences=samples, bar=bar)
+                result[kind] = _measure(tok, outs, lps, keywords, variants)
         result["seconds"] = round(time.perf_counter() - t0, 1)
         log(f"  {label}: done in {result['seconds']} s")
         results.append(result)

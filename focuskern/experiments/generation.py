@@ -32,21 +32,36 @@ class StepProgress(LogitsProcessor):
 
 
 def generate(model, tok, inputs, processors: list[LogitsProcessor], decoding: Decoding, seed=None, *,
-             num_return_sequences: int = 1, bar=None) -> torch.Tensor:
-    """New tokens (rows x steps; pads after an answer's end) of one batch.  ``seed=None``: greedy; else
-    sampled after ``torch.manual_seed(seed)``, ``num_return_sequences`` rows per prompt.  ``bar`` (tqdm)
-    advances ``max_new_tokens`` in all, also when every row ends early."""
+             num_return_sequences: int = 1, bar=None) -> tuple[torch.Tensor, list[float]]:
+    """``(tokens, fluency)`` of one batch.  ``tokens``: rows x steps, pads after an answer's end.
+    ``fluency``: per row, the mean log-probability of its non-pad tokens under the unmodified model,
+    ``mean_t log softmax(z_t)[y_t]`` with ``z_t`` the model's raw logits at step t (before any
+    processor: the same numbers as scoring the answer again, without a second forward pass); NaN for
+    an empty answer.  ``seed=None``: greedy; else sampled after ``torch.manual_seed(seed)``,
+    ``num_return_sequences`` rows per prompt.  ``bar`` (tqdm) advances ``max_new_tokens`` in all,
+    also when every row ends early."""
     progress = [StepProgress(bar)] if bar is not None else []
     kw = dict(max_new_tokens=decoding.max_new_tokens, repetition_penalty=decoding.repetition_penalty,
               no_repeat_ngram_size=decoding.no_repeat_ngram_size, pad_token_id=tok.pad_token_id,
-              logits_processor=LogitsProcessorList(list(processors) + progress))
+              logits_processor=LogitsProcessorList(list(processors) + progress),
+              return_dict_in_generate=True, output_logits=True)
     if seed is None:
         kw.update(do_sample=False)
     else:
         torch.manual_seed(seed)
         kw.update(do_sample=True, temperature=decoding.temperature, top_p=decoding.top_p,
                   num_return_sequences=num_return_sequences)
-    out = model.generate(**inputs, **kw)[:, inputs["input_ids"].shape[1]:]
+    result = model.generate(**inputs, **kw)
+    out = result.sequences[:, inputs["input_ids"].shape[1]:]
     if bar is not None:
         bar.update(decoding.max_new_tokens - progress[0].steps)
-    return out
+    token_lp = torch.stack([torch.log_softmax(z.float(), -1).gather(1, out[:, i:i + 1]).squeeze(1)
+                            for i, z in enumerate(result.logits)], 1)
+    return out, mean_logprobs(token_lp, out != tok.pad_token_id)
+
+
+def mean_logprobs(token_logprobs: torch.Tensor, mask: torch.Tensor) -> list[float]:
+    """Per row, the mean of ``token_logprobs`` (rows x steps) where ``mask``; NaN where the mask is empty."""
+    n = mask.sum(1)
+    means = (token_logprobs * mask).sum(1) / n.clamp(min=1)
+    return [float(m) if c else float("nan") for m, c in zip(means, n)]

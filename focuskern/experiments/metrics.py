@@ -1,11 +1,10 @@
 """Metrics of the demo and of ``focuskern eval coverage``: entity coverage, doubled words, degenerate
-text (double-space runs, glued pieces), over-focus, and fluency (log-probability under the model)."""
+text (double-space runs, glued pieces), and over-focus (fluency:
+:func:`.generation.generate`)."""
 from __future__ import annotations
 
 import re
 from typing import Sequence
-
-import torch
 
 from ..spec import VARIANT_POLICIES
 from .prompts import keyword_counts
@@ -31,34 +30,6 @@ def broken_fragments(token_ids: list[int], variants: list[list[tuple[int, ...]]]
         if t in starts and not any(tuple(token_ids[i:i + len(v)]) == v for v in starts[t]):
             broken += 1
     return broken
-
-
-@torch.no_grad()
-def output_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, outputs: torch.Tensor,
-                    pad_id: int, chunk: int = 4) -> list[float]:
-    """Per output row, the mean log-probability of its non-pad tokens under the unmodified model:
-    ``mean_t log p(y_t | prompt, y_<t)``.
-
-    ``prompt_ids``/``prompt_mask``: (P, L) left-padded prompts; ``outputs``: (R, N) generated tokens,
-    R = P * k (prompt ``i`` owns rows ``i*k .. i*k+k-1``, as ``generate`` returns them), pads after
-    the end.  Rows are scored ``chunk`` at a time (the logits of a row are N x vocab floats).  NaN
-    for a row that generated nothing."""
-    k = outputs.shape[0] // prompt_ids.shape[0]
-    ids = torch.cat([prompt_ids.repeat_interleave(k, 0), outputs], 1)
-    out_mask = outputs != pad_id
-    mask = torch.cat([prompt_mask.repeat_interleave(k, 0).bool(), out_mask], 1)
-    # Left padding: positions count only attended tokens, as generate() numbers them.
-    positions = (mask.long().cumsum(1) - 1).clamp(min=0)
-    start = prompt_ids.shape[1] - 1
-    result = []
-    for lo in range(0, ids.shape[0], chunk):
-        sl = slice(lo, lo + chunk)
-        logits = model(input_ids=ids[sl], attention_mask=mask[sl].long(), position_ids=positions[sl]).logits
-        logp = torch.log_softmax(logits[:, start:-1].float(), -1).gather(2, outputs[sl].unsqueeze(2)).squeeze(2)
-        m = out_mask[sl]
-        n = m.sum(1)
-        result += [float(v) if c else float("nan") for v, c in zip((logp * m).sum(1) / n.clamp(min=1), n)]
-    return result
 
 
 def accepted_forms(entity: str) -> list[str]:
