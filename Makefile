@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: check-cuda install test test-fast demo bench bench-gpu clean
 .PHONY: install-vllm vllm-model test-vllm bench-vllm bench-vllm-http
-.PHONY: eval
+.PHONY: eval eval-coverage
 
 $(STAMP): requirements.txt constraints.txt setup.py pyproject.toml focuskern/ops/layout.py $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -110,3 +110,9 @@ eval: $(STAMP)
 	$(PY) -m focuskern eval lost-in-middle --ids hex8 --k 10 20 --n 50 --beta 0.5 2 \
 		--name lost_in_middle_hex8_smollm2_cpu
 	$(PY) -m focuskern eval lost-in-middle --ids uuid --k 10 --n 50 --name lost_in_middle_uuid_smollm2_cpu
+
+# Entity coverage of the steering policies (benchmarks/results/coverage_*, README): tuning half, then
+# the report half; greedy + 3 sampled seeds, 24 cases each (about an hour per half on 2 vCPU).
+eval-coverage: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m focuskern eval coverage --split tune --name coverage_tune_smollm2_cpu
+	OMP_NUM_THREADS=1 $(PY) -m focuskern eval coverage --split report --name coverage_report_smollm2_cpu
