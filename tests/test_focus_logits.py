@@ -158,3 +158,43 @@ def test_device_mismatch_is_named():
 def test_unknown_backend_is_named():
     with pytest.raises(ValueError, match="backend"):
         focus_logits_(**good_args(), backend="nope")
+
+
+ARG_NAMES = ("row_offsets", "token_ids", "token_bias", "alpha", "decay", "step")
+
+
+def strided_views(t):
+    """Non-contiguous views equal to ``t``: every other element of a wider buffer, a transposed
+    (column-major) copy for 2-D tensors, and a stride-0 broadcast when all rows are equal."""
+    wide = torch.full((*t.shape[:-1], 2 * t.shape[-1] + 1), 7, dtype=t.dtype, device=t.device)[..., 1::2]
+    views = {"every-other": wide.copy_(t)}
+    if t.dim() == 2:
+        views["transposed"] = t.t().contiguous().t()
+    if t.shape[0] > 1:
+        views["broadcast"] = t[:1].expand(t.shape)  # compared with its own .contiguous() copy
+    return views
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ("logits",) + ARG_NAMES)
+def test_strided_arguments_match_contiguous_copies(backend, name):
+    """Any strides of any argument give bitwise the result of the ``.contiguous()`` copies."""
+    logits, args = random_case(5, 3001, dtype=torch.bfloat16)
+    named = dict(zip(ARG_NAMES, args))
+    if name == "logits":
+        views = {"row-strided": random_case(5, 3001, row_stride_pad=5)[0].copy_(logits),
+                 "column-major": logits.t().contiguous().t(),
+                 "every-other-column": torch.zeros(5, 6002, dtype=logits.dtype, device=DEVICE)[:, ::2].copy_(logits)}
+    else:
+        views = strided_views(named[name])
+        if name in ("row_offsets", "token_ids", "token_bias"):
+            views.pop("broadcast", None)  # a broadcast CSR is no CSR; the other views cover these
+    for layout, view in views.items():
+        assert not view.is_contiguous(), layout
+        base = dict(named, **({} if name == "logits" else {name: view.contiguous()}))
+        strided = dict(named, **({} if name == "logits" else {name: view}))
+        expected = (view if name == "logits" else logits).contiguous().clone()
+        got = view if name == "logits" else logits.clone()
+        focus_logits_(expected, **base, backend=backend)
+        focus_logits_(got, **strided, backend=backend)
+        assert torch.equal(got.contiguous(), expected), f"{name} {layout} differs from its contiguous copy"

@@ -57,9 +57,11 @@ def launch_focus_logits(logits, row_offsets, token_ids, token_bias, alpha, decay
     # Whether a row blends is only known on the device: every row gets the splits, and the programs of
     # an unblended row (all but its first) exit at once.
     splits, cols_per_program = launch_shape(logits, BLOCK_V)
+    # The kernel indexes the per-row and per-entry tensors as dense arrays: any strides are accepted
+    # and made dense here, once (a no-op for the usual contiguous inputs; logits keep their strides).
+    small = [t.contiguous() for t in (row_offsets, token_ids, token_bias, alpha, decay, step)]
     _focus_logits_kernel[(B, splits)](
-        logits, logits.stride(0), logits.stride(1), V,
-        row_offsets, token_ids, token_bias, alpha, decay, step,
+        logits, logits.stride(0), logits.stride(1), V, *small,
         cols_per_program, BLOCK_V=BLOCK_V, BLOCK_K=BLOCK_K,
     )
 
