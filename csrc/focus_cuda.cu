@@ -128,11 +128,15 @@ void focus_logits_cuda(at::Tensor logits, const at::Tensor& row_offsets, const a
   const int64_t cols = ((V + splits - 1) / splits + 63) / 64 * 64;  // keeps 16-byte vectors aligned
   splits = (V + cols - 1) / cols;
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(B));
+  // The kernel reads the per-row and per-entry tensors as dense arrays: any strides are accepted and
+  // made dense here (a no-op when already contiguous; the copies are stream-ordered like the launch).
+  const auto ro = row_offsets.contiguous(), ids = token_ids.contiguous(), bias = token_bias.contiguous();
+  const auto al = alpha.contiguous(), dc = decay.contiguous(), st = step.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "focus_logits_cuda", [&] {
     focus_logits_kernel<scalar_t><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        logits.data_ptr<scalar_t>(), logits.stride(0), logits.stride(1), V, row_offsets.data_ptr<int32_t>(),
-        token_ids.data_ptr<int32_t>(), token_bias.data_ptr<float>(), alpha.data_ptr<float>(),
-        decay.data_ptr<float>(), step.data_ptr<int32_t>(), cols);
+        logits.data_ptr<scalar_t>(), logits.stride(0), logits.stride(1), V, ro.data_ptr<int32_t>(),
+        ids.data_ptr<int32_t>(), bias.data_ptr<float>(), al.data_ptr<float>(), dc.data_ptr<float>(),
+        st.data_ptr<int32_t>(), cols);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
