@@ -192,3 +192,17 @@ def test_registered_op_and_compile(backend):
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     for got, want in zip(compiled(a["q"]), fn(a["q"])):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend not available")
+@pytest.mark.parametrize("reg_groups", [64, 1])
+@pytest.mark.parametrize("Lq", [1, 4])
+def test_triton_paths(monkeypatch, reg_groups, Lq, seed):
+    """Both readouts (register sums; score-only pass when G > MAX_REG_GROUPS) and decode with forced
+    KV splits (grouped calls run unsplit, so the split sums need no merge)."""
+    from focuskern.ops import focus_attention_triton
+
+    monkeypatch.setattr(focus_attention_triton, "MAX_REG_GROUPS", reg_groups)
+    monkeypatch.setattr(focus_attention_triton, "FORCE_KV_SPLITS", 3)
+    args, opts = make_case(random.Random(seed), 2, 4, 2, Lq, 150, 16, torch.float16, num_groups=5)
+    check("triton", args, opts, True, f"MAX_REG_GROUPS={reg_groups} Lq={Lq}")

@@ -14,6 +14,15 @@ unmasked blocks that every row of the tile sees completely, then masked blocks o
 and at the end of the sequence.  Masked scores are ``-inf``; a row that has seen no visible key keeps
 ``m = -inf`` and uses 0 as its shift (no ``inf - inf``), and a row that saw none at all outputs zeros.
 
+Groups (``focus_attention_<backend>_mass``).  ``TARGET`` keeps split running sums: ``l0, acc0`` over
+group 0 beside the totals ``l, acc`` (same running max), so ``mu = l0 / l`` and the steered output
+``(acc + (e^delta - 1) acc0) / (l + (e^delta - 1) l0)`` come out of the one pass.  The readout of
+``G <= MAX_REG_GROUPS`` groups is one more register accumulator ``[BLOCK_M, G]`` updated per key block
+as ``p @ onehot(key_group)`` (rescaled like ``l``); for more groups (per-token maps) the main pass
+stores each row's final log-sum-exp and delta and a score-only pass (``q.k``, no V) adds
+``exp2(s + delta [group 0] - lse)`` into the mass with atomics.  Grouped calls never take the
+split-KV path (one program sees a row's whole key range, so the split sums need no merge).
+
 Split-KV (flash-decoding).  For ``Lq <= SPLIT_MAX_LQ`` when the (row block, batch, KV head) programs
 do not fill the GPU, the keys are cut into ``splits`` chunks (a multiple of ``BLOCK_N`` each, at least
 ``MIN_SPLIT_BLOCKS`` blocks); every program writes its normalized partial output and its base-2
@@ -30,7 +39,9 @@ import triton.language as tl
 
 from .dispatch import triton_interpreted
 from ._registry import define_op
-from .focus_attention import FOCUS_ATTENTION_SCHEMA, focus_attention_fake
+from .focus_attention_triton_parts import _mass_scores_kernel, _merge_splits_kernel, _row_tile
+from .focus_attention import (FOCUS_ATTENTION_MASS_SCHEMA, FOCUS_ATTENTION_SCHEMA, focus_attention_fake,
+                              focus_attention_mass_fake)
 
 LOG2E = math.log2(math.e)
 MAX_HEAD_DIM = 256
@@ -39,17 +50,20 @@ MIN_SPLIT_BLOCKS = 4  # keys per split >= MIN_SPLIT_BLOCKS * BLOCK_N on a GPU (1
 MAX_SPLITS = 128
 INTERPRETER_SMS = 2  # stand-in SM count under TRITON_INTERPRET, so small test shapes take the split path
 FORCE_KV_SPLITS = None  # tests: an int forces the number of KV splits (when Lq <= SPLIT_MAX_LQ)
+MAX_REG_GROUPS = 64  # readout groups kept in registers; more take the score-only pass
 
 
 @triton.jit
 def _attend_blocks(
-    acc, l_i, m_i, q, hs2, rows_pos,
-    k_base, v_base, kb_base, stride_kn, stride_kd, stride_vn, stride_vd,
+    acc, l_i, m_i, acc0, l0, macc, q, hs2, rows_pos,
+    k_base, v_base, kb_base, kg_base, stride_kn, stride_kd, stride_vn, stride_vd,
     offs_d, d_ok, key_lo, Lk, qk_scale, start, stop,
     BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr,
     EVEN_D: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
+    TARGET: tl.constexpr, NGP: tl.constexpr,
 ):
-    """Online-softmax update of (acc, l, m) with key blocks ``start, start + BLOCK_N, ... < stop``.
+    """Online-softmax update of (acc, l, m) with key blocks ``start, start + BLOCK_N, ... < stop``; with
+    ``TARGET`` also of group 0's (acc0, l0), with ``NGP > 0`` of the per-group sums ``macc``.
 
     ``MASKED=False`` blocks are visible to every row of the tile (no bound checks at all)."""
     for n0 in range(start, stop, BLOCK_N):
@@ -94,25 +108,40 @@ def _attend_blocks(
         p = tl.exp2(s - shift[:, None])
         alpha = tl.exp2(m_i - shift)
         l_i = l_i * alpha + tl.sum(p, 1)
+        if TARGET or NGP > 0:
+            if MASKED:
+                kg = tl.load(kg_base + offs_n, mask=n_ok, other=-1)
+            else:
+                kg = tl.load(kg_base + offs_n)
+        if NGP > 0:  # per-group sums of the float32 weights: p @ onehot(key_group)
+            onehot = (kg[:, None] == tl.arange(0, NGP)[None, :]).to(tl.float32)
+            macc = tl.dot(p, onehot, macc * alpha[:, None], input_precision="ieee")
+        if TARGET:
+            l0 = l0 * alpha + tl.sum(tl.where(kg[None, :] == 0, p, 0.0), 1)
         p = p.to(k_base.dtype.element_ty)  # P is rounded to the input dtype, as on the GPU
         if DOT_F32:
             p = p.to(tl.float32)
+        if TARGET:
+            acc0 = tl.dot(tl.where(kg[None, :] == 0, p, 0.0).to(p.dtype), v, acc0 * alpha[:, None],
+                          input_precision=PRECISION)
         acc = tl.dot(p, v, acc * alpha[:, None], input_precision=PRECISION)
         m_i = m_new
-    return acc, l_i, m_i
+    return acc, l_i, m_i, acc0, l0, macc
 
 
 @triton.jit
 def _focus_attention_kernel(
-    q_ptr, k_ptr, v_ptr, kb_ptr, hs_ptr, ks_ptr, out_ptr, part_o_ptr, part_lse_ptr,
+    q_ptr, k_ptr, v_ptr, kb_ptr, hs_ptr, ks_ptr, kg_ptr, tm_ptr, out_ptr, part_o_ptr, part_lse_ptr,
+    mass_ptr, stat_ptr,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
-    Hkv, G, Lq, Lk, D, qk_scale, split_len, n_splits,
+    Hkv, G, Lq, Lk, D, qk_scale, split_len, n_splits, num_groups, max_delta,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_HEAD_SCALE: tl.constexpr, HAS_KEY_START: tl.constexpr,
     SPLIT: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
+    TARGET: tl.constexpr, NGP: tl.constexpr, STATS: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -120,41 +149,17 @@ def _focus_attention_kernel(
     b = pid_bh // Hkv
     hkv = pid_bh % Hkv
     R = G * Lq  # rows of this (batch, KV head)
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = offs_m < R
-    qi = offs_m // G
-    head = hkv * G + offs_m % G
-    rows_pos = (Lk - Lq) + qi  # absolute position of each row's query
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < D
-
+    offs_m, row_ok, qi, head, rows_pos, offs_d, d_ok, q, hs2, key_lo, hi, full_hi = _row_tile(
+        q_ptr, hs_ptr, ks_ptr, stride_qb, stride_qh, stride_qm, stride_qd, pid_m, b, hkv, G, Lq, Lk, D,
+        BLOCK_M, BLOCK_D, CAUSAL, HAS_HEAD_SCALE, HAS_KEY_START, DOT_F32)
     b64 = b.to(tl.int64)
-    q_rows = q_ptr + b64 * stride_qb + head.to(tl.int64) * stride_qh + qi.to(tl.int64) * stride_qm
-    q_mask = row_ok[:, None] & d_ok[None, :]
-    q = tl.load(q_rows[:, None] + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)
-    if DOT_F32:
-        q = q.to(tl.float32)
-    hs2 = tl.full([BLOCK_M], 1.4426950408889634, tl.float32)
-    if HAS_HEAD_SCALE:
-        hs2 = tl.load(hs_ptr + head, mask=row_ok, other=0.0) * 1.4426950408889634
-    kv_head = b64 * stride_kb + hkv.to(tl.int64) * stride_kh
-    k_base = k_ptr + kv_head
+    k_base = k_ptr + b64 * stride_kb + hkv.to(tl.int64) * stride_kh
     v_base = v_ptr + b64 * stride_vb + hkv.to(tl.int64) * stride_vh
     kb_base = kb_ptr + b64 * Lk
+    kg_base = kg_ptr + b64 * Lk
 
     # Visible key range of the tile, then clipped to this program's split.
-    key_lo = 0
-    if HAS_KEY_START:
-        key_lo = tl.load(ks_ptr + b)
-    i_first = (pid_m * BLOCK_M) // G
-    i_last = tl.minimum((pid_m * BLOCK_M + BLOCK_M - 1) // G, Lq - 1)
-    if CAUSAL:
-        hi = tl.minimum(Lk, (Lk - Lq) + i_last + 1)
-        full_hi = (tl.maximum((Lk - Lq) + i_first + 1, 0) // BLOCK_N) * BLOCK_N  # seen by the tile's first row
-    else:
-        hi = Lk
-        full_hi = (Lk // BLOCK_N) * BLOCK_N
+    full_hi = (tl.maximum(full_hi, 0) // BLOCK_N) * BLOCK_N
     lo = key_lo
     if SPLIT:
         lo = tl.maximum(lo, pid_s * split_len)
@@ -168,21 +173,55 @@ def _focus_attention_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    acc, l_i, m_i = _attend_blocks(  # an unaligned key_start: one masked block
-        acc, l_i, m_i, q, hs2, rows_pos, k_base, v_base, kb_base, stride_kn, stride_kd, stride_vn,
-        stride_vd, offs_d, d_ok, key_lo, Lk, qk_scale, start, first_stop,
-        BLOCK_N, True, CAUSAL, HAS_BIAS, EVEN_D, PRECISION, DOT_F32)
-    acc, l_i, m_i = _attend_blocks(  # blocks every row sees whole
-        acc, l_i, m_i, q, hs2, rows_pos, k_base, v_base, kb_base, stride_kn, stride_kd, stride_vn,
-        stride_vd, offs_d, d_ok, key_lo, Lk, qk_scale, full_lo, full_hi,
-        BLOCK_N, False, CAUSAL, HAS_BIAS, EVEN_D, PRECISION, DOT_F32)
-    acc, l_i, m_i = _attend_blocks(  # the causal diagonal and the end of the keys
-        acc, l_i, m_i, q, hs2, rows_pos, k_base, v_base, kb_base, stride_kn, stride_kd, stride_vn,
-        stride_vd, offs_d, d_ok, key_lo, Lk, qk_scale, full_hi, hi,
-        BLOCK_N, True, CAUSAL, HAS_BIAS, EVEN_D, PRECISION, DOT_F32)
+    acc0 = 0.0
+    l0 = 0.0
+    macc = 0.0
+    if TARGET:
+        acc0 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        l0 = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if NGP > 0:
+        macc = tl.zeros([BLOCK_M, NGP], dtype=tl.float32)
+    # An unaligned key_start (one masked block), blocks every row sees whole, then the causal diagonal
+    # and the end of the keys.
+    acc, l_i, m_i, acc0, l0, macc = _attend_blocks(
+        acc, l_i, m_i, acc0, l0, macc, q, hs2, rows_pos, k_base, v_base, kb_base, kg_base, stride_kn,
+        stride_kd, stride_vn, stride_vd, offs_d, d_ok, key_lo, Lk, qk_scale, start, first_stop,
+        BLOCK_N, True, CAUSAL, HAS_BIAS, EVEN_D, PRECISION, DOT_F32, TARGET, NGP)
+    acc, l_i, m_i, acc0, l0, macc = _attend_blocks(
+        acc, l_i, m_i, acc0, l0, macc, q, hs2, rows_pos, k_base, v_base, kb_base, kg_base, stride_kn,
+        stride_kd, stride_vn, stride_vd, offs_d, d_ok, key_lo, Lk, qk_scale, full_lo, full_hi,
+        BLOCK_N, False, CAUSAL, HAS_BIAS, EVEN_D, PRECISION, DOT_F32, TARGET, NGP)
+    acc, l_i, m_i, acc0, l0, macc = _attend_blocks(
+        acc, l_i, m_i, acc0, l0, macc, q, hs2, rows_pos, k_base, v_base, kb_base, kg_base, stride_kn,
+        stride_kd, stride_vn, stride_vd, offs_d, d_ok, key_lo, Lk, qk_scale, full_hi, hi,
+        BLOCK_N, True, CAUSAL, HAS_BIAS, EVEN_D, PRECISION, DOT_F32, TARGET, NGP)
 
+    delta = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if TARGET:  # delta = min(cap, max(0, logit(p) - logit(l0 / l))) from the split sums, natural log
+        p_h = tl.load(tm_ptr + head, mask=row_ok, other=0.0)
+        rest = l_i - l0
+        ok = (l0 > 0) & (rest > 0) & (p_h > 0)
+        d = tl.log(tl.where(ok, p_h, 0.5) / (1.0 - p_h)) - tl.log(tl.where(ok, l0, 1.0)) \
+            + tl.log(tl.where(ok, rest, 1.0))
+        delta = tl.where(ok, tl.minimum(tl.maximum(d, 0.0), max_delta), 0.0)
+        grow = tl.exp(delta) - 1.0
+        acc = acc + grow[:, None] * acc0
+        if NGP > 0:
+            macc = macc + tl.where(tl.arange(0, NGP)[None, :] == 0, (grow * l0)[:, None], 0.0)
+        l_i = l_i + grow * l0
     seen = l_i > 0
-    o = acc / tl.where(seen, l_i, 1.0)[:, None]  # rows without a visible key: acc = 0 -> zeros
+    inv = 1.0 / tl.where(seen, l_i, 1.0)
+    o = acc * inv[:, None]  # rows without a visible key: acc = 0 -> zeros
+    if NGP > 0:
+        g = tl.arange(0, NGP)
+        m_rows = ((b64 * (Hkv * G) + head) * Lq + qi) * num_groups
+        tl.store(mass_ptr + m_rows[:, None] + g[None, :], macc * inv[:, None],
+                 mask=row_ok[:, None] & (g[None, :] < num_groups))
+    if STATS:  # for the score-only mass pass: base-2 log-sum-exp of the steered row, delta in base 2
+        lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("inf"))
+        stat = (pid_bh.to(tl.int64) * R + offs_m) * 2
+        tl.store(stat_ptr + stat, lse, mask=row_ok)
+        tl.store(stat_ptr + stat + 1, delta * 1.4426950408889634, mask=row_ok)
     if SPLIT:
         part = pid_bh.to(tl.int64) * n_splits + pid_s
         lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
@@ -191,35 +230,8 @@ def _focus_attention_kernel(
         tl.store(o_ptrs, o, mask=row_ok[:, None])
     else:
         o_rows = out_ptr + b64 * stride_ob + head.to(tl.int64) * stride_oh + qi.to(tl.int64) * stride_om
-        tl.store(o_rows[:, None] + offs_d[None, :] * stride_od, o.to(out_ptr.dtype.element_ty), mask=q_mask)
-
-
-@triton.jit
-def _merge_splits_kernel(
-    part_o_ptr, part_lse_ptr, out_ptr,
-    stride_ob, stride_oh, stride_om, stride_od,
-    Hkv, G, Lq, D, n_splits,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    """out[row] = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), M = max_s lse_s (zeros if every split is
-    empty for the row)."""
-    r = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    R = G * Lq
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, BLOCK_D)
-    s_ok = offs_s < n_splits
-    parts = pid_bh.to(tl.int64) * n_splits + offs_s
-    lse = tl.load(part_lse_ptr + parts * R + r, mask=s_ok, other=float("-inf"))
-    m = tl.max(lse, 0)
-    w = tl.where(lse == float("-inf"), 0.0, tl.exp2(lse - tl.where(m == float("-inf"), 0.0, m)))
-    o = tl.load(part_o_ptr + (parts[:, None] * R + r) * BLOCK_D + offs_d[None, :], mask=s_ok[:, None], other=0.0)
-    total = tl.sum(w, 0)
-    res = tl.sum(w[:, None] * o, 0) / tl.where(total > 0, total, 1.0)
-    b = pid_bh // Hkv
-    head = (pid_bh % Hkv) * G + r % G
-    o_row = out_ptr + b.to(tl.int64) * stride_ob + head.to(tl.int64) * stride_oh + (r // G).to(tl.int64) * stride_om
-    tl.store(o_row + offs_d * stride_od, res.to(out_ptr.dtype.element_ty), mask=offs_d < D)
+        tl.store(o_rows[:, None] + offs_d[None, :] * stride_od, o.to(out_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & d_ok[None, :])
 
 
 @functools.lru_cache(maxsize=None)
@@ -257,22 +269,25 @@ def kv_splits(device: torch.device, programs: int, Lq: int, Lk: int, block_n: in
     return max(1, min(triton.cdiv(target, programs), triton.cdiv(triton.cdiv(Lk, block_n), min_blocks), MAX_SPLITS))
 
 
-def launch_focus_attention(q, k, v, key_bias, head_scale, key_start, causal: bool, sm_scale: float):
+def launch_focus_attention_mass(q, k, v, key_bias, head_scale, key_start, causal: bool, sm_scale: float,
+                                key_group, num_groups: int, return_mass: bool, target_mass, max_target_bias: float):
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     if D > MAX_HEAD_DIM:
         raise ValueError(f"q: head dim D={D} > {MAX_HEAD_DIM} is not supported by the triton backend")
     out = torch.empty_like(q)
+    mass = torch.zeros(B, Hq, Lq, num_groups if return_mass else 0, device=q.device, dtype=torch.float32)
     if out.numel() == 0:
-        return out
+        return out, mass
     if Lk == 0:
-        return out.zero_()
+        return out.zero_(), mass
     G = Hq // Hkv
     R = G * Lq
     block_d = max(16, triton.next_power_of_2(D))
     cfg = launch_config(R, Lq, block_d, q.element_size())
     row_blocks = triton.cdiv(R, cfg["BLOCK_M"])
-    splits = kv_splits(q.device, row_blocks * B * Hkv, Lq, Lk, cfg["BLOCK_N"])
+    grouped = key_group is not None
+    splits = 1 if grouped else kv_splits(q.device, row_blocks * B * Hkv, Lq, Lk, cfg["BLOCK_N"])
     split_len = triton.cdiv(triton.cdiv(Lk, splits), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
     splits = triton.cdiv(Lk, split_len)  # no empty trailing split
     split = splits > 1
@@ -283,26 +298,46 @@ def launch_focus_attention(q, k, v, key_bias, head_scale, key_start, causal: boo
         part_lse = torch.empty(B * Hkv * splits * R, device=q.device, dtype=torch.float32)
     else:
         part_o = part_lse = out  # unused
+    reg_groups = return_mass and num_groups <= MAX_REG_GROUPS
+    stats = return_mass and not reg_groups
+    stat = torch.empty(B * Hkv * R * 2, device=q.device, dtype=torch.float32) if stats else out
     kb = key_bias.contiguous() if key_bias is not None else q
     hs = head_scale.contiguous() if head_scale is not None else q
     ks = key_start.contiguous() if key_start is not None else q
+    kg = key_group.contiguous() if grouped else q
+    tm = target_mass.contiguous() if target_mass is not None else q
+    flags = dict(BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=block_d, CAUSAL=causal,
+                 HAS_BIAS=key_bias is not None,
+                 HAS_HEAD_SCALE=head_scale is not None and key_bias is not None,
+                 HAS_KEY_START=key_start is not None,
+                 PRECISION="ieee" if q.dtype == torch.float32 or dot_f32 else "tf32", DOT_F32=dot_f32)
     _focus_attention_kernel[(row_blocks, B * Hkv, splits)](
-        q, k, v, kb, hs, ks, out, part_o, part_lse,
+        q, k, v, kb, hs, ks, kg, tm, out, part_o, part_lse, mass, stat,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        Hkv, G, Lq, Lk, D, sm_scale * LOG2E, split_len, splits,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=block_d,
-        CAUSAL=causal, HAS_BIAS=key_bias is not None, HAS_HEAD_SCALE=head_scale is not None and key_bias is not None,
-        HAS_KEY_START=key_start is not None, SPLIT=split, EVEN_D=block_d == D,
-        PRECISION="ieee" if q.dtype == torch.float32 or dot_f32 else "tf32", DOT_F32=dot_f32,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        Hkv, G, Lq, Lk, D, sm_scale * LOG2E, split_len, splits, num_groups, max_target_bias,
+        SPLIT=split, EVEN_D=block_d == D, TARGET=target_mass is not None,
+        NGP=max(16, triton.next_power_of_2(num_groups)) if reg_groups else 0, STATS=stats,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **flags,
     )
     if split:
         _merge_splits_kernel[(R, B * Hkv)](
             part_o, part_lse, out, *out.stride(), Hkv, G, Lq, D, splits,
             BLOCK_S=max(2, triton.next_power_of_2(splits)), BLOCK_D=block_d, num_warps=4,
         )
-    return out
+    if stats:
+        _mass_scores_kernel[(row_blocks, B * Hkv)](
+            q, k, kb, hs, ks, kg, stat, mass, *q.stride(), *k.stride(), Hkv, G, Lq, Lk, D, sm_scale * LOG2E,
+            num_groups, num_warps=cfg["num_warps"], **flags,
+        )
+    return out, mass
+
+
+def launch_focus_attention(q, k, v, key_bias, head_scale, key_start, causal: bool, sm_scale: float):
+    return launch_focus_attention_mass(q, k, v, key_bias, head_scale, key_start, causal, sm_scale,
+                                       None, 0, False, None, 0.0)[0]
 
 
 focus_attention_op = define_op("focus_attention_triton", FOCUS_ATTENTION_SCHEMA, launch_focus_attention,
                                focus_attention_fake)
+focus_attention_mass_op = define_op("focus_attention_triton_mass", FOCUS_ATTENTION_MASS_SCHEMA,
+                                    launch_focus_attention_mass, focus_attention_mass_fake)
