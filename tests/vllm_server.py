@@ -107,16 +107,24 @@ class VLLMServer:
 
     def rss_bytes(self) -> int:
         """Resident memory of the server and the processes it started (the engine core runs in one)."""
+        return sum(m.rss for m in self._each("memory_info"))
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server and its processes have used: unlike wall time, hardly
+        inflated by other work on a shared machine."""
+        return sum(c.user + c.system for c in self._each("cpu_times"))
+
+    def _each(self, what: str) -> list:
         import psutil
 
         root = psutil.Process(self.proc.pid)
-        total = 0
+        found = []
         for p in [root, *root.children(recursive=True)]:
             try:
-                total += p.memory_info().rss
+                found.append(getattr(p, what)())
             except psutil.NoSuchProcess:
                 pass
-        return total
+        return found
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM to the server (it shuts its engine down), SIGKILL to whatever of it is left."""
