@@ -16,6 +16,10 @@ references):
 
 * ``focus``: ``focus_attention(q, k, v, key_bias, backend="triton", validate=False)``;
 * ``focus_nobias``: the same kernel without ``key_bias`` (the bias overhead is ``focus / focus_nobias``);
+* ``focus_readout``: ``focus`` plus ``return_mass`` of one key group (the biased keys); issue 13's target
+  is ``focus_readout / focus <= 1.15``;
+* ``focus_target``: ``focus`` plus ``target_mass = 0.3`` on every head for that group (split running sums);
+  target ``focus_target / focus <= 1.3`` (grouped calls run without KV splits: see the kernel's docstring);
 * ``sdpa_flash``: ``scaled_dot_product_attention`` restricted to the flash backend, no bias;
 * ``sdpa_mask``: SDPA with a float ``[B, 1, Lq, Lk]`` mask holding the bias and ``-inf`` above the
   diagonal (efficient/math backends: the flash backend takes no mask);
@@ -40,7 +44,7 @@ from pathlib import Path
 from focuskern.experiments.metadata import run_metadata
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-CONTENDERS = ("focus", "focus_nobias", "sdpa_flash", "sdpa_mask", "flex")
+CONTENDERS = ("focus", "focus_nobias", "focus_readout", "focus_target", "sdpa_flash", "sdpa_mask", "flex")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -112,9 +116,15 @@ class Bench:
         B, Hq, Lq, D = q.shape
         Lk = k.shape[2]
         gqa = k.shape[1] != Hq
+        group = torch.where(bias != 0, 0, -1).to(torch.int32)  # the biased keys are group 0
+        target = torch.full((Hq,), 0.3, device=q.device)
         fns = {
             "focus": lambda: focus_attention(q, k, v, bias, causal=causal, backend="triton", validate=False),
             "focus_nobias": lambda: focus_attention(q, k, v, causal=causal, backend="triton", validate=False),
+            "focus_readout": lambda: focus_attention(q, k, v, bias, causal=causal, key_group=group, num_groups=1,
+                                                     return_mass=True, backend="triton", validate=False)[0],
+            "focus_target": lambda: focus_attention(q, k, v, bias, causal=causal, key_group=group, num_groups=1,
+                                                    target_mass=target, backend="triton", validate=False),
         }
 
         def flash():
@@ -167,7 +177,7 @@ class Bench:
             row = {**base, "contender": name}
             try:
                 out = fn()
-                if ref is not None and name not in ("focus_nobias", "sdpa_flash"):
+                if ref is not None and name not in ("focus_nobias", "sdpa_flash", "focus_target"):
                     row["max_abs_diff_vs_focus"] = float((out.float() - ref.float()).abs().max())
                 ms = self.ms(fn)
             except Exception as exc:  # a contender that cannot run this case is reported, not fatal
@@ -204,6 +214,8 @@ def summary(rows: list[dict]) -> list[str]:
                  if other in t]
         if "focus_nobias" in t:
             parts.insert(0, f"bias overhead {100 * (t['focus'] / t['focus_nobias'] - 1):+.1f}%")
+        parts += [f"{other} / focus = {t[other] / t['focus']:.2f}x" for other in ("focus_readout", "focus_target")
+                  if other in t]
         lines.append(f"{kind:7s} B={B:<3d} Lq={Lq:<6d} Lk={Lk:<6d} " + ", ".join(parts))
     return lines
 

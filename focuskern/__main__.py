@@ -1,5 +1,5 @@
 """focuskern command line: ``focuskern demo [--attention]`` (``python -m focuskern demo``),
-``focuskern eval lost-in-middle``, ``focuskern eval coverage``, ``focuskern backends``."""
+``focuskern eval lost-in-middle``, ``focuskern eval coverage``, ``focuskern inspect``, ``focuskern backends``."""
 from __future__ import annotations
 
 import argparse
@@ -32,13 +32,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--attention-scope", choices=["all", "data"], default=DEFAULT_SCOPE,
                       help="with --attention: which occurrences of the key get the boost")
     demo.add_argument("--ids", choices=["uuid", "hex8"], default="hex8", help="with --attention: id format")
+    ins = sub.add_parser("inspect", help="pictures of where the model looks (attention readout, no maps)")
+    ins.add_argument("--prompt", required=True)
+    ins.add_argument("--entities", nargs="+", required=True)
+    ins.add_argument("--model", help="HF model folder/id or a .gguf path (default: embedded SmolLM2-135M-Instruct)")
+    ins.add_argument("--target", type=float, default=0.3, help="target mass on the entities for the focused run")
+    ins.add_argument("--max-new-tokens", type=int, default=24)
+    ins.add_argument("--pairs", type=int, default=0, help="lost-in-middle picture: cases per gold position (0: skip)")
+    ins.add_argument("--long", type=int, default=0, help="also one prefill of this many tokens: peak memory")
+    ins.add_argument("--seed", type=int, default=0)
+    ins.add_argument("--device", default="cpu")
+    ins.add_argument("--out", default="benchmarks/results")
+    ins.add_argument("--name", default="inspect_smollm2_cpu")
     ev = sub.add_parser("eval", help="evaluations")
     ev.add_argument("what", choices=["lost-in-middle", "coverage"])
     ev.add_argument("--model", help="HF model folder/id or a .gguf path (default: embedded SmolLM2-135M-Instruct)")
     ev.add_argument("--k", type=int, nargs="+", default=[10, 20], help="key-value pairs per case")
     ev.add_argument("--n", type=int, default=50, help="cases per (k, position) cell")
     ev.add_argument("--seed", type=int, default=0, help="case seed (k is added for each k)")
-    ev.add_argument("--beta", type=float, nargs="+", default=[DEFAULT_BETA], help="focus boosts (one row each)")
+    ev.add_argument("--beta", type=float, nargs="*", default=[DEFAULT_BETA], help="focus boosts (one row each)")
     ev.add_argument("--layers", nargs="+", default=[DEFAULT_LAYERS],
                     help="layer sets that get the boost, 'all' or like '8-21,25' (one row per beta and set)")
     ev.add_argument("--scope", nargs="+", choices=["all", "data"], default=[DEFAULT_SCOPE],
@@ -48,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--calibrate", type=float, nargs="*", default=[],
                     help="lost-in-middle: position-calibration strengths lambda (one row each)")
     ev.add_argument("--calibration-seed", type=int, default=1000, help="cases the calibration is measured on")
+    ev.add_argument("--calibration-n", type=int, default=10, help="cases per gold position for the calibration")
+    ev.add_argument("--target", type=float, nargs="*", default=[],
+                    help="lost-in-middle: target masses p on the queried key (one row each)")
+    ev.add_argument("--calibrate", type=float, nargs="*", default=[],
+                    help="lost-in-middle: position-calibration strengths lambda (one row each)")
+    ev.add_argument("--calibration-seed", type=int, default=1000, help="cases the calibration is measured on")
+    ev.add_argument("--skip-baseline", action="store_true", help="lost-in-middle: no baseline row")
     ev.add_argument("--calibration-n", type=int, default=10, help="cases per gold position for the calibration")
     ev.add_argument("--batch-size", type=int, default=25)
     ev.add_argument("--ids", choices=["uuid", "hex8"], default="uuid",
@@ -84,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from .experiments.demo import main as demo_main
         return demo_main(args)
+    if args.command == "inspect":
+        from .experiments.inspect import main as inspect_main
+        return inspect_main(args)
     if args.command == "eval":
         args.name = args.name or args.what.replace("-", "_") + "_smollm2_cpu"
         if args.what == "coverage":

@@ -206,3 +206,25 @@ def test_triton_paths(monkeypatch, reg_groups, Lq, seed):
     monkeypatch.setattr(focus_attention_triton, "FORCE_KV_SPLITS", 3)
     args, opts = make_case(random.Random(seed), 2, 4, 2, Lq, 150, 16, torch.float16, num_groups=5)
     check("triton", args, opts, True, f"MAX_REG_GROUPS={reg_groups} Lq={Lq}")
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend not available")
+def test_gpu_benchmark_contenders_smoke():
+    """benchmarks/gpu_attention.py's readout/target contenders run (tiny CPU tensors, interpreter) and
+    the readout's output equals the plain call's."""
+    import argparse
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from benchmarks.gpu_attention import Bench
+
+    args = argparse.Namespace(contenders=["focus", "focus_readout", "focus_target"], warmup_ms=1, rep_ms=1,
+                              dtype="float32")
+    q, k, v = torch.randn(1, 4, 3, 16), torch.randn(1, 2, 40, 16), torch.randn(1, 2, 40, 16)
+    bias = torch.zeros(1, 40)
+    bias[0, ::7] = 2.0
+    fns = Bench(args).contenders(q, k, v, bias, causal=True)
+    outs = {name: fn() for name, fn in fns.items()}
+    torch.testing.assert_close(outs["focus_readout"], outs["focus"], rtol=1e-5, atol=1e-5)
+    assert outs["focus_target"].shape == q.shape

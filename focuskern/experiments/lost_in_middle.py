@@ -8,9 +8,14 @@ only by where the gold pair sits.  Decoding is greedy on the chat template; a ca
 gold value appears in the answer.  Focus boosts the tokens of the *queried key* wherever it occurs in
 the prompt (what a user knows -- never where the answer is):
 ``key_bias[b, j] = beta`` on those tokens, in the chosen layers, all heads; generated keys get 0.
+Two more levers (:mod:`.lost_in_middle_readout`): target mass ``p`` on the same tokens (their share of
+each query's attention raised to at least ``p``), and a position calibration in the spirit of "Found in
+the Middle" (Hsieh et al. 2024): every pair's tokens get ``lambda * log(mean share / share at its
+position)``, the per-position shares measured once by the readout on tuning cases.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -47,6 +52,9 @@ class Setting:
     beta: Optional[float] = None
     layers: Optional[tuple[int, ...]] = None
     scope: str = "all"
+    target: Optional[float] = None  # target mass on the key's tokens instead of a boost
+    calibrate: Optional[float] = None  # strength lambda of the position calibration
+    calibration: tuple[float, ...] = ()  # log(mean share / share) per pair position (from the readout)
 
     def __post_init__(self):
         if self.scope not in ("all", "data"):
@@ -54,6 +62,10 @@ class Setting:
 
     @property
     def label(self) -> str:
+        if self.target is not None:
+            return f"target mass p={self.target:g}, layers {format_layers(self.layers)}, {self.scope} occurrences"
+        if self.calibrate is not None:
+            return f"position calibration lambda={self.calibrate:g}, layers {format_layers(self.layers)}"
         if self.beta is None:
             return "baseline"
         return f"focus beta={self.beta:g}, layers {format_layers(self.layers)}, {self.scope} occurrences"
@@ -118,26 +130,50 @@ def case_prompt(pairs: list[tuple[str, str]], key: str) -> str:
     return f'{INSTRUCTION}\n\nJSON data:\n{body}\n\nKey: "{key}"\nCorresponding value:'
 
 
-def key_bias(tok, texts: list[str], keys: list[str], setting: Setting, seq_len: int) -> torch.Tensor:
-    """[B, seq_len] float32: ``setting.beta`` on the tokens of each row's key (left-padded batch)."""
+def key_bias(tok, texts: list[str], keys: list[str], setting: Setting, seq_len: int,
+             beta: Optional[float] = None) -> torch.Tensor:
+    """[B, seq_len] float32: ``beta`` (default ``setting.beta``) on the tokens of each row's key
+    (left-padded batch)."""
     pos = entity_positions(tok, texts, [[key] for key in keys], padding_side="left", per_occurrence=True)
     if setting.scope == "data":  # the first occurrence is the JSON pair's; the others repeat the question
         pos = [[occurrences[:1] for occurrences in row] for row in pos]
-    return positions_to_key_bias(pos, seq_len, setting.beta)
+    return positions_to_key_bias(pos, seq_len, setting.beta if beta is None else beta)
 
 
-def answer(model, tok, prompts: list[str], keys: list[str], setting: Setting, max_new_tokens: int) -> list[str]:
+def prompt_texts(tok, prompts: list[str], keys: list[str]) -> list[str]:
+    """The chat-templated prompts with the assistant's reply prefix (what the model is fed)."""
+    return [t + ANSWER_PREFIX.format(key=key) for t, key in zip(chat_texts(tok, prompts), keys)]
+
+
+def focus_block(model, tok, texts, keys, setting: Setting, seq_len: int, pairs=None):
+    """The ``attention_focus`` block of ``setting`` for a batch (a null context for the baseline);
+    ``pairs``: the placed pairs of each row (needed by the position calibration)."""
+    if setting.target is not None:
+        span = key_bias(tok, texts, keys, setting, seq_len, beta=1.0) != 0
+        return attention_focus(model, target_mass=setting.target, target_keys=span.to(model.device),
+                               layers=setting.layers)
+    if setting.calibrate is not None:
+        from .lost_in_middle_readout import pair_groups
+
+        groups = pair_groups(tok, texts, pairs, seq_len)
+        per_position = torch.tensor(setting.calibration) * setting.calibrate
+        bias = torch.where(groups >= 0, per_position[groups.long().clamp_min(0)], 0.0)
+        return attention_focus(model, bias.to(model.device), layers=setting.layers)
+    if setting.beta is None:
+        return contextlib.nullcontext()
+    bias = key_bias(tok, texts, keys, setting, seq_len).to(model.device)
+    return attention_focus(model, bias, layers=setting.layers)
+
+
+def answer(model, tok, prompts: list[str], keys: list[str], setting: Setting, max_new_tokens: int,
+           pairs=None) -> list[str]:
     """Greedy answers of a left-padded batch, with the setting's focus on each row's key."""
-    texts = [t + ANSWER_PREFIX.format(key=key) for t, key in zip(chat_texts(tok, prompts), keys)]
+    texts = prompt_texts(tok, prompts, keys)
     inputs = tok(texts, return_tensors="pt", padding=True, padding_side="left").to(model.device)
     kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
               stop_strings='"', tokenizer=tok)
-    if setting.beta is None:
+    with focus_block(model, tok, texts, keys, setting, inputs["input_ids"].shape[1], pairs):
         out = model.generate(**inputs, **kw)
-    else:
-        bias = key_bias(tok, texts, keys, setting, inputs["input_ids"].shape[1]).to(model.device)
-        with attention_focus(model, bias, layers=setting.layers):
-            out = model.generate(**inputs, **kw)
     return tok.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
@@ -145,8 +181,11 @@ def evaluate(model, tok, ks: list[int], n: int, seed: int, settings: list[Settin
              batch_size: int = 10, max_new_tokens: Optional[int] = None, log=print, checkpoint=None) -> dict:
     """``{"cells": [{"k", "position", "setting", "correct": [bool] * n}], "examples": [...]}``;
     ``checkpoint(results_so_far)`` is called after every (k, position) cell (runs take hours on CPU)."""
+    from tqdm import tqdm
+
     cells, examples = [], []
     budget = max_new_tokens or ANSWER_TOKENS[ids]
+    bar = tqdm(total=len(ks) * len(LABELS) * n * len(settings), unit="answer", file=sys.stderr)
     for k in ks:
         cases = make_cases(k, n, seed + k, ids)
         for label, fraction in zip(LABELS, FRACTIONS):
@@ -155,10 +194,12 @@ def evaluate(model, tok, ks: list[int], n: int, seed: int, settings: list[Settin
             hits = {s: [] for s in settings}
             for lo in range(0, n, batch_size):
                 batch = cases[lo:lo + batch_size]
-                prompts = [case_prompt(place(pairs, index), pairs[0][0]) for pairs in batch]
+                placed = [place(pairs, index) for pairs in batch]
+                prompts = [case_prompt(p, pairs[0][0]) for p, pairs in zip(placed, batch)]
                 keys = [pairs[0][0] for pairs in batch]
                 for s in settings:
-                    answers = answer(model, tok, prompts, keys, s, budget)
+                    answers = answer(model, tok, prompts, keys, s, budget, placed)
+                    bar.update(len(batch))
                     hits[s] += [pairs[0][1] in a for pairs, a in zip(batch, answers)]
                     if lo == 0:
                         examples.append({"k": k, "position": label, "setting": s.label, "gold": batch[0][0][1],
@@ -168,6 +209,7 @@ def evaluate(model, tok, ks: list[int], n: int, seed: int, settings: list[Settin
                 + f"  ({time.perf_counter() - t0:.0f} s)")
             if checkpoint is not None:
                 checkpoint({"cells": cells, "examples": examples})
+    bar.close()
     return {"cells": cells, "examples": examples}
 
 
@@ -217,10 +259,14 @@ def main(args) -> int:
     """Run the evaluation and write ``<out>/<name>.{json,md,png}``."""
     from .models import load_model
 
-    settings = [Setting()] + [Setting(beta, parse_layers(spec), scope)
+    settings = [Setting()] * (not args.skip_baseline) + [Setting(beta, parse_layers(spec), scope)
                               for scope in args.scope for spec in args.layers for beta in args.beta]
     t0 = time.perf_counter()
     model, tok = load_model(args.model, device=args.device, attn_implementation="focus")
+    if args.target or args.calibrate:
+        from .lost_in_middle_readout import readout_settings
+
+        settings += readout_settings(model, tok, args)
     print(f"k={args.k} n={args.n} seed={args.seed}; settings: " + "; ".join(s.label for s in settings))
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, args.name)
