@@ -60,12 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--calibrate", type=float, nargs="*", default=[],
                     help="lost-in-middle: position-calibration strengths lambda (one row each)")
     ev.add_argument("--calibration-seed", type=int, default=1000, help="cases the calibration is measured on")
-    ev.add_argument("--calibration-n", type=int, default=10, help="cases per gold position for the calibration")
-    ev.add_argument("--target", type=float, nargs="*", default=[],
-                    help="lost-in-middle: target masses p on the queried key (one row each)")
-    ev.add_argument("--calibrate", type=float, nargs="*", default=[],
-                    help="lost-in-middle: position-calibration strengths lambda (one row each)")
-    ev.add_argument("--calibration-seed", type=int, default=1000, help="cases the calibration is measured on")
     ev.add_argument("--skip-baseline", action="store_true", help="lost-in-middle: no baseline row")
     ev.add_argument("--calibration-n", type=int, default=10, help="cases per gold position for the calibration")
     ev.add_argument("--batch-size", type=int, default=25)
