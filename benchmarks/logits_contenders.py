@@ -29,6 +29,8 @@ HISTORY = 8  # length of the input_ids handed to the HF processors
 
 # name -> what it is (shown in the README, the JSON and benchmark extra_info)
 DESCRIPTIONS = {
+    "focuskern_default": "focuskern focus_logits_(...) as documented: backend=\"auto\", validate=True "
+                         "(CPU: argument checks in the cpp op's one pass; CUDA: one host sync for the checks)",
     "focuskern_torch": 'focuskern focus_logits_(..., backend="torch", validate=False): the PyTorch reference '
                        "(decay, CSR rows, duplicate-id segment sum, blend, index_put), as a custom op",
     "focuskern_triton": 'focuskern focus_logits_(..., backend="triton", validate=False): one fused Triton launch',
@@ -101,7 +103,7 @@ class Case:
         kernels = [b for b in available_backends("focus_logits", torch.device(device)) if b != "torch"]
         if device == "cpu":
             kernels = [b for b in kernels if b != "triton"]  # the interpreter is not a CPU backend
-        return tuple(f"focuskern_{b}" for b in kernels) + names
+        return ("focuskern_default",) + tuple(f"focuskern_{b}" for b in kernels) + names
 
     def bytes_touched(self, elem_size: int) -> int:
         """Bytes a minimal kernel must move: the listed entries only, or the whole [B, V] for a blend."""
@@ -180,6 +182,9 @@ def make_contender(name: str, inp: Inputs, logits: torch.Tensor) -> Callable[[],
     B, V = logits.shape
     fk_args = (inp.row_offsets, inp.token_ids, inp.token_bias, inp.alpha, inp.decay, inp.step)
     blend = bool(inp.case.alpha)
+
+    if name == "focuskern_default":
+        return lambda: focus_logits_(logits, *fk_args)
 
     if name.startswith("focuskern_"):
         backend = name.removeprefix("focuskern_")

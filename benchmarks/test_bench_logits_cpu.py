@@ -1,4 +1,4 @@
-"""CPU timings of focus_logits_ (torch backend) against the ways people bias logits today.
+"""CPU timings of focus_logits_ (the default call, and each backend) against the ways people bias logits today.
 
 Measurements only: nothing here asserts anything about time.  One benchmark group per case, so
 pytest-benchmark compares the contenders of a case side by side::

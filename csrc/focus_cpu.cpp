@@ -6,6 +6,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <initializer_list>
 #include <limits>
 #include <string>
 #include <type_traits>
@@ -111,6 +113,76 @@ void focus_logits_cpu(at::Tensor logits, const at::Tensor& row_offsets, const at
       }
     });
   });
+}
+
+bool has_layout(const at::Tensor& t, at::ScalarType dtype, std::initializer_list<int64_t> shape) {
+  if (t.scalar_type() != dtype || t.dim() != static_cast<int64_t>(shape.size())) return false;
+  int64_t d = 0;
+  for (const int64_t want : shape) {
+    if (want >= 0 && t.size(d) != want) return false;  // -1: any size
+    ++d;
+  }
+  return true;
+}
+
+// Every check of validate_focus_logits_args (focuskern/ops/focus_logits.py) in one pass over the
+// small tensors: the ~12 separate ATen reductions cost ~9x the kernel per call.  Returns -1 when a
+// tensor is not on the CPU (not checked here), 0 when every argument is good (then, with `apply`,
+// runs focus_logits_cpu), else 1 + the position of the first bad argument; the caller then reruns
+// the Python checks, which name the argument and the fault.
+int64_t focus_logits_check_cpu(at::Tensor logits, const at::Tensor& row_offsets, const at::Tensor& token_ids,
+                               const at::Tensor& token_bias, const at::Tensor& alpha, const at::Tensor& decay,
+                               const at::Tensor& step, int64_t n_kinds, bool apply) {
+  for (const at::Tensor& t : {logits, row_offsets, token_ids, token_bias, alpha, decay, step})
+    if (!t.device().is_cpu()) return -1;
+  const auto dt = logits.scalar_type();
+  if (logits.dim() != 2 || (dt != at::kFloat && dt != at::kHalf && dt != at::kBFloat16)) return 1;
+  const int64_t B = logits.size(0), V = logits.size(1);
+  if (!has_layout(row_offsets, at::kInt, {B + 1})) return 2;
+  if (!has_layout(token_ids, at::kInt, {-1})) return 3;
+  const int64_t nnz = token_ids.size(0);
+  if (!has_layout(token_bias, at::kFloat, {nnz})) return 4;
+  if (!has_layout(alpha, at::kFloat, {B})) return 5;
+  if (!has_layout(decay, at::kFloat, {B, 3})) return 6;
+  if (!has_layout(step, at::kInt, {B})) return 7;
+  const auto ro = row_offsets.contiguous(), ids = token_ids.contiguous(), bias = token_bias.contiguous();
+  const auto al = alpha.contiguous(), dc = decay.contiguous(), st = step.contiguous();
+  const int32_t* ro_p = ro.data_ptr<int32_t>();
+  const int32_t* ids_p = ids.data_ptr<int32_t>();
+  const float* bias_p = bias.data_ptr<float>();
+  const float* al_p = al.data_ptr<float>();
+  const float* dc_p = dc.data_ptr<float>();
+  const int32_t* st_p = st.data_ptr<int32_t>();
+  // Branch-free reductions (one flag per argument) so that the loops vectorize: nnz can be ~10^5.
+  bool bad = ro_p[0] != 0 || ro_p[B] != nnz;
+  for (int64_t r = 0; r < B; ++r) bad |= ro_p[r + 1] < ro_p[r];
+  if (bad) return 2;
+  for (int64_t j = 0; j < nnz; ++j) bad |= (ids_p[j] < 0) | (ids_p[j] >= V);
+  if (bad) return 3;
+  for (int64_t j = 0; j < nnz; ++j) bad |= !(bias_p[j] < -kNegInf);  // NaN and +inf
+  if (bad) return 4;
+  for (int64_t r = 0; r < B; ++r) bad |= !((al_p[r] >= 0.f) & (al_p[r] <= 1.f));  // NaN too
+  if (bad) return 5;
+  for (int64_t r = 0; r < B; ++r) {
+    const float kind = dc_p[3 * r], horizon = dc_p[3 * r + 1], floor_ = dc_p[3 * r + 2];
+    bad |= !((kind == std::nearbyint(kind)) & (kind >= 0.f) & (kind < static_cast<float>(n_kinds)));
+    bad |= !((kind == 0.f) | (horizon > 0.f)) | !((floor_ >= 0.f) & (floor_ <= 1.f));
+  }
+  if (bad) return 6;
+  for (int64_t r = 0; r < B; ++r) bad |= st_p[r] < 0;
+  if (bad) return 7;
+  if (apply) focus_logits_cpu(logits, ro, ids, bias, al, dc, st);
+  return 0;
+}
+
+// Any device key: a tensor off the CPU is answered (-1) rather than refused by the dispatcher.
+TORCH_LIBRARY_FRAGMENT(focuskern, m) {
+  m.def("focus_logits_check_cpp(Tensor(a!) logits, Tensor row_offsets, Tensor token_ids, Tensor token_bias, "
+        "Tensor alpha, Tensor decay, Tensor step, int n_kinds, bool apply) -> int");
+}
+
+TORCH_LIBRARY_IMPL(focuskern, CompositeExplicitAutograd, m) {
+  m.impl("focus_logits_check_cpp", &focus_logits_check_cpu);
 }
 
 void focus_state_cpu(at::Tensor logits, const c10::optional<at::Tensor>& last_tokens, const at::Tensor& prog,

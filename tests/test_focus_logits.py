@@ -7,6 +7,7 @@ import torch
 import focuskern
 from focuskern.ops.dispatch import available_backends
 from focuskern.ops import focus_logits_
+from focuskern.ops import focus_logits as focus_logits_module
 from conftest import DEVICE, TOLERANCES
 from cases import random_case
 from reference import assert_close_to_f64, focus_logits_f64
@@ -134,14 +135,22 @@ BAD_INPUTS = [
 ]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("native", [True, False], ids=["native-check", "python-check"])
 @pytest.mark.parametrize("name,error,patch", BAD_INPUTS, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(BAD_INPUTS)])
-def test_bad_input_names_argument_and_leaves_logits(name, error, patch):
+def test_bad_input_names_argument_and_leaves_logits(name, error, patch, native, backend, monkeypatch):
+    """Both validation paths (the one-pass native check on CPU and the ATen checks) name the argument."""
+    if not native:
+        monkeypatch.setattr(focus_logits_module, "_native_check", lambda: None)
     args = good_args()
     patch(args)
+    for key in ARG_NAMES[1:]:  # strided views must be checked on what they show, not their storage
+        if key != name and isinstance(args[key], torch.Tensor):
+            args[key] = next(iter(strided_views(args[key]).values()))
     logits = args["logits"]
     before = logits.clone() if isinstance(logits, torch.Tensor) else None
     with pytest.raises(error, match=name):
-        focus_logits_(**args)
+        focus_logits_(**args, backend=backend)
     if before is not None:
         assert torch.equal(logits, before)
 

@@ -7,9 +7,12 @@ entry bans its token whatever ``s_r`` is; duplicated ids in a row add up.
 """
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 
-from .dispatch import get_op
+from .dispatch import extension, get_op, op_name
 from ..decay import KIND_NAMES
 from ._checks import LOGIT_DTYPES, check_tensor, check_values
 
@@ -18,10 +21,15 @@ FOCUS_LOGITS_SCHEMA = ("(Tensor(a!) logits, Tensor row_offsets, Tensor token_ids
                        "Tensor alpha, Tensor decay, Tensor step) -> ()")
 
 
+ARG_NAMES = ("logits", "row_offsets", "token_ids", "token_bias", "alpha", "decay", "step")
+
+
 def validate_focus_logits_args(logits, row_offsets, token_ids, token_bias, alpha, decay, step) -> None:
     """Check shapes, dtypes, devices and values; raises ``TypeError``/``ValueError`` naming the argument.
 
-    Reads the tensors' values, so on CUDA it synchronizes: call it when the batch is built, not per step.
+    The value checks are reduced on the tensors' device and read back together: on CUDA that is one
+    device-to-host copy, i.e. one synchronization (tens of microseconds, and it stalls the CPU until
+    every queued kernel has run) -- call it when the batch is built, not per step.
     """
     check_tensor("logits", logits, LOGIT_DTYPES, (None, None))
     dev = logits.device
@@ -33,19 +41,61 @@ def validate_focus_logits_args(logits, row_offsets, token_ids, token_bias, alpha
     check_tensor("alpha", alpha, (torch.float32,), (B,), dev)
     check_tensor("decay", decay, (torch.float32,), (B, 3), dev)
     check_tensor("step", step, (torch.int32,), (B,), dev)
-    check_values("row_offsets", row_offsets[1:] >= row_offsets[:-1], "must be non-decreasing")
-    check_values("row_offsets", (row_offsets[:1] == 0) & (row_offsets[-1:] == nnz),
-                 f"must start at 0 and end at nnz={nnz}")
-    check_values("token_ids", (token_ids >= 0) & (token_ids < V), f"ids must lie in [0, V={V})")
-    check_values("token_bias", ~torch.isnan(token_bias) & (token_bias != float("inf")),
-                 "must be finite or -inf (NaN and +inf are rejected)")
-    check_values("alpha", (alpha >= 0) & (alpha <= 1), "must lie in [0, 1]")
     kind, horizon, floor = decay.unbind(-1)
-    check_values("decay", (kind == kind.round()) & (kind >= 0) & (kind < len(KIND_NAMES)),
-                 f"kind (column 0) must be one of 0..{len(KIND_NAMES) - 1} ({', '.join(KIND_NAMES)})")
-    check_values("decay", (kind == 0) | (horizon > 0), "horizon H (column 1) must be > 0 for kinds 1-5")
-    check_values("decay", (floor >= 0) & (floor <= 1), "floor (column 2) must lie in [0, 1]")
-    check_values("step", step >= 0, "must be >= 0")
+    checks = [
+        ("row_offsets", row_offsets[1:] >= row_offsets[:-1], "must be non-decreasing"),
+        ("row_offsets", (row_offsets[:1] == 0) & (row_offsets[-1:] == nnz), f"must start at 0 and end at nnz={nnz}"),
+        ("token_ids", (token_ids >= 0) & (token_ids < V), f"ids must lie in [0, V={V})"),
+        ("token_bias", ~torch.isnan(token_bias) & (token_bias != float("inf")),
+         "must be finite or -inf (NaN and +inf are rejected)"),
+        ("alpha", (alpha >= 0) & (alpha <= 1), "must lie in [0, 1]"),
+        ("decay", (kind == kind.round()) & (kind >= 0) & (kind < len(KIND_NAMES)),
+         f"kind (column 0) must be one of 0..{len(KIND_NAMES) - 1} ({', '.join(KIND_NAMES)})"),
+        ("decay", (kind == 0) | (horizon > 0), "horizon H (column 1) must be > 0 for kinds 1-5"),
+        ("decay", (floor >= 0) & (floor <= 1), "floor (column 2) must lie in [0, 1]"),
+        ("step", step >= 0, "must be >= 0"),
+    ]
+    all_ok = torch.stack([ok.all() for _, ok, _ in checks]).tolist()  # the one host read
+    for (name, ok, what), good in zip(checks, all_ok):
+        if not good:
+            check_values(name, ok, what)
+
+
+@functools.lru_cache(maxsize=None)
+def _resolved(backend: str, device: torch.device, forced: str | None):
+    """``(op, is_cpp)`` for ``(backend, device)``: resolving costs ~5 us, as much as a small step's
+    kernel.  ``forced`` (FOCUSKERN_BACKEND, which ``"auto"`` obeys) is part of the key."""
+    name = op_name("focus_logits", backend, device)
+    return getattr(torch.ops.focuskern, name), name == "focus_logits_cpp_"
+
+
+@functools.lru_cache(maxsize=1)
+def _native_check():
+    """``focuskern::focus_logits_check_cpp`` (csrc/focus_cpu.cpp), or None without the extension."""
+    if extension()[0] is None:
+        return None
+    return getattr(torch.ops.focuskern, "focus_logits_check_cpp", None)
+
+
+def _checked_in_one_pass(args, is_cpp: bool) -> bool:
+    """Validate ``args``; on CPU natively in one pass, and for the cpp backend the same call applies the
+    op.  Returns whether the op has already run; bad input raises :func:`validate_focus_logits_args`'s
+    named error (CUDA tensors are answered -1 by the native check and validated there)."""
+    check = _native_check()
+    if check is None:
+        validate_focus_logits_args(*args)
+        return False
+    try:
+        code = check(*args, len(KIND_NAMES), is_cpp)
+    except (RuntimeError, TypeError):  # the dispatcher refused a non-tensor argument
+        validate_focus_logits_args(*args)
+        raise
+    if code == 0:
+        return is_cpp
+    validate_focus_logits_args(*args)
+    if code > 0:
+        raise ValueError(f"{ARG_NAMES[code - 1]}: rejected by the native argument check")
+    return False
 
 
 def focus_logits_(
@@ -73,14 +123,28 @@ def focus_logits_(
     decay : [B, 3] float32 ``(kind, horizon, floor)``, see :mod:`focuskern.decay`.
     step : [B] int32 >= 0, the decay step ``t`` of each row.
     backend : ``"auto"``, ``"torch"``, ``"triton"``, ``"cpp"`` or ``"cuda"``.
-    validate : check arguments first (reads values: a host sync on CUDA; pass ``False`` in hot loops
-        once the inputs are known to be good, and under ``torch.compile``).
+    validate : check arguments first.  On CPU every check runs natively in one pass over the small
+        tensors (with the ``cpp`` backend inside the same call as the kernel), so the default call costs
+        about what ``validate=False`` does.  On CUDA the value checks are reductions read back to the
+        host: one synchronization per call (the CPU waits for every queued kernel) -- pass ``False`` on
+        the serving path once the inputs are known to be good, and under ``torch.compile``.
 
     Returns
     -------
     ``logits`` (the same tensor).
     """
-    if validate:
-        validate_focus_logits_args(logits, row_offsets, token_ids, token_bias, alpha, decay, step)
-    get_op("focus_logits", backend, logits.device)(logits, row_offsets, token_ids, token_bias, alpha, decay, step)
+    args = (logits, row_offsets, token_ids, token_bias, alpha, decay, step)
+    if torch.compiler.is_compiling():
+        if validate:
+            validate_focus_logits_args(*args)
+        get_op("focus_logits", backend, logits.device)(*args)
+        return logits
+    if not isinstance(logits, torch.Tensor):
+        check_tensor("logits", logits, LOGIT_DTYPES, (None, None))
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    forced = os.environ.get("FOCUSKERN_BACKEND") if backend == "auto" else None
+    op, is_cpp = _resolved(backend, logits.device, forced)
+    if not (validate and _checked_in_one_pass(args, is_cpp)):
+        op(*args)
     return logits
