@@ -60,7 +60,7 @@ def test_beam_search_rows_follow_their_parents(lm):
     # After the reorderings, every beam's automaton must describe that beam's own tokens.
     boosts = proc.state.boosts()
     for row in range(len(proc.state)):
-        gen = proc._generated[row].tolist()
+        gen = proc.generated[row].tolist()
         assert boosts[row] == pytest.approx(brute_boosts(spec, gen, tok)), f"beam {row}: {gen}"
         assert int(proc.state.step[row]) == len(gen)
 

@@ -16,6 +16,9 @@ from ..spec import FocusSpec
 from ..state import FocusState
 
 
+_HASH_BASE = 1_000_003  # odd: multiplication by it is invertible modulo 2^64
+
+
 class FocusLogitsProcessor(LogitsProcessor):
     """Steer ``generate`` toward each row's entities with one :class:`FocusState` launch per step.
 
@@ -29,7 +32,10 @@ class FocusLogitsProcessor(LogitsProcessor):
     Only tokens generated after the prompt feed the automata.  Beam search reorders rows between
     steps; every step the processor matches each row's generated prefix to the previous step's rows
     (within its prompt's group, on the device, no sync) and lets rows inherit their parents' state.
-    A call whose input is not one token longer than the last one starts a new generation.
+    Rows are matched by a 64-bit polynomial hash of their generated tokens: O(B·t) to hash, O(B·k)
+    to compare within groups of k rows (B x B for one spec broadcast to every row), a few device ops
+    on the host whatever B is.  A call whose input is not one token longer than the last one starts a
+    new generation.
     """
 
     def __init__(self, spec_or_specs: Union[FocusSpec, Sequence[Optional[FocusSpec]]], tokenizer=None,
@@ -46,7 +52,9 @@ class FocusLogitsProcessor(LogitsProcessor):
         self.backend = backend
         self.state: Optional[FocusState] = None
         self._prompt_len = 0
-        self._generated: Optional[torch.Tensor] = None
+        self._generated_len = 0
+        self._hashes: Optional[torch.Tensor] = None  # [B] int64: hash of each row's generated tokens
+        self._powers = torch.ones(1, dtype=torch.int64)
 
     def reset(self) -> None:
         """Forget the current generation (done automatically when a new one starts)."""
@@ -64,24 +72,39 @@ class FocusLogitsProcessor(LogitsProcessor):
         self._group = rows // (1 if self.broadcast else len(self.specs))
         self.state = FocusState(specs, scores.shape[1], scores.device, self.tokenizer, backend=self.backend)
         self._prompt_len = input_ids.shape[1]
-        self._generated = input_ids[:, self._prompt_len:]
+        self._generated_len = 0
+        self.generated = input_ids[:, self._prompt_len:]
+        self._hashes = torch.zeros(rows, dtype=torch.int64, device=input_ids.device)
+        self._identity = torch.eye(self._group, dtype=torch.int32, device=input_ids.device)
+        self._group_start = torch.arange(0, rows, self._group, device=input_ids.device)[:, None]
 
-    def _parents(self, prefix: torch.Tensor) -> torch.Tensor:
-        """Index of the previous row whose generated tokens equal ``prefix`` (identity preferred)."""
-        rows, n = prefix.shape
-        g = self._group if rows % self._group == 0 else rows
-        cur = prefix.view(rows // g, g, 1, n)
-        prev = self._generated.view(rows // g, 1, g, n)
-        same = (cur == prev).all(-1).int() * 2 + torch.eye(g, dtype=torch.int32, device=prefix.device)
-        return (same.argmax(-1) + torch.arange(0, rows, g, device=prefix.device)[:, None]).view(rows)
+    def _hash(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[B] int64: sum_i (tokens[:, i] + 1) * P^(n-1-i), wrapping modulo 2^64."""
+        n = tokens.shape[1]
+        if self._powers.numel() < n or self._powers.device != tokens.device:
+            size = max(2 * n, 64)  # doubling: powers are rebuilt O(log t) times per generation
+            powers = torch.full((size,), _HASH_BASE, dtype=torch.int64, device=tokens.device)
+            powers[0] = 1
+            self._powers = powers.cumprod(0)
+        return ((tokens.long() + 1) * self._powers[:n].flip(0)).sum(-1)
+
+    def _parents(self, prefix_hashes: torch.Tensor) -> torch.Tensor:
+        """Index of the previous row whose generated tokens hash to ``prefix_hashes`` (identity preferred)."""
+        g = self._group
+        same = (prefix_hashes.view(-1, g, 1) == self._hashes.view(-1, 1, g)).int() * 2 + self._identity
+        return (same.argmax(-1) + self._group_start).view(-1)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         length = input_ids.shape[1]
-        if self.state is None or length != self._prompt_len + self._generated.shape[1] + 1 \
+        if self.state is None or length != self._prompt_len + self._generated_len + 1 \
                 or input_ids.shape[0] != len(self.state):
             self._start(input_ids, scores)
             return self.state.apply_(scores)
         generated = input_ids[:, self._prompt_len:]
-        self.state.reorder_(self._parents(generated[:, :-1]))
-        self._generated = generated
-        return self.state.apply_(scores, generated[:, -1])
+        prefix_hashes = self._hash(generated[:, :-1])
+        self.state.reorder_(self._parents(prefix_hashes))
+        last = generated[:, -1]
+        self._hashes = prefix_hashes * _HASH_BASE + (last + 1)
+        self._generated_len += 1
+        self.generated = generated  # a view, for inspection: the tokens behind each row's state
+        return self.state.apply_(scores, last)
