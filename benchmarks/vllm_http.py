@@ -39,8 +39,8 @@ from vllm_throughput import TOPICS, focus_of  # noqa: E402  (the engine benchmar
 RESULTS = Path(__file__).parent / "results"
 
 
-async def one_round(client: openai.AsyncOpenAI, concurrency: int, per_client: int, tokens: int, focused: bool,
-                    fresh: int) -> dict:
+async def one_round(server: VLLMServer, client: openai.AsyncOpenAI, concurrency: int, per_client: int, tokens: int,
+                    focused: bool, fresh: int) -> dict:
     """``concurrency`` closed-loop clients; returns the round's throughput and latencies."""
     topics = list(TOPICS)
     latencies, generated, mentions = [], [], []
@@ -61,26 +61,26 @@ async def one_round(client: openai.AsyncOpenAI, concurrency: int, per_client: in
             text = (r.choices[0].message.content or "").lower()
             mentions.append(any(e.lower() in text for e in TOPICS[topic]))
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), server.cpu_seconds()
     await asyncio.gather(*(client_loop(k) for k in range(concurrency)))
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, server.cpu_seconds() - cpu
     q = statistics.quantiles(latencies, n=100, method="inclusive")
     return {"concurrency": concurrency, "focused": focused, "requests": len(latencies), "tokens": sum(generated),
             "seconds": wall, "requests_per_s": len(latencies) / wall, "tokens_per_s": sum(generated) / wall,
             "latency_p50_s": statistics.median(latencies), "latency_p99_s": q[98],
-            "requests_mentioning_an_entity": sum(mentions)}
+            "server_cpu_ms_per_token": 1e3 * cpu / sum(generated), "requests_mentioning_an_entity": sum(mentions)}
 
 
 async def measure(server: VLLMServer, args) -> list[dict]:
     client = openai.AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=900)
     try:
-        await one_round(client, 4, 2, 8, True, -1000)  # warm-up: the first focused launch loads the kernels
+        await one_round(server, client, 4, 2, 8, True, -1000)  # warm-up: the first focused launch loads the kernels
         rounds, fresh = [], 0
         plan = [(r, c, focused) for r in range(args.repeats) for c in args.concurrency
                 for focused in ((False, True) if r % 2 == 0 else (True, False))]
         for repeat, c, focused in tqdm(plan, desc="rounds", unit="round"):
             per_client = max(2, -(-args.requests_per_round // c))
-            rounds.append({"repeat": repeat, **await one_round(client, c, per_client, args.tokens, focused, fresh)})
+            rounds.append({"repeat": repeat, **await one_round(server, client, c, per_client, args.tokens, focused, fresh)})
             fresh += c * per_client
         return rounds
     finally:
@@ -94,12 +94,23 @@ def summarize(rounds: list[dict], concurrency: list[int]) -> dict:
         mine = [r for r in rounds if r["concurrency"] == c]
         by = {f: [r for r in mine if r["focused"] == f] for f in (False, True)}
         pairs = [1 - f["tokens_per_s"] / p["tokens_per_s"] for p, f in zip(by[False], by[True])]
+        cpu_pairs = [f["server_cpu_ms_per_token"] / p["server_cpu_ms_per_token"] - 1 for p, f in zip(by[False], by[True])]
         out[c] = {("focused" if f else "plain"): {k: statistics.median(r[k] for r in rows) for k in (
-            "requests_per_s", "tokens_per_s", "latency_p50_s", "latency_p99_s", "requests_mentioning_an_entity")}
+            "requests_per_s", "tokens_per_s", "latency_p50_s", "latency_p99_s", "server_cpu_ms_per_token",
+            "requests_mentioning_an_entity")}
                   for f, rows in by.items()}
         out[c]["requests_per_round"] = mine[0]["requests"]
-        out[c]["overhead_paired"] = {"median": statistics.median(pairs), "min": min(pairs), "max": max(pairs)}
+        out[c]["overhead_paired"] = spread(pairs)
+        out[c]["cpu_overhead_paired"] = spread(cpu_pairs)
     return out
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def percent(s: dict) -> str:
+    return f"**{100 * s['median']:+.1f}%** ({100 * s['min']:+.1f}..{100 * s['max']:+.1f}%)"
 
 
 def markdown(result: dict) -> str:
@@ -110,20 +121,25 @@ def markdown(result: dict) -> str:
              f"{s['tokens']} tokens per request (greedy, ignore_eos), closed-loop clients, {s['repeats']} "
              f"repeats per cell (medians), focused = a fresh recommended spec per request.", "",
              "| concurrency | requests/round | traffic | requests/s | tokens/s | p50 latency (s) | p99 latency (s) "
-             "| mention an entity | overhead, paired (median, min..max) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| server CPU ms/token | mention an entity | tokens/s overhead, paired | CPU/token overhead, paired |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c, row in result["summary"].items():
-        o = row["overhead_paired"]
         for kind in ("plain", "focused"):
             r = row[kind]
-            over = (f"**{100 * o['median']:+.1f}%** ({100 * o['min']:+.1f}..{100 * o['max']:+.1f}%)"
-                    if kind == "focused" else "")
+            over = (f"{percent(row['overhead_paired'])} | {percent(row['cpu_overhead_paired'])}"
+                    if kind == "focused" else " | ")
             lines.append(f"| {c} | {row['requests_per_round']} | {kind} | {r['requests_per_s']:.2f} | "
                          f"{r['tokens_per_s']:.1f} | {r['latency_p50_s']:.2f} | {r['latency_p99_s']:.2f} | "
+                         f"{r['server_cpu_ms_per_token']:.1f} | "
                          f"{r['requests_mentioning_an_entity']:g}/{row['requests_per_round']} | {over} |")
-    met = all(row["overhead_paired"]["median"] <= 0.03 for row in result["summary"].values())
-    lines += ["", f"Target (focused within 3% of plain tokens/s at every concurrency, paired median): "
-              f"{'met' if met else 'NOT met'}.  Server RSS {result['server_rss_mib']['start']:.0f} -> "
+    met = {key: all(row[key]["median"] <= 0.03 for row in result["summary"].values())
+           for key in ("overhead_paired", "cpu_overhead_paired")}
+    lines += ["", "Overheads: focused against plain rounds run next to each other (order flipped every repeat), "
+              "median (min..max) over the repeats; tokens/s from wall time, CPU/token from the server's and "
+              "its engine process's CPU time (less disturbed by other work on a shared machine).", "",
+              f"Target (focused within 3% of plain at every concurrency, paired median): "
+              f"tokens/s {'met' if met['overhead_paired'] else 'NOT met'}, CPU per token "
+              f"{'met' if met['cpu_overhead_paired'] else 'NOT met'}.  Server RSS {result['server_rss_mib']['start']:.0f} -> "
               f"{result['server_rss_mib']['end']:.0f} MiB; lines 'served without focus' in the server log: "
               f"{result['unfocused_log_lines']}.", ""]
     return "\n".join(lines)
