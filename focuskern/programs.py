@@ -45,6 +45,7 @@ class ProgramTable:
         self.entries: list[ProgramEntry] = []
         self._pid_by_key: dict[tuple, int] = {}
         self.words = 1
+        self._blank: dict[int, bool] = {}  # token id -> decodes to whitespace only (cache)
         self._reset_tables()
 
     def __getitem__(self, pid: int) -> ProgramEntry:
@@ -90,12 +91,27 @@ class ProgramTable:
                 if bad:
                     raise ValueError(f"entities[{i}]: token id {bad[0]} is outside [0, vocab_size={self.vocab_size})")
         program = compile_program(variants, phrase=spec.mode == "phrase")
+        self._never_start_blank_pieces(program, spec)
         entry = ProgramEntry(key, spec, program, blends=spec.alpha > 0)
         self.words = max(self.words, words_for(program.n_entities))
         self.entries.append(entry)
         self._pid_by_key[key] = len(self.entries) - 1
         self._append_tables([entry])
         return len(self.entries) - 1
+
+    def _never_start_blank_pieces(self, program: Program, spec: FocusSpec) -> None:
+        """A whitespace-only piece (SmolLM2's lone ``Ġ`` before a digit: ``" 3 billion"`` is ``Ġ 3
+        Ġbillion``) never gets the start bias: pushed on its own it drifts the text into double spaces
+        when the digit does not follow.  It still matches, and once the model writes it the rest of the
+        entity is pushed as a continuation.  Needs the tokenizer (string entities)."""
+        if self.tokenizer is None or all(not isinstance(e, str) for e in spec.entities):
+            return
+        for k, token in enumerate(program.slot[:, S_.TOKEN].tolist()):
+            blank = self._blank.get(token)
+            if blank is None:
+                blank = self._blank[token] = not self.tokenizer.decode([token]).strip()
+            if blank:
+                program.slot[k, S_.FIRST_HI] = program.slot[k, S_.FIRST_LO]
 
     def _reset_tables(self) -> None:
         def empty(*shape, dtype=torch.int32):

@@ -264,3 +264,77 @@ def test_bad_rows_and_hold_are_named():
             state.apply_(logits, last, **kwargs)
     with pytest.raises(ValueError, match="hold needs last_tokens"):
         state.apply_(logits, rows=rows, hold=torch.tensor([True, False], device=DEVICE))
+
+
+def test_whitespace_only_piece_is_never_a_start_but_still_continues():
+    """SmolLM2 writes " 3 billion" as [Ġ, 3, Ġbillion]: the lone Ġ must not be pushed as a start."""
+    from transformers import AutoTokenizer
+
+    from focuskern.experiments.models import DEFAULT_GGUF, default_model_dir
+
+    tok = AutoTokenizer.from_pretrained(default_model_dir(), gguf_file=DEFAULT_GGUF)
+    blank, three, billion = tok.encode(" 3 billion", add_special_tokens=False)
+    assert tok.decode([blank]).strip() == ""
+    spec = fk.FocusSpec(["3 billion"], bias=2.0, continuation_bias=5.0, variants="spaced")
+    state = fk.FocusState([spec], vocab_size=len(tok), device=DEVICE, tokenizer=tok)
+    assert blank not in state.boosts()[0]
+    state.apply_(torch.zeros(1, len(tok), device=DEVICE), torch.tensor([blank], device=DEVICE))
+    assert state.boosts()[0] == {three: 5.0}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_large_random_entity_set_matches_rescan(backend):
+    """Hundreds of entities with shared prefixes (many bitset words, long entity lists)."""
+    rng = random.Random(random.randrange(2**31))
+    alphabet = 40
+    entities = [[[rng.randrange(alphabet) for _ in range(rng.randint(1, 4))] for _ in range(rng.randint(1, 2))]
+                for _ in range(300)]
+    spec = fk.FocusSpec(entities, bias=2.0, continuation_bias=3.0, boost_starts_in_match=rng.random() < 0.5)
+    state = fk.FocusState([spec, None], vocab_size=alphabet, device=DEVICE, backend=backend)
+    gen = []
+    for _ in range(30):
+        gen.append(next_token(rng, spec, gen, alphabet - 3))
+        state.apply_(torch.zeros(2, alphabet, device=DEVICE), torch.tensor([gen[-1], 0], device=DEVICE))
+    check_rows(state, [spec, None], [gen, []])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_tokens_rows_and_hold_equal_their_contiguous_copies(backend):
+    rng = random.Random(random.randrange(2**31))
+    alphabet, B = 9, 4
+    specs = [random_spec(rng, alphabet) for _ in range(B)]
+    states = [fk.FocusState(specs, vocab_size=alphabet + 3, device=DEVICE, backend=backend) for _ in range(2)]
+    for _ in range(6):
+        pairs = torch.randint(0, alphabet + 3, (B, 2), dtype=torch.int32, device=DEVICE)  # tokens = column 0
+        rows = torch.randperm(B, device=DEVICE)[:3].repeat_interleave(2)[::2]
+        hold = (torch.rand(3, 2, device=DEVICE) < 0.3)[:, 0]
+        index = torch.tensor([[0, 9], [0, 9], [2, 9], [3, 9]], device=DEVICE)[:, 0]
+        outs = []
+        for state, contiguous in zip(states, (False, True)):
+            prep = (lambda t: t.contiguous()) if contiguous else (lambda t: t)
+            logits = torch.zeros(3, alphabet + 3, device=DEVICE)
+            state.apply_(logits, prep(pairs[:3, 0]), rows=prep(rows), hold=prep(hold))
+            state.apply_(torch.zeros(B, alphabet + 3, device=DEVICE), prep(pairs[:, 0]))
+            state.reorder_(prep(index))
+            outs.append((logits, state.boosts(), state._rows.node.clone(), state.step.clone()))
+        assert torch.equal(outs[0][0], outs[1][0]) and outs[0][1] == outs[1][1]
+        assert torch.equal(outs[0][2], outs[1][2]) and torch.equal(outs[0][3], outs[1][3])
+
+
+def test_request_churn_compacts_with_and_without_live_programs():
+    """Fresh specs set and cleared row by row (a server's request churn): compaction must run while no
+    program is live and while some are, keep every live row right, and keep the tables bounded."""
+    rng = random.Random(random.randrange(2**31))
+    state = fk.FocusState([None] * 4, vocab_size=500, device=DEVICE)
+    sizes = []
+    for i in range(1200):
+        entities = [[[rng.randrange(500) for _ in range(3)]] for _ in range(3)]
+        state.set_row(i % 4, fk.FocusSpec(entities))
+        if i < 600 or i % 3:  # first every row is cleared at once (no live program), then two in three
+            state.set_row(i % 4, None)
+        sizes.append(state.programs.tables.node.shape[0])
+    for phase in (sizes[:600], sizes[600:]):
+        assert max(phase) <= 2 * 4096 + 4 * 10  # dead nodes <= max(live, MIN_DEAD_NODES) + one spec
+        assert min(phase[100:]) < max(phase[100:])  # it did compact
+    specs = [state.spec(r) for r in range(4)]
+    check_rows(state, specs, [[] for _ in range(4)])
