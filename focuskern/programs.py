@@ -85,12 +85,9 @@ class ProgramTable:
     # ------------------------------------------------------------------ build
     def _add(self, spec: FocusSpec, key: tuple) -> int:
         variants = spec.token_variants(self.tokenizer)
-        for i, entity in enumerate(variants):
-            for seq in entity:
-                bad = [t for t in seq if not 0 <= t < self.vocab_size]
-                if bad:
-                    raise ValueError(f"entities[{i}]: token id {bad[0]} is outside [0, vocab_size={self.vocab_size})")
         program = compile_program(variants, phrase=spec.mode == "phrase")
+        if program.n_slots and program.slot[-1, S_.TOKEN] >= self.vocab_size:  # slot tokens are sorted
+            self._name_token_outside_vocab(variants)
         self._never_start_blank_pieces(program, spec)
         entry = ProgramEntry(key, spec, program, blends=spec.alpha > 0)
         self.words = max(self.words, words_for(program.n_entities))
@@ -98,6 +95,12 @@ class ProgramTable:
         self._pid_by_key[key] = len(self.entries) - 1
         self._append_tables([entry])
         return len(self.entries) - 1
+
+    def _name_token_outside_vocab(self, variants: list[list[tuple[int, ...]]]) -> None:
+        for i, entity in enumerate(variants):
+            bad = [t for seq in entity for t in seq if t >= self.vocab_size]
+            if bad:
+                raise ValueError(f"entities[{i}]: token id {bad[0]} is outside [0, vocab_size={self.vocab_size})")
 
     def _never_start_blank_pieces(self, program: Program, spec: FocusSpec) -> None:
         """A whitespace-only piece (SmolLM2's lone ``Ġ`` before a digit: ``" 3 billion"`` is ``Ġ 3
