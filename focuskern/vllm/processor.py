@@ -137,19 +137,26 @@ class FocusLogitsPlugin(FocusLogitsProcessor):
 
 class _LazyTokenizer:
     """The model's tokenizer, loaded when the first string entity arrives (an engine that only sees
-    token-id entities, or no focus at all, never pays for it)."""
+    token-id entities, or no focus at all, never pays for it).  Offers what ``FocusState`` uses:
+    ``encode`` (entities to ids) and ``decode`` (whether a piece is whitespace only)."""
 
     def __init__(self, model_config):
         self._config = model_config
         self._tokenizer = None
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self._loaded().encode(text, add_special_tokens=add_special_tokens)
+
+    def decode(self, ids: list[int]) -> str:
+        return self._loaded().decode(ids)
+
+    def _loaded(self):
         if self._tokenizer is None:
             self._tokenizer = cached_tokenizer_from_config(self._config)
             if self._tokenizer is None:
                 raise ValueError("focus.entities: strings need the model's tokenizer, which this engine "
                                  "skips (skip_tokenizer_init); give token ids")
-        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        return self._tokenizer
 
 
 def _listed(processors) -> bool:
