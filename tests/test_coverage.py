@@ -37,6 +37,7 @@ def test_doubled_words():
 def test_double_space_runs_make_an_output_degenerate():
     assert double_space_gaps("Word  word  word  word") == 3
     assert double_space_gaps("A list:\n    - indented item\n    - another") == 0
+    assert double_space_gaps("art:  *   *    *") == 0
     assert score_output("Word  word  word  word", ["word"])["degenerate"]
     assert not score_output("One  gap only.", ["gap"])["degenerate"]
 
@@ -46,7 +47,9 @@ def test_glued_pieces():
     assert glued_pieces("AIHealthcare and the12-core processor", ents) == ["AIHealthcare", "the12-core"]
     assert glued_pieces("healthcarehealthcare", ents) == ["healthcarehealthcare"]
     # A lowercase compound cannot be told from a glued piece by text alone: not counted.
+    assert glued_pieces("the MapleStreet Library", ["Maple Street Library", "Street"]) == ["MapleStreet"]
     assert glued_pieces("a teapot, healthcare and a 12-core processor", ents) == []
+    assert glued_pieces("an AMOLED screen", ["OLED display"]) == []
     assert score_output("AIHealthcare", ents)["degenerate"]
 
 

@@ -180,14 +180,20 @@ def _config(args, decoding: Decoding) -> dict:
             "seeds": list(args.seeds), "limit": args.limit, "decoding": dataclasses.asdict(decoding)}
 
 
-def _previous(path: str, config: dict) -> dict:
-    """Results of an earlier run with the same config, by (policy, strength)."""
+def _previous(path: str, config: dict, cases: list[dict]) -> dict:
+    """Results of an earlier run with the same config, by (policy, strength); the texts are scored
+    again, so that a changed metric applies to them too."""
     if not os.path.exists(path):
         return {}
     with open(path) as f:
         old = json.load(f)
     if old.get("config") != config:
         return {}
+    entities = {c["id"]: c["entities"] for c in cases}
+    for r in old["results"]:
+        for run in r["runs"]:
+            for o in run["outputs"]:
+                o.update(score_output(o["text"], entities[o["case"]]))
     return {(r["policy"], r["strength"]): r for r in old["results"]}
 
 
@@ -207,16 +213,17 @@ def main(args) -> int:
     config = _config(args, decoding)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, args.name)
-    previous = _previous(stem + ".json", config) if args.resume else {}
+    previous = _previous(stem + ".json", config, cases) if args.resume else {}
     # The baseline pushes nothing: one strength is enough.
     todo = [(p, 1.0 if p == "baseline" else s) for p in args.policies for s in args.strengths]
     todo = list(dict.fromkeys(todo))
-    print(f"loading {args.model or 'the embedded SmolLM2-135M-Instruct'} ...")
-    model, tok = load_model(args.model, device=args.device)
     runs_per_policy = (1 + len(args.seeds)) * math.ceil(len(cases) / args.batch_size)
     fresh = [t for t in todo if t not in previous]
     print(f"{len(cases)} cases ({args.split}), {len(todo)} policy settings ({len(todo) - len(fresh)} reused), "
           f"greedy + seeds {args.seeds}")
+    if fresh:  # all reused: only the tables and the plot are written again
+        print(f"loading {args.model or 'the embedded SmolLM2-135M-Instruct'} ...")
+        model, tok = load_model(args.model, device=args.device)
     bar = tqdm(total=len(fresh) * runs_per_policy * decoding.max_new_tokens, unit="step", dynamic_ncols=True)
     results = []
     for policy, strength in todo:

@@ -58,27 +58,31 @@ def entity_counts(text: str, entities: Sequence[str]) -> dict[str, int]:
     return counts
 
 
-_GAP = re.compile(r"(?<=\S) {2,}(?=\S)")
+_GAP = re.compile(r"(?<=[\w,.;:!?)]) {2,}(?=[\w(])")
 DOUBLE_SPACE_RUN = 3  # double gaps between words in one output that make it degenerate
 
 
 def double_space_gaps(text: str) -> int:
-    """Gaps of two or more spaces between two words on one line (indentation is not counted)."""
+    """Gaps of two or more spaces between two words on one line ("was actually   July"); indentation
+    and spaced-out symbols (ASCII art: "*   *") are not counted."""
     return len(_GAP.findall(text))
 
 
 def glued_pieces(text: str, entities: Sequence[str]) -> list[str]:
     """Entity pieces stuck onto the preceding word: the entity's first word right after a letter or
-    digit where the junction shows it (a capital inside a word, a letter next to a digit, or the
-    same entity twice without a gap: "AIHealthcare", "the12-core", "healthcarehealthcare").
-    A plain lowercase compound ("teapot" for "pot") is not counted: text alone cannot tell it apart."""
+    digit where the junction shows it (a capital word start inside a word, a letter next to a digit,
+    or the same entity twice without a gap: "AIHealthcare", "WideWeb", "the12-core",
+    "healthcarehealthcare").  A lowercase compound ("teapot" for "pot") or an all-caps word
+    ("AMOLED" for "OLED") is not counted: text alone cannot tell it from a real word."""
     found = []
     for entity in entities:
         for form in accepted_forms(entity):
             head = form.split()[0]
             for m in re.finditer(r"(\w+?)(" + re.escape(head) + ")", text, re.IGNORECASE):
                 before, piece = m.group(1)[-1], m.group(2)[0]
-                if piece.isupper() or (before.isalpha() != piece.isalpha()) \
+                after = text[m.start(2) + 1:m.start(2) + 2]
+                camel = piece.isupper() and (before.islower() or after.islower())
+                if camel or (before.isalpha() != piece.isalpha()) \
                         or m.group(1).lower().endswith(head.lower()):
                     found.append(m.group(0))
     return sorted(set(found))
