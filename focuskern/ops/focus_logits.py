@@ -114,7 +114,9 @@ def focus_logits_(
 
     Parameters
     ----------
-    logits : [B, V] float32 / float16 / bfloat16, rows may be strided; modified in place.
+    logits : [B, V] float32 / float16 / bfloat16, any strides (e.g. rows of a wider buffer); modified
+        in place.  The other tensors may be strided views too (``params[:, 0]``, a transposed ``decay``,
+        an ``expand``-ed ``alpha``): the launchers that need dense arrays copy them once per call.
     row_offsets : [B + 1] int32, non-decreasing from 0 to nnz; row ``r`` owns entries
         ``row_offsets[r]:row_offsets[r+1]``.
     token_ids : [nnz] int32 in ``[0, V)``.
