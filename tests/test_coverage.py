@@ -50,6 +50,7 @@ def test_glued_pieces():
     assert glued_pieces("the MapleStreet Library", ["Maple Street Library", "Street"]) == ["MapleStreet"]
     assert glued_pieces("a teapot, healthcare and a 12-core processor", ents) == []
     assert glued_pieces("an AMOLED screen", ["OLED display"]) == []
+    assert glued_pieces("open 99% of the time, from 9 am", ["9 am"]) == []
     assert score_output("AIHealthcare", ents)["degenerate"]
 
 

@@ -72,8 +72,9 @@ def glued_pieces(text: str, entities: Sequence[str]) -> list[str]:
     """Entity pieces stuck onto the preceding word: the entity's first word right after a letter or
     digit where the junction shows it (a capital word start inside a word, a letter next to a digit,
     or the same entity twice without a gap: "AIHealthcare", "WideWeb", "the12-core",
-    "healthcarehealthcare").  A lowercase compound ("teapot" for "pot") or an all-caps word
-    ("AMOLED" for "OLED") is not counted: text alone cannot tell it from a real word."""
+    "healthcarehealthcare"; digits after a digit, "99", are just a number).  A lowercase compound
+    ("teapot" for "pot") or an all-caps word ("AMOLED" for "OLED") is not counted: text alone cannot
+    tell it from a real word."""
     found = []
     for entity in entities:
         for form in accepted_forms(entity):
@@ -83,7 +84,7 @@ def glued_pieces(text: str, entities: Sequence[str]) -> list[str]:
                 after = text[m.start(2) + 1:m.start(2) + 2]
                 camel = piece.isupper() and (before.islower() or after.islower())
                 if camel or (before.isalpha() != piece.isalpha()) \
-                        or m.group(1).lower().endswith(head.lower()):
+                        or (any(ch.isalpha() for ch in head) and m.group(1).lower().endswith(head.lower())):
                     found.append(m.group(0))
     return sorted(set(found))
 
