@@ -138,6 +138,7 @@ int64_t focus_logits_check_cpu(at::Tensor logits, const at::Tensor& row_offsets,
   const auto dt = logits.scalar_type();
   if (logits.dim() != 2 || (dt != at::kFloat && dt != at::kHalf && dt != at::kBFloat16)) return 1;
   const int64_t B = logits.size(0), V = logits.size(1);
+  if ((logits.stride(0) == 0 && B > 1) || (logits.stride(1) == 0 && V > 1)) return 1;  // written in place
   if (!has_layout(row_offsets, at::kInt, {B + 1})) return 2;
   if (!has_layout(token_ids, at::kInt, {-1})) return 3;
   const int64_t nnz = token_ids.size(0);

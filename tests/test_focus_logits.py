@@ -114,6 +114,7 @@ BAD_INPUTS = [
     ("logits", TypeError, _set("logits", lambda t: t.to(torch.float64))),
     ("logits", ValueError, _set("logits", lambda t: t[0])),
     ("logits", TypeError, _set("logits", lambda t: t.tolist())),
+    ("logits", ValueError, _set("logits", lambda t: t[:1].expand(t.shape))),
     ("token_ids", TypeError, _set("token_ids", lambda t: t.long())),
     ("token_ids", ValueError, _patch_value("token_ids", 0, 50)),
     ("token_ids", ValueError, _patch_value("token_ids", 1, -1)),

@@ -34,6 +34,8 @@ def validate_focus_logits_args(logits, row_offsets, token_ids, token_bias, alpha
     check_tensor("logits", logits, LOGIT_DTYPES, (None, None))
     dev = logits.device
     B, V = logits.shape
+    if any(stride == 0 and size > 1 for stride, size in zip(logits.stride(), logits.shape)):
+        raise ValueError("logits: a broadcast (stride-0) view cannot be written in place; pass a copy")
     check_tensor("row_offsets", row_offsets, (torch.int32,), (B + 1,), dev)
     check_tensor("token_ids", token_ids, (torch.int32,), (None,), dev)
     nnz = token_ids.shape[0]
@@ -114,8 +116,8 @@ def focus_logits_(
 
     Parameters
     ----------
-    logits : [B, V] float32 / float16 / bfloat16, any strides (e.g. rows of a wider buffer); modified
-        in place.  The other tensors may be strided views too (``params[:, 0]``, a transposed ``decay``,
+    logits : [B, V] float32 / float16 / bfloat16, any strides but broadcast (stride-0) ones (e.g. rows
+        of a wider buffer); modified in place.  The other tensors may be strided views too (``params[:, 0]``, a transposed ``decay``,
         an ``expand``-ed ``alpha``): the launchers that need dense arrays copy them once per call.
     row_offsets : [B + 1] int32, non-decreasing from 0 to nnz; row ``r`` owns entries
         ``row_offsets[r]:row_offsets[r+1]``.
