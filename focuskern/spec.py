@@ -128,7 +128,14 @@ class FocusSpec:
         return result
 
     def key(self) -> tuple:
-        """Everything the compiled program and its parameters depend on (rows with equal keys share it)."""
+        """Everything the compiled program and its parameters depend on (rows with equal keys share it).
+        Computed once per spec (a batch of B rows sharing a 100k-entity spec asks B times)."""
+        cached = self.__dict__.get("_key")
+        if cached is None:
+            cached = self.__dict__["_key"] = self._compute_key()  # frozen: bypass __setattr__, once
+        return cached
+
+    def _compute_key(self) -> tuple:
         ents = tuple(e if isinstance(e, str) else tuple(tuple(int(t) for t in s) for s in e) for e in self.entities)
         return (ents, float(self.bias), float(self.alpha), self.decay, self.mode, self.satisfy,
                 self.continuation_bias, self.variants, self.boost_starts_in_match)
