@@ -18,7 +18,7 @@ from focuskern.hf import FocusLogitsProcessor
 
 def bench_generate(model, tok, *, batch: int, new_tokens: int, repeats: int, device: str) -> dict:
     inputs = chat_inputs(tok, [SEED_PROMPT] * batch, device)
-    spec = FocusSpec.recommended(SEED_KEYWORDS)
+    spec = FocusSpec(SEED_KEYWORDS, max_new_tokens=new_tokens)
 
     def run(with_focus: bool) -> float:
         procs = LogitsProcessorList([FocusLogitsProcessor(spec, tok)] if with_focus else [])

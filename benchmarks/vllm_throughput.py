@@ -51,11 +51,10 @@ TOPICS = {  # prompt topic -> the entities its focused request asks for
 
 
 def focus_of(entities: list[str], fresh: int = 0) -> dict:
-    """focuskern's recommended spec (README: demo results) for one request; ``fresh`` varies the bias
-    by a negligible amount so that the spec is new to the engine (its automaton is compiled again)."""
-    return {"entities": entities, "bias": 4.0 + 1e-4 * fresh, "continuation_bias": 8.0,
-            "decay": {"kind": "ramp", "horizon": 100, "floor": 0.1}, "variants": "spaced",
-            "boost_starts_in_match": False}
+    """focuskern's default spec for one request (the engine fills in the request's max_tokens);
+    ``fresh`` varies the bias by a negligible amount so that the spec is new to the engine (its automaton
+    is compiled again)."""
+    return {"entities": entities, "bias": 4.0 + 1e-4 * fresh}
 
 
 class HookTimer:

@@ -124,4 +124,22 @@ FK_HOST_DEVICE float slot_value(const ProgramView& p, int32_t u, int32_t k, cons
   return val;
 }
 
+// Set bits of one 32-bit word.
+FK_HOST_DEVICE int32_t popcount32(int32_t word) {
+#if defined(__CUDA_ARCH__)
+  return __popc(static_cast<unsigned>(word));
+#else
+  return __builtin_popcount(static_cast<unsigned>(word));
+#endif
+}
+
+// Step 4 (the budget policy): the urgency in [0, 1] of a row with `unsaid` entities left after
+// `step` tokens, u = clamp(1 - max(budget - step, 1) / (unsaid * slack), 0, 1); 0 without a budget.
+FK_HOST_DEVICE float budget_urgency(const float* fp, int32_t step, int32_t unsaid) {
+  const float budget = fp[F_BUDGET];
+  if (!(budget > 0.f) || unsaid <= 0) return 0.f;
+  const float left = fmaxf(budget - static_cast<float>(step), 1.f);
+  return fminf(fmaxf(1.f - left / (static_cast<float>(unsaid) * fp[F_SLACK]), 0.f), 1.f);
+}
+
 }  // namespace focuskern

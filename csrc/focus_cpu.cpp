@@ -232,11 +232,21 @@ void focus_state_cpu(at::Tensor logits, const c10::optional<at::Tensor>& last_to
           for (int32_t c = view.node_row(u)[N_CLO_LO]; c < view.node_row(u)[N_CLO_HI] && !in_match; ++c)
             in_match = entry_alive(view, c, row_sat);
         const bool starts = ip[I_STARTS_IN_MATCH] || !in_match;
+        int32_t unsaid = 0;
+        if (ip[I_ONCE] && fp[F_BUDGET] > 0.f) {
+          unsaid = ip[I_N_ENTITIES];
+          for (int64_t w = 0; w < W; ++w) unsaid -= popcount32(row_sat[w]);
+        }
+        const float push = budget_urgency(fp, step_p[r], unsaid) * fp[F_FORCE];
         for (int32_t k = 0; k < view.n_slots; ++k) {
           const float val = slot_value(view, u, k, row_sat, in_match, starts, fp[F_BIAS], fp[F_CONT]);
           if (val == kNegInf) continue;
           scalar_t& out = row[static_cast<int64_t>(view.slot_row(k)[S_TOKEN]) * s1];
-          out = static_cast<scalar_t>(static_cast<float>(out) + s * val);
+          out = static_cast<scalar_t>(static_cast<float>(out) + s * val + push);
+        }
+        if (unsaid > 0 && ip[I_EOS] >= 0) {  // end-of-text damped after the slots (it may be one)
+          scalar_t& eos = row[static_cast<int64_t>(ip[I_EOS]) * s1];
+          eos = static_cast<scalar_t>(static_cast<float>(eos) - fp[F_EOS_DAMP]);
         }
       }
     });

@@ -85,6 +85,7 @@ __global__ void focus_state_kernel(scalar_t* x, int64_t s0, int64_t s1, int64_t 
   int32_t* row_sat = sat + r * W;
   __shared__ int32_t shared_u;
   __shared__ int shared_in_match;
+  __shared__ int32_t shared_said;
   if (threadIdx.x == 0) {
     int32_t u = node[r];
     if (last != nullptr) {
@@ -93,6 +94,7 @@ __global__ void focus_state_kernel(scalar_t* x, int64_t s0, int64_t s1, int64_t 
     }
     shared_u = u;
     shared_in_match = 0;
+    shared_said = 0;
   }
   __syncthreads();
   const int32_t u = shared_u;
@@ -103,14 +105,29 @@ __global__ void focus_state_kernel(scalar_t* x, int64_t s0, int64_t s1, int64_t 
   if (ip[I_PHRASE])
     for (int32_t c = view.node_row(u)[N_CLO_LO] + threadIdx.x; c < view.node_row(u)[N_CLO_HI]; c += blockDim.x)
       if (entry_alive(view, c, row_sat)) shared_in_match = 1;
-  __syncthreads();  // the scaled row and in_match are visible to every thread
+  const bool budgeted = ip[I_ONCE] && fp[F_BUDGET] > 0.f;
+  if (budgeted) {  // entities said = set bits of the row's satisfied set, summed over the block
+    int32_t said = 0;
+    for (int64_t w = threadIdx.x; w < W; w += blockDim.x) said += popcount32(row_sat[w]);
+    if (said) atomicAdd(&shared_said, said);
+  }
+  __syncthreads();  // the scaled row, in_match and the count are visible to every thread
   const bool in_match = shared_in_match != 0;
   const bool starts = ip[I_STARTS_IN_MATCH] || !in_match;
+  const int32_t unsaid = budgeted ? ip[I_N_ENTITIES] - shared_said : 0;
+  const float push = budget_urgency(fp, step[r], unsaid) * fp[F_FORCE];
   for (int32_t k = threadIdx.x; k < view.n_slots; k += blockDim.x) {
     const float val = slot_value(view, u, k, row_sat, in_match, starts, fp[F_BIAS], fp[F_CONT]);
     if (val == -INFINITY) continue;
     scalar_t& out = row[static_cast<int64_t>(view.slot_row(k)[S_TOKEN]) * s1];
-    out = static_cast<scalar_t>(static_cast<float>(out) + s * val);
+    out = static_cast<scalar_t>(static_cast<float>(out) + s * val + push);
+  }
+  if (unsaid > 0 && ip[I_EOS] >= 0) {  // end-of-text damped after the slots (it may be one)
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      scalar_t& eos = row[static_cast<int64_t>(ip[I_EOS]) * s1];
+      eos = static_cast<scalar_t>(static_cast<float>(eos) - fp[F_EOS_DAMP]);
+    }
   }
 }
 

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     cov = ev.add_argument_group("coverage")
     cov.add_argument("--split", choices=["tune", "report", "all"], default="tune", help="which half of the cases")
     cov.add_argument("--policies", nargs="+", help="rows, names in focuskern.experiments.coverage.POLICIES "
-                     "(default: baseline seed000 sequence_bias recommended defaults)")
+                     "(default: all of DEFAULT_POLICIES there)")
     cov.add_argument("--strengths", type=float, nargs="+", default=[1.0], help="push multipliers (the plot's points)")
     cov.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="sampled answers (besides greedy)")
     cov.add_argument("--limit", type=int, help="only the first N cases of the split (quick runs)")

@@ -28,6 +28,7 @@ class ProgramEntry:
     spec: FocusSpec
     program: Program
     blends: bool
+    eos: int  # end-of-text token id, -1 for none
     refs: int = 0
 
 
@@ -89,12 +90,24 @@ class ProgramTable:
         if program.n_slots and program.slot[-1, S_.TOKEN] >= self.vocab_size:  # slot tokens are sorted
             self._name_token_outside_vocab(variants)
         self._never_start_blank_pieces(program, spec)
-        entry = ProgramEntry(key, spec, program, blends=spec.alpha > 0)
+        entry = ProgramEntry(key, spec, program, blends=spec.alpha > 0, eos=self._eos_token(spec))
         self.words = max(self.words, words_for(program.n_entities))
         self.entries.append(entry)
         self._pid_by_key[key] = len(self.entries) - 1
         self._append_tables([entry])
         return len(self.entries) - 1
+
+    def _eos_token(self, spec: FocusSpec) -> int:
+        """The spec's end-of-text token, else the tokenizer's, else -1 (no damping; none without a budget)."""
+        eos = spec.eos_token_id
+        if spec.max_new_tokens is None:
+            return -1
+        if eos is None:
+            eos = getattr(self.tokenizer, "eos_token_id", None)
+            eos = eos if isinstance(eos, int) and 0 <= eos < self.vocab_size else -1
+        elif eos >= self.vocab_size:
+            raise ValueError(f"eos_token_id {eos} is outside [0, vocab_size={self.vocab_size})")
+        return eos
 
     def _name_token_outside_vocab(self, variants: list[list[tuple[int, ...]]]) -> None:
         for i, entity in enumerate(variants):
@@ -132,13 +145,18 @@ class ProgramTable:
         parts: dict[str, list[np.ndarray]] = {name: [] for name in FocusTables._fields}
         for e in entries:
             prog, spec = e.program, e.spec
-            parts["prog_f32"].append(np.asarray([[spec.bias, spec.effective_continuation_bias, spec.alpha,
-                                                  *spec.decay.as_triple()]], dtype=np.float32))
+            f32 = np.zeros((1, F.WIDTH), dtype=np.float32)
+            f32[0, [F.BIAS, F.CONT, F.ALPHA, F.KIND, F.HORIZON, F.FLOOR]] = (
+                spec.bias, spec.effective_continuation_bias, spec.alpha, *spec.decay.as_triple())
+            f32[0, [F.BUDGET, F.SLACK, F.FORCE, F.EOS_DAMP]] = (
+                spec.max_new_tokens or 0, spec.slack, spec.force, spec.eos_damp)
+            parts["prog_f32"].append(f32)
             i32 = np.zeros((1, I.WIDTH), dtype=np.int32)
             i32[0, [I.NODE_BASE, I.SLOT_BASE, I.N_SLOTS, I.ENT_BASE, I.ENT_COUNT]] = (
                 n_nodes, n_slots, prog.n_slots, n_ents, len(prog.ents))
-            i32[0, [I.PHRASE, I.ONCE, I.STARTS_IN_MATCH]] = (
-                spec.mode == "phrase", spec.satisfy == "once", spec.boost_starts_in_match)
+            i32[0, [I.PHRASE, I.ONCE, I.STARTS_IN_MATCH, I.N_ENTITIES, I.EOS]] = (
+                spec.mode == "phrase", spec.satisfy == "once", spec.boost_starts_in_match, prog.n_entities,
+                e.eos)
             parts["prog_i32"].append(i32)
             node = prog.node.copy()
             node[:, [N_.CLO_LO, N_.CLO_HI]] += n_clo

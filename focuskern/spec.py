@@ -39,7 +39,22 @@ VARIANT_POLICIES: dict[str, Callable[[str], list[str]]] = {
 
 @dataclass(frozen=True, eq=False)
 class FocusSpec:
-    """One request's focus.
+    """One request's focus: say each entity once, where it fits, before the token budget runs out.
+
+    The defaults are the steering policy (README: coverage evaluation): a start push ``bias`` that
+    ramps in over the first 100 steps from a 0.1 floor, a strong continuation so that a started phrase
+    is finished, no re-push of entity starts while a phrase is open, mid-sentence (spaced) variants,
+    each entity released once said -- and, given a token budget ``max_new_tokens``, an urgency that
+    grows as the budget per unsaid entity shrinks, and damped end-of-text while entities are unsaid.
+    With ``m`` unsaid entities and ``left = max(max_new_tokens - step, 1)`` tokens to go::
+
+        urgency u = clamp(1 - left / (m * slack), 0, 1)
+        boosted logit = (1 - s*alpha) * x + s * value + u * force      (value: bias or continuation_bias)
+        end-of-text logit -= eos_damp                                    (while m > 0)
+
+    (``s`` = ``decay``'s strength at ``step``.)  The previous defaults stay reachable by arguments
+    (:meth:`fixed` names them), seed 000's method too (``mode="tokens"``, ``satisfy="never"``,
+    ``variants="as_written"``).
 
     Parameters
     ----------
@@ -52,23 +67,36 @@ class FocusSpec:
     mode : ``"phrase"`` (Aho-Corasick over generated tokens; first tokens and continuations of partial
         matches) or ``"tokens"`` (every token of every variant, seed 000's method).
     satisfy : ``"once"`` (stop boosting an entity once generated in full) or ``"never"``.
-    continuation_bias : boost of the next token of a partial match (default ``bias``).
-    variants : ``"default"`` (as written, first letter upper/lower case, each with and without a
-        leading space), ``"as_written"``, ``"spaced"`` (leading-space forms incl. Title Case) or a
+    continuation_bias : boost of the next token of a partial match (``None``: ``bias``).
+    variants : ``"spaced"`` (leading-space forms: as written, first letter upper/lower case, Title
+        Case; never a piece that glues onto the previous word), ``"default"`` (as written, first
+        letter upper/lower case, each with and without a leading space), ``"as_written"`` or a
         callable ``str -> list[str]``.
-    boost_starts_in_match : also boost first tokens while a partial match is open (the contract's
-        default); ``False`` pushes only the continuation, which avoids "autonomous autonomous".
+    boost_starts_in_match : also boost first tokens while a partial match is open; ``False`` (default)
+        pushes only the continuation, which avoids "autonomous autonomous".
+    max_new_tokens : the token budget of the answer (``generate``'s ``max_new_tokens``; the vLLM
+        adapter fills it from each request's ``max_tokens``).  ``None``: no urgency, no end-of-text
+        damping.  Needs ``satisfy="once"`` to count unsaid entities (with ``"never"`` it does nothing).
+    slack : tokens per unsaid entity below which the urgency starts to grow.
+    force : extra push of boosted tokens at full urgency (``u = 1``).
+    eos_damp : subtracted from the end-of-text logit while entities are unsaid (given a budget).
+    eos_token_id : the end-of-text token (``None``: the tokenizer's ``eos_token_id``, if any).
     """
 
     entities: Sequence[Entity]
-    bias: float = 3.0
+    bias: float = 4.0
     alpha: float = 0.0
-    decay: Decay = field(default_factory=Decay.constant)
+    decay: Decay = field(default_factory=lambda: Decay.ramp(100, floor=0.1))
     mode: str = "phrase"
     satisfy: str = "once"
-    continuation_bias: float | None = None
-    variants: Union[str, Callable[[str], list[str]]] = "default"
-    boost_starts_in_match: bool = True
+    continuation_bias: float | None = 8.0
+    variants: Union[str, Callable[[str], list[str]]] = "spaced"
+    boost_starts_in_match: bool = False
+    max_new_tokens: int | None = None
+    slack: float = 24.0
+    force: float = 12.0
+    eos_damp: float = 10.0
+    eos_token_id: int | None = None
 
     def __post_init__(self):
         if isinstance(self.entities, (str, bytes)) or not isinstance(self.entities, Sequence):
@@ -88,23 +116,34 @@ class FocusSpec:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.satisfy not in SATISFY:
             raise ValueError(f"satisfy must be one of {SATISFY}, got {self.satisfy!r}")
+        if self.max_new_tokens is not None and (isinstance(self.max_new_tokens, bool) or not isinstance(
+                self.max_new_tokens, int) or self.max_new_tokens <= 0):
+            raise ValueError(f"max_new_tokens must be a positive int or None, got {self.max_new_tokens!r}")
+        _check_finite("slack", self.slack)
+        if self.slack <= 0:
+            raise ValueError(f"slack must be > 0, got {self.slack!r}")
+        for name in ("force", "eos_damp"):
+            _check_finite(name, getattr(self, name))
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.eos_token_id is not None and (isinstance(self.eos_token_id, bool) or not isinstance(
+                self.eos_token_id, int) or self.eos_token_id < 0):
+            raise ValueError(f"eos_token_id must be a non-negative int or None, got {self.eos_token_id!r}")
         if isinstance(self.variants, str) and self.variants not in VARIANT_POLICIES:
             raise ValueError(f"variants must be one of {tuple(VARIANT_POLICIES)} or a callable, got {self.variants!r}")
 
     @classmethod
     def blend(cls, entities: Sequence[Entity], entity_bias: float, alpha: float, **kwargs) -> "FocusSpec":
-        """Seed 000's gentle nudge ``x*(1-alpha) + E*alpha``, i.e. ``bias = alpha * E``."""
-        return cls(entities, bias=alpha * entity_bias, alpha=alpha, **kwargs)
+        """Seed 000's gentle nudge ``x*(1-alpha) + E*alpha``, i.e. ``bias = alpha * E`` (a fixed push)."""
+        return cls.fixed(entities, bias=alpha * entity_bias, alpha=alpha, **kwargs)
 
     @classmethod
-    def recommended(cls, entities: Sequence[Entity], **kwargs) -> "FocusSpec":
-        """What worked on the 135M model: almost no push while the model sets up its answer (a ramp that
-        grows until step 100 from a 0.1 floor), a strong continuation so that a started phrase is
-        finished, no re-boost of entity starts while a phrase is open (no "autonomous autonomous"),
-        mid-sentence (spaced) variants only, and each entity released once said."""
-        settings = dict(bias=4.0, continuation_bias=8.0, decay=Decay.ramp(100, floor=0.1), variants="spaced",
-                        boost_starts_in_match=False)
-        return cls(entities, **{**settings, **kwargs})
+    def fixed(cls, entities: Sequence[Entity], bias: float = 3.0, **kwargs) -> "FocusSpec":
+        """The pre-policy defaults: a fixed push (constant strength, continuation = ``bias``, starts pushed
+        inside an open phrase too, every variant with and without a leading space, no budget)."""
+        settings = dict(decay=Decay.constant(), continuation_bias=None, variants="default",
+                        boost_starts_in_match=True)
+        return cls(entities, bias=bias, **{**settings, **kwargs})
 
     @property
     def effective_continuation_bias(self) -> float:
@@ -138,7 +177,8 @@ class FocusSpec:
     def _compute_key(self) -> tuple:
         ents = tuple(e if isinstance(e, str) else tuple(tuple(int(t) for t in s) for s in e) for e in self.entities)
         return (ents, float(self.bias), float(self.alpha), self.decay, self.mode, self.satisfy,
-                self.continuation_bias, self.variants, self.boost_starts_in_match)
+                self.continuation_bias, self.variants, self.boost_starts_in_match, self.max_new_tokens,
+                float(self.slack), float(self.force), float(self.eos_damp), self.eos_token_id)
 
 
 def _check_finite(name: str, value) -> None:

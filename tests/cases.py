@@ -48,6 +48,14 @@ def random_spec(rng: random.Random, alphabet: int, **kw) -> fk.FocusSpec:
     kw.setdefault("mode", rng.choice(["phrase", "phrase", "tokens"]))
     kw.setdefault("satisfy", rng.choice(["once", "never"]))
     kw.setdefault("boost_starts_in_match", rng.random() < 0.5)
+    kw.setdefault("decay", rng.choice([fk.Decay.constant(), fk.Decay.ramp(5, floor=0.2)]))
+    # The budget policy: short budgets so that urgency and end-of-text damping happen within a test;
+    # the end-of-text id sometimes an entity token too (the damping lands after the push).
+    kw.setdefault("max_new_tokens", rng.choice([None, 6, 20]))
+    kw.setdefault("slack", rng.choice([1.5, 4.0]))
+    kw.setdefault("force", rng.choice([0.0, 5.0]))
+    kw.setdefault("eos_damp", rng.choice([0.0, 7.0]))
+    kw.setdefault("eos_token_id", rng.choice([None, alphabet + 1, rng.randrange(alphabet)]))
     return fk.FocusSpec(entities, **kw)
 
 

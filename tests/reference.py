@@ -54,21 +54,30 @@ def occurs(seq, gen):
 
 
 def brute_boosts(spec: fk.FocusSpec, gen: list[int], tokenizer=None) -> dict[int, float]:
-    """The contract, read literally: which ids get which value after ``gen`` was generated."""
+    """The contract, read literally: what the op adds to each id of a zero logits row after ``gen``
+    was generated (strength, budget urgency and end-of-text damping included)."""
     variants = spec.token_variants(tokenizer)
     satisfied = {e for e, vs in enumerate(variants) if spec.satisfy == "once" and any(occurs(v, gen) for v in vs)}
     open_variants = [v for e, vs in enumerate(variants) if e not in satisfied for v in vs]
     if spec.mode == "tokens":
-        return {t: spec.bias for v in open_variants for t in v}
-    cont = {}
-    for v in open_variants:
-        for n in range(1, len(v)):
-            if len(gen) >= n and tuple(gen[-n:]) == v[:n]:
-                cont[v[n]] = spec.effective_continuation_bias
-    out = {} if (cont and not spec.boost_starts_in_match) else {v[0]: spec.bias for v in open_variants}
-    for t, b in cont.items():
-        out[t] = max(out.get(t, -math.inf), b)
-    return out
+        values = {t: spec.bias for v in open_variants for t in v}
+    else:
+        cont = {}
+        for v in open_variants:
+            for n in range(1, len(v)):
+                if len(gen) >= n and tuple(gen[-n:]) == v[:n]:
+                    cont[v[n]] = spec.effective_continuation_bias
+        values = {} if (cont and not spec.boost_starts_in_match) else {v[0]: spec.bias for v in open_variants}
+        for t, b in cont.items():
+            values[t] = max(values.get(t, -math.inf), b)
+    s = decay_f64(*spec.decay.as_triple(), len(gen))
+    unsaid = len(variants) - len(satisfied) if spec.satisfy == "once" and spec.max_new_tokens else 0
+    urgency = min(max(1 - max(spec.max_new_tokens - len(gen), 1) / (unsaid * spec.slack), 0), 1) if unsaid else 0
+    out = {t: s * v + urgency * spec.force for t, v in values.items()}
+    eos = spec.eos_token_id if spec.eos_token_id is not None else getattr(tokenizer, "eos_token_id", None)
+    if unsaid and eos is not None:
+        out[eos] = out.get(eos, 0.0) - spec.eos_damp
+    return {t: v for t, v in out.items() if v != 0}
 
 
 def pasta_eq2_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, emphasized: torch.Tensor,

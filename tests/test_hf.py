@@ -31,7 +31,7 @@ def test_greedy_phrase_focus_covers_more_keywords(lm):
     model, tok = lm
     kw = dict(max_new_tokens=200, repetition_penalty=1.05, no_repeat_ngram_size=2)
     base = tok.decode(generate(model, tok, [SEED_PROMPT], **kw)[0], skip_special_tokens=True)
-    spec = fk.FocusSpec.recommended(SEED_KEYWORDS)
+    spec = fk.FocusSpec(SEED_KEYWORDS, max_new_tokens=kw["max_new_tokens"])
     focused = tok.decode(generate(model, tok, [SEED_PROMPT], FocusLogitsProcessor(spec, tok), **kw)[0],
                          skip_special_tokens=True)
     covered = lambda text: sum(c > 0 for c in keyword_counts(text, SEED_KEYWORDS).values())  # noqa: E731
@@ -42,7 +42,7 @@ def test_batch_with_different_specs_and_left_padding(lm):
     """Row 0 is focused, row 1 is not; row 1 must equal its unbatched baseline token for token."""
     model, tok = lm
     prompts = ["Write one sentence about the sea.", "Name a colour and explain why you like it in detail."]
-    spec = fk.FocusSpec(["lighthouse"], bias=6.0)
+    spec = fk.FocusSpec.fixed(["lighthouse"], bias=6.0)
     proc = FocusLogitsProcessor([spec, None], tok)
     batched = generate(model, tok, prompts, proc, max_new_tokens=30)
     assert "lighthouse" in tok.decode(batched[0], skip_special_tokens=True).lower()
@@ -52,7 +52,7 @@ def test_batch_with_different_specs_and_left_padding(lm):
 
 def test_beam_search_rows_follow_their_parents(lm):
     model, tok = lm
-    spec = fk.FocusSpec(["lighthouse keeper"], bias=6.0, continuation_bias=8.0, variants="spaced")
+    spec = fk.FocusSpec.fixed(["lighthouse keeper"], bias=6.0, continuation_bias=8.0, variants="spaced")
     proc = FocusLogitsProcessor(spec, tok)
     out = generate(model, tok, ["Tell me a short story about the sea."], proc, max_new_tokens=40, num_beams=2)
     text = tok.decode(out[0], skip_special_tokens=True).lower()
@@ -61,13 +61,13 @@ def test_beam_search_rows_follow_their_parents(lm):
     boosts = proc.state.boosts()
     for row in range(len(proc.state)):
         gen = proc.generated[row].tolist()
-        assert boosts[row] == pytest.approx(brute_boosts(spec, gen, tok)), f"beam {row}: {gen}"
+        assert boosts[row] == pytest.approx(brute_boosts(spec, gen, tok), abs=1e-5), f"beam {row}: {gen}"
         assert int(proc.state.step[row]) == len(gen)
 
 
 def test_num_return_sequences_sampling(lm):
     model, tok = lm
-    proc = FocusLogitsProcessor([fk.FocusSpec(["ocean"], bias=8.0), None], tok)
+    proc = FocusLogitsProcessor([fk.FocusSpec.fixed(["ocean"], bias=8.0), None], tok)
     torch.manual_seed(1)
     out = generate(model, tok, ["Say something about nature.", "Count to five."], proc,
                    max_new_tokens=20, do_sample=True, num_return_sequences=2)

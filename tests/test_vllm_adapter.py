@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import focuskern as fk
-from focuskern.vllm import focus_spec
+from focuskern.decay import KIND_NAMES
+from focuskern.vllm import focus_spec, spec_from_params
 from focuskern.vllm.rows import BatchFocus, SlotFocus
 from cases import next_token, random_spec
 from reference import brute_boosts
@@ -42,6 +43,7 @@ VOCAB = ALPHABET + 3
 class Params:
     """What the adapter reads of ``vllm.SamplingParams``."""
     extra_args: Optional[dict]
+    max_tokens: Optional[int] = None
 
 
 @dataclass
@@ -53,9 +55,13 @@ class Request:
 
 def as_focus(spec: fk.FocusSpec) -> dict:
     """The JSON form of a token-id spec (what a client sends)."""
+    kind, horizon, floor = spec.decay.as_triple()
     return {"entities": [[list(v) for v in e] for e in spec.entities], "bias": spec.bias,
             "continuation_bias": spec.continuation_bias, "mode": spec.mode, "satisfy": spec.satisfy,
-            "boost_starts_in_match": spec.boost_starts_in_match}
+            "boost_starts_in_match": spec.boost_starts_in_match, "variants": spec.variants,
+            "decay": {"kind": KIND_NAMES[int(kind)], "horizon": horizon, "floor": floor},
+            "max_new_tokens": spec.max_new_tokens, "slack": spec.slack, "force": spec.force,
+            "eos_damp": spec.eos_damp, "eos_token_id": spec.eos_token_id}
 
 
 def new_request(rng: random.Random) -> Request:
@@ -142,7 +148,7 @@ def test_random_batch_update_sequences_match_a_dict_model():
             logits = focus.apply(torch.zeros(len(rows), VOCAB))
             for r, req in enumerate(rows):
                 got = {t: v for t, v in enumerate(logits[r].tolist()) if v}
-                assert got == pytest.approx(expected(req)), f"row {r}"
+                assert got == pytest.approx(expected(req), abs=1e-5), f"row {r}"
                 if req.spec is not None:
                     assert int(focus.state.step[r]) == len(req.output)
 
@@ -188,7 +194,7 @@ def test_slot_schedules_match_a_dict_model():
                     continue  # a chunk before the last: vLLM discards what is sampled from it
                 req.output = tokens[plen:]
                 got = {t: v for t, v in enumerate(logits[i].tolist()) if v}
-                assert got == pytest.approx(expected(req)), f"slot {s}"
+                assert got == pytest.approx(expected(req), abs=1e-5), f"slot {s}"
                 tokens.append(next_token(rng, req.spec, req.output, ALPHABET))
                 cursor[0] += 1
 
@@ -233,6 +239,15 @@ def test_focus_dictionary_speaks_the_spec_vocabulary():
     assert focus_spec({"entities": ["x"], "decay": "constant"}).decay == fk.Decay.constant()
     assert focus_spec({"entities": ["x"], "decay": {"kind": "exponential", "horizon": 50}}).decay \
         == fk.Decay.exponential(50)
+
+
+def test_budget_is_the_request_max_tokens_unless_the_focus_names_one():
+    focus = {"entities": [[[1, 2]]], "slack": 8, "force": 6.5, "eos_damp": 3, "eos_token_id": 4}
+    assert spec_from_params(Params({"focus": focus}, max_tokens=64)).max_new_tokens == 64
+    assert spec_from_params(Params({"focus": {**focus, "max_new_tokens": 20}}, max_tokens=64)).max_new_tokens == 20
+    assert spec_from_params(Params({"focus": focus})).max_new_tokens is None
+    spec = spec_from_params(Params({"focus": focus}, max_tokens=64))
+    assert (spec.slack, spec.force, spec.eos_damp, spec.eos_token_id) == (8, 6.5, 3, 4)
 
 
 def test_importing_focuskern_does_not_import_vllm():

@@ -46,7 +46,7 @@ def load_cases(split: str = "all", path: str = CASES_FILE) -> list[dict]:
 # prompt's rows.  ``strength`` multiplies the policy's push (1 = as defined); the baseline ignores it.
 
 def _focus(spec: FocusSpec, tokenizer, strength: float) -> list[LogitsProcessor]:
-    scaled = dataclasses.replace(spec, bias=spec.bias * strength,
+    scaled = dataclasses.replace(spec, bias=spec.bias * strength, force=spec.force * strength,
                                  continuation_bias=spec.effective_continuation_bias * strength)
     return [FocusLogitsProcessor(scaled, tokenizer)]
 
@@ -68,10 +68,16 @@ POLICIES: dict[str, Policy] = {
     "baseline": lambda ents, n, tok, s: [],
     "seed000": lambda ents, n, tok, s: _focus(seed000_spec(ents), tok, s),
     "sequence_bias": lambda ents, n, tok, s: _sequence_bias(ents, tok, s),
-    "recommended": lambda ents, n, tok, s: _focus(FocusSpec.recommended(ents), tok, s),
-    "defaults": lambda ents, n, tok, s: _focus(FocusSpec(ents), tok, s),
+    "fixed": lambda ents, n, tok, s: _focus(FocusSpec.fixed(ents), tok, s),  # the pre-policy defaults
+    "defaults": lambda ents, n, tok, s: _focus(FocusSpec(ents, max_new_tokens=n), tok, s),
+    # Ablations of the defaults, one part each.  no_budget = the earlier FocusSpec.recommended.
+    "no_budget": lambda ents, n, tok, s: _focus(FocusSpec(ents), tok, s),
+    "no_urgency": lambda ents, n, tok, s: _focus(FocusSpec(ents, max_new_tokens=n, force=0.0), tok, s),
+    "no_eos_damp": lambda ents, n, tok, s: _focus(FocusSpec(ents, max_new_tokens=n, eos_damp=0.0), tok, s),
+    "all_variants": lambda ents, n, tok, s: _focus(FocusSpec(ents, max_new_tokens=n, variants="default"), tok, s),
 }
-DEFAULT_POLICIES = ("baseline", "seed000", "sequence_bias", "recommended", "defaults")
+DEFAULT_POLICIES = ("baseline", "seed000", "sequence_bias", "fixed", "defaults", "no_budget", "no_urgency",
+                    "no_eos_damp", "all_variants")
 
 
 class PerPrompt(LogitsProcessor):

@@ -1,7 +1,7 @@
 """``focuskern demo``: seed 000's experiment, rerun on the embedded SmolLM2-135M-Instruct.
 
 Rows: the unmodified model, seed 000's method, the contract's plain phrase focus, the seed's gentle
-nudge (blend), the seed's dynamic decay and focuskern's recommended setting; each greedy and sampled
+nudge (blend), the seed's dynamic decay and focuskern's defaults (the budget policy); each greedy and sampled
 (temperature 0.7, top-p 0.9, ``--samples`` rows drawn in one batch from a fixed seed).
 """
 from __future__ import annotations
@@ -18,14 +18,14 @@ from .prompts import chat_inputs
 from ..spec import FocusSpec
 
 
-def demo_rows(keywords: list[str]) -> list[tuple[str, FocusSpec | None]]:
+def demo_rows(keywords: list[str], max_new_tokens: int) -> list[tuple[str, FocusSpec | None]]:
     return [
         ("baseline", None),
         ("seed 000 (tokens, +3, as written)", FocusSpec(keywords, bias=3.0, mode="tokens", satisfy="never", variants="as_written")),
-        ("phrase (+3, once)", FocusSpec(keywords, bias=3.0)),
+        ("phrase (+3, once)", FocusSpec.fixed(keywords, bias=3.0)),
         ("blend (E=15, a=0.2)", FocusSpec.blend(keywords, entity_bias=15.0, alpha=0.2)),
-        ("decay (+5, half-life 50)", FocusSpec(keywords, bias=5.0, decay=Decay.exponential(50))),
-        ("focuskern (ramp 100, cont +8)", FocusSpec.recommended(keywords)),
+        ("decay (+5, half-life 50)", FocusSpec.fixed(keywords, bias=5.0, decay=Decay.exponential(50))),
+        ("focuskern defaults (budget policy)", FocusSpec(keywords, max_new_tokens=max_new_tokens)),
     ]
 
 
@@ -48,7 +48,7 @@ def run_demo(model, tok, prompt: str, keywords: list[str], *, samples: int = 10,
     variants = FocusSpec(keywords).token_variants(tok)
     decoding = Decoding(max_new_tokens=max_new_tokens)
     results = []
-    for label, spec in demo_rows(keywords):
+    for label, spec in demo_rows(keywords, max_new_tokens):
         t0 = time.perf_counter()
         result = {"row": label}
         with tqdm(total=2 * max_new_tokens, desc=f"{label:34s}", unit="step", disable=not progress,

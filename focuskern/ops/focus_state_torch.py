@@ -29,6 +29,22 @@ def _set_bits(sat: torch.Tensor, ents: torch.Tensor, valid: torch.Tensor) -> tor
     return torch.where(words >= 2**31, words - 2**32, words).int()
 
 
+def _popcount(sat: torch.Tensor) -> torch.Tensor:
+    """[B] number of set bits of each row of ``sat`` [B, W] int32."""
+    bits = torch.arange(WORD_BITS, device=sat.device)
+    return ((sat[:, :, None] >> bits) & 1).sum((1, 2))
+
+
+def budget_urgency(params_f, params_i, sat, step, active, once) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B] urgency in [0, 1], [B] bool: damp end-of-text) of the budget policy (op step 4)."""
+    unsaid = torch.where(active & once, params_i[:, I.N_ENTITIES] - _popcount(sat), 0)
+    budget = params_f[:, F.BUDGET]
+    pressing = (budget > 0) & (unsaid > 0)
+    left = (budget - step.float()).clamp_min(1.0)
+    urgency = (1.0 - left / (unsaid.float() * params_f[:, F.SLACK])).clamp(0.0, 1.0)
+    return torch.where(pressing, urgency, 0.0), pressing & (params_i[:, I.EOS] >= 0)
+
+
 def _unsat_prefix(sat: torch.Tensor, ents: torch.Tensor, ent_base: torch.Tensor, max_ents: int) -> torch.Tensor:
     """[B, max_ents + 1] prefix counts of unsatisfied entries over each row's program entity lists."""
     idx = ent_base[:, None] + torch.arange(max_ents, device=sat.device)
@@ -113,11 +129,17 @@ def focus_state_reference_(logits, last_tokens, prog, node, sat, step, prog_f32,
     original = logits[row_idx, tokens].float()
     if blend:
         logits.mul_(scale[:, None])
+    urgency, damp_eos = budget_urgency(params_f, params_i, sat, step, active, once)
     boosted = val > float("-inf")
     scaled = scale[:, None] * original
     # where, not "+ 0": adding zero would turn a -0.0 logit into +0.0.
-    new = torch.where(boosted, scaled + strength[:, None] * val, scaled)
-    logits.index_put_((row_idx, tokens), new.to(logits.dtype))
+    pushed = scaled + strength[:, None] * val + (urgency * params_f[:, F.FORCE])[:, None]
+    logits.index_put_((row_idx, tokens), torch.where(boosted, pushed, scaled).to(logits.dtype))
+    # End-of-text damped after the slots (it may be one): rows that damp nothing write their value back.
+    rows, eos = torch.arange(B, device=dev), params_i[:, I.EOS].clamp_min(0)
+    x_eos = logits[rows, eos]
+    damped = (x_eos.float() - params_f[:, F.EOS_DAMP]).to(logits.dtype)
+    logits.index_put_((rows, eos), torch.where(damp_eos, damped, x_eos))
 
 
 focus_state_op = define_mutating_op("focus_state_torch_", FOCUS_STATE_SCHEMA, focus_state_reference_)

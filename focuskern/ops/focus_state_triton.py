@@ -27,13 +27,38 @@ NOT_FOUND = 2**30
 
 # Column indices from the one layout definition, as Triton compile-time constants.
 F_BIAS, F_CONT, F_ALPHA, F_KIND, F_WIDTH = (tl.constexpr(v) for v in (F.BIAS, F.CONT, F.ALPHA, F.KIND, F.WIDTH))
+F_BUDGET, F_SLACK, F_FORCE, F_EOS_DAMP = (tl.constexpr(v) for v in (F.BUDGET, F.SLACK, F.FORCE, F.EOS_DAMP))
 I_NODE_BASE, I_SLOT_BASE, I_N_SLOTS, I_PHRASE, I_ONCE, I_STARTS, I_WIDTH = (tl.constexpr(v) for v in (
     I.NODE_BASE, I.SLOT_BASE, I.N_SLOTS, I.PHRASE, I.ONCE, I.STARTS_IN_MATCH, I.WIDTH))
+I_N_ENTITIES, I_EOS = tl.constexpr(I.N_ENTITIES), tl.constexpr(I.EOS)
 N_CLO_LO, N_CLO_HI, N_THROUGH_LO, N_THROUGH_HI, N_OUT_LO, N_OUT_HI, N_WIDTH = (tl.constexpr(v) for v in (
     N_.CLO_LO, N_.CLO_HI, N_.THROUGH_LO, N_.THROUGH_HI, N_.OUT_LO, N_.OUT_HI, N_.WIDTH))
 S_TOKEN, S_ROOT_CHILD, S_FIRST_LO, S_FIRST_HI, S_WIDTH = (tl.constexpr(v) for v in (
     S_.TOKEN, S_.ROOT_CHILD, S_.FIRST_LO, S_.FIRST_HI, S_.WIDTH))
 C_SLOT, C_CHILD, C_WIDTH = (tl.constexpr(v) for v in (C.SLOT, C.CHILD, C.WIDTH))
+
+
+@triton.jit
+def _said(sat_row_ptr, W, BLOCK_W: tl.constexpr):
+    """Set bits of the row's satisfied set (a SWAR popcount per 32-bit word)."""
+    total = 0
+    for w0 in range(0, W, BLOCK_W):
+        w = w0 + tl.arange(0, BLOCK_W)
+        v = tl.load(sat_row_ptr + w, mask=w < W, other=0).to(tl.uint32, bitcast=True)
+        v = v - ((v >> 1) & 0x55555555)
+        v = (v & 0x33333333) + ((v >> 2) & 0x33333333)
+        v = (v + (v >> 4)) & 0x0F0F0F0F
+        total += tl.sum(((v * 0x01010101) >> 24).to(tl.int32))
+    return total
+
+
+@triton.jit
+def _budget_urgency(pf, step, unsaid):
+    """Step 4 (the budget policy): clamp(1 - max(budget - step, 1) / (unsaid * slack), 0, 1), 0 without."""
+    budget = tl.load(pf + F_BUDGET)
+    left = tl.maximum(budget - step.to(tl.float32), 1.0)
+    u = tl.minimum(tl.maximum(1.0 - left / (tl.maximum(unsaid, 1).to(tl.float32) * tl.load(pf + F_SLACK)), 0.0), 1.0)
+    return tl.where((budget > 0) & (unsaid > 0), u, 0.0)
 
 
 @triton.jit
@@ -132,6 +157,10 @@ def _focus_state_kernel(
             alive, cslot = _alive_entries(node_ptr, closure_ptr, ents_ptr, sat_row, node_base, c, c < c_hi)
             in_match = tl.maximum(in_match, tl.max(alive))
         starts_ok = (starts_in_match != 0) | (in_match == 0)
+        budgeted = (once != 0) & (tl.load(pf + F_BUDGET) > 0)
+        # Unbudgeted rows count no words (a zero-trip loop rather than a branch that defines a value).
+        unsaid = tl.where(budgeted, tl.load(pi + I_N_ENTITIES) - _said(sat_row, tl.where(budgeted, W, 0), BLOCK_E), 0)
+        push = _budget_urgency(pf, step, unsaid) * tl.load(pf + F_FORCE)
 
         if hi > lo:
             for s0 in range(0, n_slots, BLOCK_S):
@@ -152,7 +181,13 @@ def _focus_state_kernel(
                 boost = mine & (val > float("-inf"))
                 ptrs = row_ptr + tok.to(tl.int64) * stride_col
                 x = tl.load(ptrs, mask=boost)
-                tl.store(ptrs, (x.to(tl.float32) + strength * val).to(x.dtype), mask=boost)
+                tl.store(ptrs, (x.to(tl.float32) + strength * val + push).to(x.dtype), mask=boost)
+        eos = tl.load(pi + I_EOS)
+        if (unsaid > 0) & (eos >= 0):  # end-of-text damped after the slots (it may be one)
+            tl.debug_barrier()
+            eos_ptr = row_ptr + eos.to(tl.int64) * stride_col
+            x_eos = tl.load(eos_ptr)
+            tl.store(eos_ptr, (x_eos.to(tl.float32) - tl.load(pf + F_EOS_DAMP)).to(x_eos.dtype))
 
 
 def launch_focus_state(logits, last_tokens, prog, node, sat, step, prog_f32, prog_i32, node_table, slot_table,

@@ -8,8 +8,10 @@ is ever typed twice.  The file has no imports from the package, so the build can
 Tables of a :class:`~focuskern.state.FocusState` (all programs concatenated, see
 :mod:`focuskern.automaton` for what a program is):
 
-* ``prog_f32`` [P, F.WIDTH]: a program's numbers (bias, continuation bias, blend, decay triple).
-* ``prog_i32`` [P, I.WIDTH]: where its nodes, slots and entity lists start, its flags.
+* ``prog_f32`` [P, F.WIDTH]: a program's numbers (bias, continuation bias, blend, decay triple, the
+  budget policy: token budget (0 = none), slack, force, end-of-text damping).
+* ``prog_i32`` [P, I.WIDTH]: where its nodes, slots and entity lists start, its flags, its number of
+  entities and its end-of-text token (-1 = none).
 * ``node`` [N, N_.WIDTH]: per trie node its closure range, the entity lists of the entities passing
   through it and of those it completes, its trie parent and edge token.
 * ``slot`` [S, S_.WIDTH]: per distinct token id of a program the token, the root's child on it and
@@ -34,9 +36,10 @@ class Columns:
         self.WIDTH = len(names)
 
 
-F = Columns("F_", "ProgF32", "BIAS", "CONT", "ALPHA", "KIND", "HORIZON", "FLOOR")
+F = Columns("F_", "ProgF32", "BIAS", "CONT", "ALPHA", "KIND", "HORIZON", "FLOOR",
+            "BUDGET", "SLACK", "FORCE", "EOS_DAMP")
 I = Columns("I_", "ProgI32", "NODE_BASE", "SLOT_BASE", "N_SLOTS", "ENT_BASE", "ENT_COUNT",  # noqa: E741
-            "PHRASE", "ONCE", "STARTS_IN_MATCH")
+            "PHRASE", "ONCE", "STARTS_IN_MATCH", "N_ENTITIES", "EOS")
 N_ = Columns("N_", "NodeCol", "CLO_LO", "CLO_HI", "THROUGH_LO", "THROUGH_HI", "OUT_LO", "OUT_HI", "PARENT", "EDGE")
 S_ = Columns("S_", "SlotCol", "TOKEN", "ROOT_CHILD", "FIRST_LO", "FIRST_HI")
 C = Columns("C_", "ClosureCol", "SLOT", "CHILD")

@@ -10,13 +10,16 @@ The dictionary speaks ``FocusSpec``'s vocabulary, in JSON types::
     {"entities": ["healthcare", [[1234, 567]]],   # strings, or per entity a list of token-id variants
      "bias": 4.0, "continuation_bias": 8.0, "alpha": 0.0,
      "decay": {"kind": "ramp", "horizon": 100, "floor": 0.1},   # or "constant"
-     "mode": "phrase", "satisfy": "once", "variants": "spaced", "boost_starts_in_match": false}
+     "mode": "phrase", "satisfy": "once", "variants": "spaced", "boost_starts_in_match": false,
+     "max_new_tokens": 200, "slack": 24.0, "force": 12.0, "eos_damp": 10.0, "eos_token_id": 2}
 
-Only ``entities`` is required.  ``decay.kind`` is one of ``constant, linear, exponential (horizon =
+Only ``entities`` is required; the values shown are the defaults, except ``max_new_tokens`` (default:
+the request's ``max_tokens``) and ``eos_token_id`` (default: the tokenizer's).  ``decay.kind`` is one of ``constant, linear, exponential (horizon =
 half-life), cosine, cutoff, ramp``; ``floor`` defaults to 1 for ``constant`` and 0 otherwise.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Any, Optional
@@ -26,7 +29,7 @@ from ..spec import VARIANT_POLICIES, FocusSpec
 
 FOCUS_KEY = "focus"
 _FIELDS = ("entities", "bias", "alpha", "decay", "mode", "satisfy", "continuation_bias", "variants",
-           "boost_starts_in_match")
+           "boost_starts_in_match", "max_new_tokens", "slack", "force", "eos_damp", "eos_token_id")
 _DECAY_FIELDS = ("kind", "horizon", "floor")
 
 
@@ -56,7 +59,7 @@ def focus_spec(focus: Any) -> FocusSpec:
     variants = kwargs.get("variants", "default")
     if not isinstance(variants, str) or variants not in VARIANT_POLICIES:
         raise ValueError(f"focus.variants must be one of {tuple(VARIANT_POLICIES)}, got {variants!r}")
-    flag = kwargs.get("boost_starts_in_match", True)
+    flag = kwargs.get("boost_starts_in_match", False)
     if not isinstance(flag, bool):
         raise TypeError(f"focus.boost_starts_in_match must be true or false, got {flag!r}")
     try:
@@ -71,7 +74,12 @@ def spec_from_params(params: Any) -> Optional[FocusSpec]:
     extra = getattr(params, "extra_args", None)
     if not extra or extra.get(FOCUS_KEY) is None:
         return None
-    return focus_spec(extra[FOCUS_KEY])
+    spec = focus_spec(extra[FOCUS_KEY])
+    # The budget policy's budget: the request's own max_tokens unless the focus names one.
+    max_tokens = getattr(params, "max_tokens", None)
+    if spec.max_new_tokens is None and isinstance(max_tokens, int) and max_tokens > 0:
+        spec = dataclasses.replace(spec, max_new_tokens=max_tokens)
+    return spec
 
 
 def _decay(value: Any) -> Decay:
