@@ -11,6 +11,7 @@ from transformers import LogitsProcessorList
 
 from focuskern import FocusSpec
 from focuskern.experiments.metadata import run_metadata
+from focuskern.experiments.generation import budget_of
 from focuskern.experiments.models import load_model
 from focuskern.experiments.prompts import SEED_KEYWORDS, SEED_PROMPT, chat_inputs
 from focuskern.hf import FocusLogitsProcessor
@@ -18,7 +19,7 @@ from focuskern.hf import FocusLogitsProcessor
 
 def bench_generate(model, tok, *, batch: int, new_tokens: int, repeats: int, device: str) -> dict:
     inputs = chat_inputs(tok, [SEED_PROMPT] * batch, device)
-    spec = FocusSpec(SEED_KEYWORDS, max_new_tokens=new_tokens)
+    spec = FocusSpec(SEED_KEYWORDS, **budget_of(model, new_tokens))
 
     def run(with_focus: bool) -> float:
         procs = LogitsProcessorList([FocusLogitsProcessor(spec, tok)] if with_focus else [])

@@ -79,7 +79,7 @@ def test_every_policy_builds_processors_that_touch_only_their_rows(policy):
     vocab, k = 50, 2
     # Token ids from 1: transformers' SequenceBiasLogitsProcessor refuses id 0.
     ents = [[[random.randrange(1, vocab), random.randrange(1, vocab)]], [[random.randrange(1, vocab)]], [[7, 8, 9]]]
-    per_case = [coverage.POLICIES[policy](ents, 16, None, 1.0), []]
+    per_case = [coverage.POLICIES[policy](ents, {"max_new_tokens": 16, "eos_token_id": 2}, None, 1.0), []]
     prompt = torch.randint(0, vocab, (2 * k, 5))
     scores = torch.randn(2 * k, vocab)
     before = scores.clone()

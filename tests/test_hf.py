@@ -7,6 +7,7 @@ import focuskern as fk
 
 from focuskern.hf.logits import FocusLogitsProcessor
 from focuskern.experiments.models import load_model
+from focuskern.experiments.generation import budget_of
 from focuskern.experiments.prompts import SEED_KEYWORDS, SEED_PROMPT, chat_inputs, keyword_counts
 from reference import brute_boosts
 
@@ -31,7 +32,7 @@ def test_greedy_phrase_focus_covers_more_keywords(lm):
     model, tok = lm
     kw = dict(max_new_tokens=200, repetition_penalty=1.05, no_repeat_ngram_size=2)
     base = tok.decode(generate(model, tok, [SEED_PROMPT], **kw)[0], skip_special_tokens=True)
-    spec = fk.FocusSpec(SEED_KEYWORDS, max_new_tokens=kw["max_new_tokens"])
+    spec = fk.FocusSpec(SEED_KEYWORDS, **budget_of(model, kw["max_new_tokens"]))
     focused = tok.decode(generate(model, tok, [SEED_PROMPT], FocusLogitsProcessor(spec, tok), **kw)[0],
                          skip_special_tokens=True)
     covered = lambda text: sum(c > 0 for c in keyword_counts(text, SEED_KEYWORDS).values())  # noqa: E731

@@ -24,7 +24,7 @@ from transformers import LogitsProcessor, SequenceBiasLogitsProcessor
 
 from ..hf.logits import FocusLogitsProcessor
 from ..spec import FocusSpec
-from .generation import Decoding, generate
+from .generation import Decoding, budget_of, generate
 from .metadata import run_metadata
 from .metrics import score_output
 from .prompts import chat_inputs
@@ -42,8 +42,9 @@ def load_cases(split: str = "all", path: str = CASES_FILE) -> list[dict]:
     return [c for c in cases if split == "all" or c["split"] == split]
 
 
-# --- policies: name -> (entities, max_new_tokens, tokenizer, strength) -> logits processors for one
-# prompt's rows.  ``strength`` multiplies the policy's push (1 = as defined); the baseline ignores it.
+# --- policies: name -> (entities, budget, tokenizer, strength) -> logits processors for one prompt's
+# rows.  ``budget`` = FocusSpec arguments ``max_new_tokens`` and ``eos_token_id`` (generation.budget_of).
+# ``strength`` multiplies the policy's push (1 = as defined); the baseline ignores it.
 
 def _focus(spec: FocusSpec, tokenizer, strength: float) -> list[LogitsProcessor]:
     scaled = dataclasses.replace(spec, bias=spec.bias * strength, force=spec.force * strength,
@@ -63,18 +64,18 @@ def _sequence_bias(entities, tokenizer, strength: float) -> list[LogitsProcessor
     return [SequenceBiasLogitsProcessor(sequence_bias=[[list(s), b] for s, b in seqs.items()])]
 
 
-Policy = Callable[[list, int, object, float], list[LogitsProcessor]]
+Policy = Callable[[list, dict, object, float], list[LogitsProcessor]]
 POLICIES: dict[str, Policy] = {
-    "baseline": lambda ents, n, tok, s: [],
-    "seed000": lambda ents, n, tok, s: _focus(seed000_spec(ents), tok, s),
-    "sequence_bias": lambda ents, n, tok, s: _sequence_bias(ents, tok, s),
-    "fixed": lambda ents, n, tok, s: _focus(FocusSpec.fixed(ents), tok, s),  # the pre-policy defaults
-    "defaults": lambda ents, n, tok, s: _focus(FocusSpec(ents, max_new_tokens=n), tok, s),
+    "baseline": lambda ents, budget, tok, s: [],
+    "seed000": lambda ents, budget, tok, s: _focus(seed000_spec(ents), tok, s),
+    "sequence_bias": lambda ents, budget, tok, s: _sequence_bias(ents, tok, s),
+    "fixed": lambda ents, budget, tok, s: _focus(FocusSpec.fixed(ents), tok, s),  # the pre-policy defaults
+    "defaults": lambda ents, budget, tok, s: _focus(FocusSpec(ents, **budget), tok, s),
     # Ablations of the defaults, one part each.  no_budget = the earlier FocusSpec.recommended.
-    "no_budget": lambda ents, n, tok, s: _focus(FocusSpec(ents), tok, s),
-    "no_urgency": lambda ents, n, tok, s: _focus(FocusSpec(ents, max_new_tokens=n, force=0.0), tok, s),
-    "no_eos_damp": lambda ents, n, tok, s: _focus(FocusSpec(ents, max_new_tokens=n, eos_damp=0.0), tok, s),
-    "all_variants": lambda ents, n, tok, s: _focus(FocusSpec(ents, max_new_tokens=n, variants="default"), tok, s),
+    "no_budget": lambda ents, budget, tok, s: _focus(FocusSpec(ents), tok, s),
+    "no_urgency": lambda ents, budget, tok, s: _focus(FocusSpec(ents, **budget, force=0.0), tok, s),
+    "no_eos_damp": lambda ents, budget, tok, s: _focus(FocusSpec(ents, **budget, eos_damp=0.0), tok, s),
+    "all_variants": lambda ents, budget, tok, s: _focus(FocusSpec(ents, **budget, variants="default"), tok, s),
 }
 DEFAULT_POLICIES = ("baseline", "seed000", "sequence_bias", "fixed", "defaults", "no_budget", "no_urgency",
                     "no_eos_damp", "all_variants")
@@ -105,7 +106,8 @@ def run_policy(model, tok, cases, policy: str, strength: float, decoding: Decodi
         for lo in range(0, len(cases), batch_size):
             batch = cases[lo:lo + batch_size]
             inputs = chat_inputs(tok, [c["prompt"] for c in batch], model.device)
-            procs = [POLICIES[policy](c["entities"], decoding.max_new_tokens, tok, strength) for c in batch]
+            budget = budget_of(model, decoding.max_new_tokens)
+            procs = [POLICIES[policy](c["entities"], budget, tok, strength) for c in batch]
             out, lps = generate(model, tok, inputs, [PerPrompt(procs)], decoding, seed, bar=bar)
             for case, row, lp in zip(batch, out, lps):
                 text = tok.decode(row, skip_special_tokens=True)

@@ -11,21 +11,21 @@ import statistics
 import time
 
 from ..decay import Decay
-from .generation import Decoding, generate
+from .generation import Decoding, budget_of, generate
 from .metrics import broken_fragments, score_text
 from ..hf.logits import FocusLogitsProcessor
 from .prompts import chat_inputs
 from ..spec import FocusSpec
 
 
-def demo_rows(keywords: list[str], max_new_tokens: int) -> list[tuple[str, FocusSpec | None]]:
+def demo_rows(keywords: list[str], budget: dict) -> list[tuple[str, FocusSpec | None]]:
     return [
         ("baseline", None),
         ("seed 000 (tokens, +3, as written)", FocusSpec(keywords, bias=3.0, mode="tokens", satisfy="never", variants="as_written")),
         ("phrase (+3, once)", FocusSpec.fixed(keywords, bias=3.0)),
         ("blend (E=15, a=0.2)", FocusSpec.blend(keywords, entity_bias=15.0, alpha=0.2)),
         ("decay (+5, half-life 50)", FocusSpec.fixed(keywords, bias=5.0, decay=Decay.exponential(50))),
-        ("focuskern defaults (budget policy)", FocusSpec(keywords, max_new_tokens=max_new_tokens)),
+        ("focuskern defaults (budget policy)", FocusSpec(keywords, **budget)),
     ]
 
 
@@ -48,7 +48,7 @@ def run_demo(model, tok, prompt: str, keywords: list[str], *, samples: int = 10,
     variants = FocusSpec(keywords).token_variants(tok)
     decoding = Decoding(max_new_tokens=max_new_tokens)
     results = []
-    for label, spec in demo_rows(keywords, max_new_tokens):
+    for label, spec in demo_rows(keywords, budget_of(model, max_new_tokens)):
         t0 = time.perf_counter()
         result = {"row": label}
         with tqdm(total=2 * max_new_tokens, desc=f"{label:34s}", unit="step", disable=not progress,

@@ -65,3 +65,11 @@ def mean_logprobs(token_logprobs: torch.Tensor, mask: torch.Tensor) -> list[floa
     n = mask.sum(1)
     means = (token_logprobs * mask).sum(1) / n.clamp(min=1)
     return [float(m) if c else float("nan") for m, c in zip(means, n)]
+
+
+def budget_of(model, max_new_tokens: int) -> dict:
+    """FocusSpec's budget arguments for a generation: its length and the model's (first) end-of-text id
+    (not the tokenizer's: SmolLM2's .gguf tokenizer names <|im_start|> as eos, answers end on <|im_end|>)."""
+    eos = model.generation_config.eos_token_id
+    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+    return {"max_new_tokens": max_new_tokens, "eos_token_id": eos}
