@@ -106,6 +106,17 @@ FK_HOST_DEVICE bool entry_alive(const ProgramView& p, int32_t c, const int32_t* 
   return any_unsatisfied(p.ents, child[N_THROUGH_LO], child[N_THROUGH_HI], sat);
 }
 
+// Step 2a for closure entry c of node u: an alive continuation whose logit is -inf (banned by the
+// decoding: a bigram of the prompt under no_repeat_ngram_size=2, bad words) can never be said from
+// here, so the entities through it are given up (their bits set, as if said).  Reads the logit before
+// any write of this step.
+template <typename Logit>
+FK_HOST_DEVICE bool banned_entry(const ProgramView& p, int32_t c, const Logit* row, int64_t col_stride,
+                                 const int32_t* sat) {
+  const int64_t token = p.slot_row(p.clo_slot(c))[S_TOKEN];
+  return static_cast<float>(row[token * col_stride]) == -INFINITY && entry_alive(p, c, sat);
+}
+
 // Is slot k a continuation of an open partial match at node u (an alive entry on slot k)?
 FK_HOST_DEVICE bool is_continuation(const ProgramView& p, int32_t u, int32_t k, const int32_t* sat) {
   const int32_t hi = p.node_row(u)[N_CLO_HI];

@@ -225,8 +225,15 @@ void focus_state_cpu(at::Tensor logits, const c10::optional<at::Tensor>& last_to
         const float s = decay_strength(fp + F_KIND, step_p[r]);
         const float scale = 1.f - s * fp[F_ALPHA];
         scalar_t* row = x + r * s0;
-        if (scale != 1.f) scale_row(row, V, s1, scale);
         const bool phrase = ip[I_PHRASE] != 0;
+        if (phrase)  // step 2a: give up the entities of banned continuations (bits only grow: order-free)
+          for (int32_t c = view.node_row(u)[N_CLO_LO]; c < view.node_row(u)[N_CLO_HI]; ++c)
+            if (banned_entry(view, c, row, s1, row_sat)) {
+              const int32_t* child = view.node_row(view.clo_child(c));
+              for (int32_t j = child[N_THROUGH_LO]; j < child[N_THROUGH_HI]; ++j)
+                row_sat[ent[j] >> 5] |= 1 << (ent[j] & 31);
+            }
+        if (scale != 1.f) scale_row(row, V, s1, scale);
         bool in_match = false;
         if (phrase)
           for (int32_t c = view.node_row(u)[N_CLO_LO]; c < view.node_row(u)[N_CLO_HI] && !in_match; ++c)

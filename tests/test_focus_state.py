@@ -391,3 +391,43 @@ def test_end_of_text_defaults_to_the_tokenizer_and_is_checked():
     assert fk.FocusState([spec], vocab_size=9, device=DEVICE, tokenizer=Tok()).boosts()[0] == {1: 4.0, 5: -10.0}
     with pytest.raises(ValueError, match="eos_token_id"):
         fk.FocusState([fk.FocusSpec([[(1,)]], max_new_tokens=5, eos_token_id=9)], vocab_size=9, device=DEVICE)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_banned_continuation_gives_the_entity_up(backend):
+    """A continuation whose logit is -inf (no_repeat_ngram_size bans a bigram of the prompt) can never
+    be said: its entity is given up (counted as said), and starts are pushed again at once."""
+    spec = fk.FocusSpec([[(1, 2)], [(3,)]], bias=2.0, continuation_bias=4.0, decay=fk.Decay.constant(),
+                        max_new_tokens=100, eos_token_id=7)
+    state = fk.FocusState([spec], vocab_size=9, device=DEVICE, backend=backend)
+    state.apply_(torch.zeros(1, 9, device=DEVICE))
+    logits = torch.zeros(1, 9, device=DEVICE)
+    logits[0, 2] = -math.inf
+    state.apply_(logits, torch.tensor([1], device=DEVICE))  # inside "1 2", and 2 is banned
+    assert logits[0].tolist() == [0, 0, -math.inf, 2.0, 0, 0, 0, -10.0, 0]
+    assert state.boosts()[0] == {3: 2.0, 7: -10.0}  # entity 0 is not pushed again
+    state.apply_(torch.zeros(1, 9, device=DEVICE), torch.tensor([3], device=DEVICE))
+    assert state.boosts()[0] == {}  # entity 1 said, entity 0 given up: end of text free
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+def test_banned_continuations_match_the_reference(backend):
+    """Random specs and logits with -inf entries: every backend gives up what the torch backend does."""
+    rng = random.Random(random.randrange(2**31))
+    alphabet, B = 8, 5
+    specs = [random_spec(rng, alphabet) for _ in range(B)]
+    states = [fk.FocusState(specs, alphabet + 3, DEVICE, backend=b) for b in ("torch", backend)]
+    gens = [[] for _ in range(B)]
+    last = None
+    for _ in range(20):
+        logits = torch.randn(B, alphabet + 3, device=DEVICE)
+        logits[torch.rand(B, alphabet + 3, device=DEVICE) < 0.3] = -math.inf
+        outs = [logits.clone() for _ in states]
+        for state, out in zip(states, outs):
+            state.apply_(out, last)
+        torch.testing.assert_close(outs[1], outs[0], rtol=1e-6, atol=1e-5)
+        assert torch.equal(states[1]._rows.sat, states[0]._rows.sat)
+        toks = [next_token(rng, s, g, alphabet) for s, g in zip(specs, gens)]
+        for g, t in zip(gens, toks):
+            g.append(t)
+        last = torch.tensor(toks, device=DEVICE)

@@ -104,17 +104,34 @@ def focus_state_reference_(logits, last_tokens, prog, node, sat, step, prog_f32,
         node.copy_(u)
         step.add_(active.int())
 
-    prefix = _unsat_prefix(sat, ents, ent_base, max_ents)
-
-    def unsat(lo, hi):
-        """Does the list [lo, hi) (global bounds, [B, n]) hold an unsatisfied entity?"""
-        lo_local = (lo - ent_base[:, None]).clamp(0, max_ents)
-        hi_local = (hi - ent_base[:, None]).clamp(0, max_ents)
-        return (prefix.gather(1, hi_local) - prefix.gather(1, lo_local)) > 0
+    def unsat_lists(prefix):
+        def unsat(lo, hi):
+            """Does the list [lo, hi) (global bounds, [B, n]) hold an unsatisfied entity?"""
+            lo_local = (lo - ent_base[:, None]).clamp(0, max_ents)
+            hi_local = (hi - ent_base[:, None]).clamp(0, max_ents)
+            return (prefix.gather(1, hi_local) - prefix.gather(1, lo_local)) > 0
+        return unsat
 
     valid, cslot, cchild = closure_of(node_rows(u))
     children = node_rows(cchild)  # [B, max_closure, N_.WIDTH]
-    alive = valid & unsat(children[..., N_.THROUGH_LO], children[..., N_.THROUGH_HI]) & (phrase & active)[:, None]
+    through_lo, through_hi = children[..., N_.THROUGH_LO], children[..., N_.THROUGH_HI]
+    phrase_rows = (phrase & active)[:, None]
+    alive = valid & unsat_lists(_unsat_prefix(sat, ents, ent_base, max_ents))(through_lo, through_hi) & phrase_rows
+
+    # Step 2a: alive continuations whose logit is -inf (banned by the decoding) give up the entities
+    # through them.  Marked list positions: a +1/-1 difference array over each row's program lists.
+    row_idx = torch.arange(B, device=dev)[:, None].expand(B, max_slots)
+    original = logits[row_idx, tokens].float()  # read before any write of this step
+    banned = alive & (original.gather(1, cslot.clamp(0, max_slots - 1)) == float("-inf"))
+    diff = torch.zeros(B, max_ents + 1, dtype=torch.int32, device=dev)
+    diff.scatter_add_(1, torch.where(banned, through_lo - ent_base[:, None], max_ents), banned.int())
+    diff.scatter_add_(1, torch.where(banned, through_hi - ent_base[:, None], max_ents), -banned.int())
+    marked = diff.cumsum(1)[:, :max_ents] > 0
+    listed = ents[(ent_base[:, None] + torch.arange(max_ents, device=dev)).clamp_max(ents.shape[0] - 1)]
+    sat.copy_(_set_bits(sat, listed, marked))
+
+    unsat = unsat_lists(_unsat_prefix(sat, ents, ent_base, max_ents))
+    alive = valid & unsat(through_lo, through_hi) & phrase_rows
     in_match = alive.any(1)
     cont = torch.zeros(B, max_slots + 1, dtype=torch.bool, device=dev)
     cont.scatter_(1, torch.where(alive, cslot, max_slots), True)
@@ -125,8 +142,6 @@ def focus_state_reference_(logits, last_tokens, prog, node, sat, step, prog_f32,
 
     strength = decay_strength(params_f[:, F.KIND:F.FLOOR + 1], step)
     scale = torch.where(active, 1.0 - strength * params_f[:, F.ALPHA], 1.0)
-    row_idx = torch.arange(B, device=dev)[:, None].expand(B, max_slots)
-    original = logits[row_idx, tokens].float()
     if blend:
         logits.mul_(scale[:, None])
     urgency, damp_eos = budget_urgency(params_f, params_i, sat, step, active, once)

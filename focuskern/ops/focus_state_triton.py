@@ -86,6 +86,19 @@ def _alive_entries(node_ptr, closure_ptr, ents_ptr, sat_row_ptr, node_base, c, v
 
 
 @triton.jit
+def _give_up(node_ptr, closure_ptr, ents_ptr, sat_row_ptr, node_base, c, banned):
+    """Set the bits of every entity through the children of the closure entries ``c`` where ``banned``."""
+    child = tl.load(closure_ptr + c * C_WIDTH + C_CHILD, mask=banned, other=0)
+    lo = tl.load(node_ptr + (node_base + child) * N_WIDTH + N_THROUGH_LO, mask=banned, other=0)
+    hi = tl.load(node_ptr + (node_base + child) * N_WIDTH + N_THROUGH_HI, mask=banned, other=0)
+    longest = tl.max(tl.where(banned, hi - lo, 0))
+    for j in range(0, longest):
+        inside = banned & (lo + j < hi)
+        ent = tl.load(ents_ptr + lo + j, mask=inside, other=0)
+        tl.atomic_or(sat_row_ptr + ent // 32, (1 << (ent % 32)).to(tl.int32), mask=inside)
+
+
+@triton.jit
 def _focus_state_kernel(
     x_ptr, stride_row, stride_col, V,
     last_ptr,
@@ -147,10 +160,19 @@ def _focus_state_kernel(
 
         strength = decay_strength(pf + F_KIND, step)
         row_ptr = x_ptr + row.to(tl.int64) * stride_row
-        lo, hi = blend_range(row_ptr, stride_col, V, 0, V, 1.0 - strength * alpha, BLOCK_V)
-
         c_lo = tl.load(node_ptr + (node_base + u) * N_WIDTH + N_CLO_LO)
         c_hi = tl.where(phrase != 0, tl.load(node_ptr + (node_base + u) * N_WIDTH + N_CLO_HI), c_lo)
+        # Step 2a: give up the entities through banned (-inf) alive continuations, before any write.
+        # Bits only grow and a dead entry's entities are all set already: the order does not matter.
+        for c0 in range(c_lo, c_hi, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C)
+            alive, cslot = _alive_entries(node_ptr, closure_ptr, ents_ptr, sat_row, node_base, c, c < c_hi)
+            tok = tl.load(slot_ptr + (slot_base + cslot) * S_WIDTH + S_TOKEN, mask=alive != 0, other=0)
+            x = tl.load(row_ptr + tok.to(tl.int64) * stride_col, mask=alive != 0, other=0.0).to(tl.float32)
+            _give_up(node_ptr, closure_ptr, ents_ptr, sat_row, node_base, c, (alive != 0) & (x == float("-inf")))
+        tl.debug_barrier()  # the bits are visible to the tests below
+        lo, hi = blend_range(row_ptr, stride_col, V, 0, V, 1.0 - strength * alpha, BLOCK_V)
+
         in_match = 0
         for c0 in range(c_lo, c_hi, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
