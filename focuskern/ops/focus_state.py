@@ -8,14 +8,21 @@ tables of :mod:`focuskern.automaton` and ``unsat(L)`` = "list ``L`` holds an ent
 1. if ``last_tokens`` is given: ``node <- delta(node, last_tokens[r])`` (Aho-Corasick),
    ``sat <- sat | out(node)`` (satisfy="once"), ``step <- step + 1``;
 2. a closure entry ``(k, c)`` of ``node`` is *alive* if ``unsat(through(c))`` (phrase mode);
+   2a. an alive entry whose token's logit is ``-inf`` before this step's writes (banned by the
+   decoding) gives up: ``sat <- sat | through(c)``; aliveness is then taken again;
    continuation slots = slots of alive entries; first slots = slots with ``unsat(first(k))``
    (suppressed while an entry is alive unless ``boost_starts_in_match``);
 3. ``val = max(bias if first, continuation_bias if continuation)``, and with ``s`` the decay strength at
-   ``step``: ``out[r, v] = (1 - s*alpha) * x[r, v] + s * val`` for boosted ``v``, ``(1 - s*alpha) * x``
-   elsewhere.
+   ``step``: ``out[r, v] = (1 - s*alpha) * x[r, v] + s * val + u * force`` for boosted ``v``,
+   ``(1 - s*alpha) * x`` elsewhere;
+4. the budget policy (``budget > 0`` and satisfy="once"): with ``m`` = entities of the program minus
+   the set bits of ``sat`` and ``left = max(budget - step, 1)``, ``u = clamp(1 - left / (m * slack),
+   0, 1)`` (0 without a budget or with ``m = 0``), and while ``m > 0`` the end-of-text logit gets
+   ``- eos_damp`` after the writes of step 3.
 
 Work per row and step: one pass over the program's slots and the lists they own (early exit at the
-first unsatisfied entity), i.e. linear in the program's size, never in entities x nodes.
+first unsatisfied entity), i.e. linear in the program's size, never in entities x nodes; a budgeted row adds
+a popcount of its ``sat`` words (entities / 32).
 """
 from __future__ import annotations
 
