@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from focuskern.experiments import coverage
-from focuskern.experiments.metrics import (doubled_words, double_space_gaps, entity_counts, glued_pieces,
-                                           score_output)
+from focuskern.experiments.metrics import (doubled_words, double_space_gaps, entity_counts, forbidden_entities,
+                                           glued_pieces, score_output)
 from focuskern.experiments.prompts import SEED_PROMPT
 
 
@@ -52,6 +52,18 @@ def test_glued_pieces():
     assert glued_pieces("an AMOLED screen", ["OLED display"]) == []
     assert glued_pieces("open 99% of the time, from 9 am", ["9 am"]) == []
     assert score_output("AIHealthcare", ents)["degenerate"]
+
+
+def test_forbidden_entities_hold_a_prompt_ngram_in_every_form():
+    class Words:  # one token per character
+        def encode(self, text, add_special_tokens=False):
+            return [ord(c) for c in text]
+
+    prompt = Words().encode("visit Oslo")
+    # "Oslo": every form (" Oslo", "oslo", ...) holds "sl" or "lo", both bigrams of the prompt.
+    assert forbidden_entities(Words(), prompt, ["Oslo", "Rome"], 2) == ["Oslo"]
+    assert forbidden_entities(Words(), prompt, ["Oslo"], 0) == []
+    assert forbidden_entities(Words(), prompt, ["Oslo"], 5) == []  # no 5-gram of the prompt in "Oslo" forms
 
 
 def test_split_is_fixed_disjoint_and_balanced():

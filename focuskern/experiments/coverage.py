@@ -26,7 +26,7 @@ from ..hf.logits import FocusLogitsProcessor
 from ..spec import FocusSpec
 from .generation import Decoding, budget_of, generate
 from .metadata import run_metadata
-from .metrics import score_output
+from .metrics import forbidden_entities, score_output
 from .prompts import chat_inputs
 
 CASES_FILE = os.path.join(os.path.dirname(__file__), "coverage_cases.json")
@@ -109,10 +109,13 @@ def run_policy(model, tok, cases, policy: str, strength: float, decoding: Decodi
             budget = budget_of(model, decoding.max_new_tokens)
             procs = [POLICIES[policy](c["entities"], budget, tok, strength) for c in batch]
             out, lps = generate(model, tok, inputs, [PerPrompt(procs)], decoding, seed, bar=bar)
-            for case, row, lp in zip(batch, out, lps):
+            for case, row, lp, ids, mask in zip(batch, out, lps, inputs["input_ids"], inputs["attention_mask"]):
                 text = tok.decode(row, skip_special_tokens=True)
+                prompt = ids[mask.bool()].tolist()
                 outputs.append({"case": case["id"], "text": text, "logprob": lp,
                                 "tokens": int((row != tok.pad_token_id).sum()),
+                                "forbidden": forbidden_entities(tok, prompt, case["entities"],
+                                                                decoding.no_repeat_ngram_size),
                                 **score_output(text, case["entities"])})
         runs.append({"mode": "greedy" if seed is None else f"seed {seed}", "outputs": outputs})
     return runs
@@ -127,9 +130,17 @@ def summarize(policy: str, strength: float, runs: list[dict], baseline_lp: float
     def coverage(outs):
         return sum(o["said"] for o in outs) / sum(o["n_entities"] for o in outs) if outs else float("nan")
 
+    def allowed_coverage(outs):
+        """Coverage of the entities the decoding does not forbid outright (metrics.forbidden_entities)."""
+        said = sum(n > 0 for o in outs for e, n in o["counts"].items() if e not in o.get("forbidden", ()))
+        asked = sum(o["n_entities"] - len(o.get("forbidden", ())) for o in outs)
+        return said / asked if asked else float("nan")
+
     lp = statistics.fmean(o["logprob"] for o in every if not math.isnan(o["logprob"]))
     return {"policy": policy, "strength": strength, "outputs": len(every),
             "coverage": coverage(every), "greedy_coverage": coverage(greedy), "sampled_coverage": coverage(sampled),
+            "allowed_greedy_coverage": allowed_coverage(greedy), "allowed_sampled_coverage": allowed_coverage(sampled),
+            "forbidden": sum(len(o.get("forbidden", ())) for o in every),
             "mean_logprob": lp, "fluency": lp / baseline_lp if baseline_lp else None,
             "doubled_words": sum(len(o["doubled"]) for o in every),
             "degenerate_outputs": sum(o["degenerate"] for o in every),
@@ -143,15 +154,18 @@ def _pct(x) -> str:
 
 def markdown_table(summary: list[dict], cases: int, seeds) -> str:
     """The report's table: one row per policy and strength."""
-    lines = ["| policy | strength | greedy coverage | sampled coverage | fluency vs baseline | doubled words "
-             "| degenerate outputs | over-focused entities | mean length (tokens) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| policy | strength | greedy coverage | sampled coverage | allowed: greedy / sampled "
+             "| fluency vs baseline | doubled words | degenerate outputs | over-focused entities "
+             "| mean length (tokens) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in summary:
+        allowed = f"{_pct(r.get('allowed_greedy_coverage'))} / {_pct(r.get('allowed_sampled_coverage'))}"
         lines.append(f"| {r['policy']} | {r['strength']:g} | {_pct(r['greedy_coverage'])} | "
-                     f"{_pct(r['sampled_coverage'])} | {_pct(r['fluency'])} | {r['doubled_words']} | "
+                     f"{_pct(r['sampled_coverage'])} | {allowed} | {_pct(r['fluency'])} | {r['doubled_words']} | "
                      f"{r['degenerate_outputs']} of {r['outputs']} | {r['over_focused']} | {r['mean_tokens']:.0f} |")
     lines.append(f"\n{cases} cases; greedy + sampled seeds {list(seeds)} (temperature 0.7, top-p 0.9); "
-                 "counts are over all outputs of the row.")
+                 "counts are over all outputs of the row. *Allowed*: coverage of the entities the decoding "
+                 "does not forbid outright (no_repeat_ngram_size: every form holds an n-gram of the prompt).")
     return "\n".join(lines)
 
 

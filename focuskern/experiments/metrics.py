@@ -39,6 +39,22 @@ def accepted_forms(entity: str) -> list[str]:
     return sorted(f for f in forms if f)
 
 
+def forbidden_entities(tokenizer, prompt_ids: list[int], entities: Sequence[str], n: int) -> list[str]:
+    """Entities that ``no_repeat_ngram_size=n`` forbids outright: every variant form (of every variant
+    policy) contains a token n-gram of the prompt, so the decoding cannot write it in that
+    tokenization whatever the push (transformers bans an n-gram's last token once the n-gram occurred)."""
+    if n <= 0:
+        return []
+    seen = {tuple(prompt_ids[i:i + n]) for i in range(len(prompt_ids) - n + 1)}
+    forbidden = []
+    for entity in entities:
+        forms = {f for policy in VARIANT_POLICIES.values() for f in policy(entity)}
+        ids = [tokenizer.encode(f, add_special_tokens=False) for f in forms]
+        if all(any(tuple(v[i:i + n]) in seen for i in range(len(v) - n + 1)) for v in ids):
+            forbidden.append(entity)
+    return forbidden
+
+
 def _form_pattern(form: str) -> re.Pattern:
     # Whole words only ("app" is not said by "apply"), a plural s/es allowed ("trams" for "tram").
     return re.compile(r"(?<!\w)" + re.escape(form) + r"(?:e?s)?(?!\w)", re.IGNORECASE)
