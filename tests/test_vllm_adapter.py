@@ -44,6 +44,7 @@ class Params:
     """What the adapter reads of ``vllm.SamplingParams``."""
     extra_args: Optional[dict]
     max_tokens: Optional[int] = None
+    eos_token_id: Optional[int] = None
 
 
 @dataclass
@@ -246,8 +247,11 @@ def test_budget_is_the_request_max_tokens_unless_the_focus_names_one():
     assert spec_from_params(Params({"focus": focus}, max_tokens=64)).max_new_tokens == 64
     assert spec_from_params(Params({"focus": {**focus, "max_new_tokens": 20}}, max_tokens=64)).max_new_tokens == 20
     assert spec_from_params(Params({"focus": focus})).max_new_tokens is None
-    spec = spec_from_params(Params({"focus": focus}, max_tokens=64))
+    spec = spec_from_params(Params({"focus": focus}, max_tokens=64, eos_token_id=2))
     assert (spec.slack, spec.force, spec.eos_damp, spec.eos_token_id) == (8, 6.5, 3, 4)
+    del focus["eos_token_id"]
+    assert spec_from_params(Params({"focus": focus}, max_tokens=64, eos_token_id=2)).eos_token_id == 2
+    assert spec_from_params(Params({"focus": focus}, eos_token_id=2)).eos_token_id is None  # no budget
 
 
 def test_importing_focuskern_does_not_import_vllm():

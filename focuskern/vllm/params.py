@@ -13,8 +13,8 @@ The dictionary speaks ``FocusSpec``'s vocabulary, in JSON types::
      "mode": "phrase", "satisfy": "once", "variants": "spaced", "boost_starts_in_match": false,
      "max_new_tokens": 200, "slack": 24.0, "force": 12.0, "eos_damp": 10.0, "eos_token_id": 2}
 
-Only ``entities`` is required; the values shown are the defaults, except ``max_new_tokens`` (default:
-the request's ``max_tokens``) and ``eos_token_id`` (default: the tokenizer's).  ``decay.kind`` is one of ``constant, linear, exponential (horizon =
+Only ``entities`` is required; the values shown are the defaults, except ``max_new_tokens`` and
+``eos_token_id`` (default: the request's ``max_tokens`` and ``eos_token_id``).  ``decay.kind`` is one of ``constant, linear, exponential (horizon =
 half-life), cosine, cutoff, ramp``; ``floor`` defaults to 1 for ``constant`` and 0 otherwise.
 """
 from __future__ import annotations
@@ -75,10 +75,13 @@ def spec_from_params(params: Any) -> Optional[FocusSpec]:
     if not extra or extra.get(FOCUS_KEY) is None:
         return None
     spec = focus_spec(extra[FOCUS_KEY])
-    # The budget policy's budget: the request's own max_tokens unless the focus names one.
-    max_tokens = getattr(params, "max_tokens", None)
+    # The budget policy's budget and end of text: the request's own max_tokens and eos_token_id (vLLM
+    # sets it from the tokenizer at admission) unless the focus names them.
+    max_tokens, eos = getattr(params, "max_tokens", None), getattr(params, "eos_token_id", None)
     if spec.max_new_tokens is None and isinstance(max_tokens, int) and max_tokens > 0:
         spec = dataclasses.replace(spec, max_new_tokens=max_tokens)
+    if spec.eos_token_id is None and spec.max_new_tokens is not None and isinstance(eos, int) and eos >= 0:
+        spec = dataclasses.replace(spec, eos_token_id=eos)
     return spec
 
 

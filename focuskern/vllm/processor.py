@@ -138,7 +138,7 @@ class FocusLogitsPlugin(FocusLogitsProcessor):
 class _LazyTokenizer:
     """The model's tokenizer, loaded when the first string entity arrives (an engine that only sees
     token-id entities, or no focus at all, never pays for it).  Offers what ``FocusState`` uses:
-    ``encode`` (entities to ids), ``decode`` (whether a piece is whitespace only) and ``eos_token_id``."""
+    ``encode`` (entities to ids) and ``decode`` (whether a piece is whitespace only)."""
 
     def __init__(self, model_config):
         self._config = model_config
@@ -149,14 +149,6 @@ class _LazyTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self._loaded().decode(ids)
-
-    @property
-    def eos_token_id(self):
-        """End of text (damped while a budgeted request's entities are unsaid); ``None`` without a tokenizer."""
-        try:
-            return self._loaded().eos_token_id
-        except ValueError:
-            return None
 
     def _loaded(self):
         if self._tokenizer is None:
