@@ -14,9 +14,13 @@ unmasked blocks that every row of the tile sees completely, then masked blocks o
 and at the end of the sequence.  Masked scores are ``-inf``; a row that has seen no visible key keeps
 ``m = -inf`` and uses 0 as its shift (no ``inf - inf``), and a row that saw none at all outputs zeros.
 
-Groups (``focus_attention_<backend>_mass``).  ``TARGET`` keeps split running sums: ``l0, acc0`` over
-group 0 beside the totals ``l, acc`` (same running max), so ``mu = l0 / l`` and the steered output
-``(acc + (e^delta - 1) acc0) / (l + (e^delta - 1) l0)`` come out of the one pass.  The readout of
+Groups (``focus_attention_<backend>_mass``).  ``TARGET`` keeps two online softmaxes: ``m0, l0, acc0``
+over group 0 and ``m, l, acc`` over the other visible keys, each with its own running max, so
+``mu = l0 2^m0 / (l0 2^m0 + l 2^m)`` and the steered output ``(e^delta 2^m0 acc0 + 2^m acc) / (e^delta
+2^m0 l0 + 2^m l)`` come out of the one pass (combined in float32 at the end).  A shared max would round
+group 0's P to the input dtype relative to the other keys: where mu is tiny (e.g. 1e-6, the case
+steering is for) those weights are float16 subnormals, and e^delta then amplifies their rounding into
+the output.  The readout of
 ``G <= MAX_REG_GROUPS`` groups is one more register accumulator ``[BLOCK_M, G]`` updated per key block
 as ``p @ onehot(key_group)`` (rescaled like ``l``); for more groups (per-token maps) the main pass
 stores each row's final log-sum-exp and delta and a score-only pass (``q.k``, no V) adds
@@ -55,7 +59,7 @@ MAX_REG_GROUPS = 64  # readout groups kept in registers; more take the score-onl
 
 @triton.jit
 def _attend_blocks(
-    acc, l_i, m_i, acc0, l0, macc, q, hs2, rows_pos,
+    acc, l_i, m_i, acc0, l0, m0, macc, q, hs2, rows_pos,
     k_base, v_base, kb_base, kg_base, stride_kn, stride_kd, stride_vn, stride_vd,
     offs_d, d_ok, key_lo, Lk, qk_scale, start, stop,
     BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -63,7 +67,8 @@ def _attend_blocks(
     TARGET: tl.constexpr, NGP: tl.constexpr,
 ):
     """Online-softmax update of (acc, l, m) with key blocks ``start, start + BLOCK_N, ... < stop``; with
-    ``TARGET`` also of group 0's (acc0, l0), with ``NGP > 0`` of the per-group sums ``macc``.
+    ``TARGET`` (acc, l, m) cover the keys outside group 0 and (acc0, l0, m0) group 0, with its own max;
+    with ``NGP > 0`` also the per-group sums ``macc`` (of the keys in acc).
 
     ``MASKED=False`` blocks are visible to every row of the tile (no bound checks at all)."""
     for n0 in range(start, stop, BLOCK_N):
@@ -100,33 +105,45 @@ def _attend_blocks(
             if CAUSAL:
                 visible = visible & (offs_n[None, :] <= rows_pos[:, None])
             s = tl.where(visible, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet
-        else:
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            shift = m_new
-        p = tl.exp2(s - shift[:, None])
-        alpha = tl.exp2(m_i - shift)
-        l_i = l_i * alpha + tl.sum(p, 1)
         if TARGET or NGP > 0:
             if MASKED:
                 kg = tl.load(kg_base + offs_n, mask=n_ok, other=-1)
             else:
                 kg = tl.load(kg_base + offs_n)
+        if TARGET:  # two running maxes: group 0's P is never rounded relative to the other keys' max
+            in0 = kg[None, :] == 0
+            m_new = tl.maximum(m_i, tl.max(tl.where(in0, float("-inf"), s), 1))
+            m0_new = tl.maximum(m0, tl.max(tl.where(in0, s, float("-inf")), 1))
+            shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing of the part seen yet
+            shift0 = tl.where(m0_new == float("-inf"), 0.0, m0_new)
+            p_all = tl.exp2(s - tl.where(in0, shift0[:, None], shift[:, None]))
+            p = tl.where(in0, 0.0, p_all)
+            p0 = tl.where(in0, p_all, 0.0)
+            alpha0 = tl.exp2(m0 - shift0)
+            l0 = l0 * alpha0 + tl.sum(p0, 1)
+            p0 = p0.to(k_base.dtype.element_ty)
+            if DOT_F32:
+                p0 = p0.to(tl.float32)
+            acc0 = tl.dot(p0, v, acc0 * alpha0[:, None], input_precision=PRECISION)
+            m0 = m0_new
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            if MASKED:
+                shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet
+            else:
+                shift = m_new
+            p = tl.exp2(s - shift[:, None])
+        alpha = tl.exp2(m_i - shift)
+        l_i = l_i * alpha + tl.sum(p, 1)
         if NGP > 0:  # per-group sums of the float32 weights: p @ onehot(key_group)
             onehot = (kg[:, None] == tl.arange(0, NGP)[None, :]).to(tl.float32)
             macc = tl.dot(p, onehot, macc * alpha[:, None], input_precision="ieee")
-        if TARGET:
-            l0 = l0 * alpha + tl.sum(tl.where(kg[None, :] == 0, p, 0.0), 1)
         p = p.to(k_base.dtype.element_ty)  # P is rounded to the input dtype, as on the GPU
         if DOT_F32:
             p = p.to(tl.float32)
-        if TARGET:
-            acc0 = tl.dot(tl.where(kg[None, :] == 0, p, 0.0).to(p.dtype), v, acc0 * alpha[:, None],
-                          input_precision=PRECISION)
         acc = tl.dot(p, v, acc * alpha[:, None], input_precision=PRECISION)
         m_i = m_new
-    return acc, l_i, m_i, acc0, l0, macc
+    return acc, l_i, m_i, acc0, l0, m0, macc
 
 
 @triton.jit
@@ -175,40 +192,46 @@ def _focus_attention_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     acc0 = 0.0
     l0 = 0.0
+    m0 = 0.0
     macc = 0.0
     if TARGET:
         acc0 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         l0 = tl.zeros([BLOCK_M], dtype=tl.float32)
+        m0 = tl.full([BLOCK_M], float("-inf"), tl.float32)
     if NGP > 0:
         macc = tl.zeros([BLOCK_M, NGP], dtype=tl.float32)
     # An unaligned key_start (one masked block), blocks every row sees whole, then the causal diagonal
     # and the end of the keys.
-    acc, l_i, m_i, acc0, l0, macc = _attend_blocks(
-        acc, l_i, m_i, acc0, l0, macc, q, hs2, rows_pos, k_base, v_base, kb_base, kg_base, stride_kn,
+    acc, l_i, m_i, acc0, l0, m0, macc = _attend_blocks(
+        acc, l_i, m_i, acc0, l0, m0, macc, q, hs2, rows_pos, k_base, v_base, kb_base, kg_base, stride_kn,
         stride_kd, stride_vn, stride_vd, offs_d, d_ok, key_lo, Lk, qk_scale, start, first_stop,
         BLOCK_N, True, CAUSAL, HAS_BIAS, EVEN_D, PRECISION, DOT_F32, TARGET, NGP)
-    acc, l_i, m_i, acc0, l0, macc = _attend_blocks(
-        acc, l_i, m_i, acc0, l0, macc, q, hs2, rows_pos, k_base, v_base, kb_base, kg_base, stride_kn,
+    acc, l_i, m_i, acc0, l0, m0, macc = _attend_blocks(
+        acc, l_i, m_i, acc0, l0, m0, macc, q, hs2, rows_pos, k_base, v_base, kb_base, kg_base, stride_kn,
         stride_kd, stride_vn, stride_vd, offs_d, d_ok, key_lo, Lk, qk_scale, full_lo, full_hi,
         BLOCK_N, False, CAUSAL, HAS_BIAS, EVEN_D, PRECISION, DOT_F32, TARGET, NGP)
-    acc, l_i, m_i, acc0, l0, macc = _attend_blocks(
-        acc, l_i, m_i, acc0, l0, macc, q, hs2, rows_pos, k_base, v_base, kb_base, kg_base, stride_kn,
+    acc, l_i, m_i, acc0, l0, m0, macc = _attend_blocks(
+        acc, l_i, m_i, acc0, l0, m0, macc, q, hs2, rows_pos, k_base, v_base, kb_base, kg_base, stride_kn,
         stride_kd, stride_vn, stride_vd, offs_d, d_ok, key_lo, Lk, qk_scale, full_hi, hi,
         BLOCK_N, True, CAUSAL, HAS_BIAS, EVEN_D, PRECISION, DOT_F32, TARGET, NGP)
 
     delta = tl.zeros([BLOCK_M], dtype=tl.float32)
-    if TARGET:  # delta = min(cap, max(0, logit(p) - logit(l0 / l))) from the split sums, natural log
+    if TARGET:  # delta = min(cap, max(0, logit(p) - logit(mu))), natural log; then merge the two parts
         p_h = tl.load(tm_ptr + head, mask=row_ok, other=0.0)
-        rest = l_i - l0
-        ok = (l0 > 0) & (rest > 0) & (p_h > 0)
+        ok = (l0 > 0) & (l_i > 0) & (p_h > 0)  # logit(mu) = ln(l0 2^m0) - ln(l 2^m)
         d = tl.log(tl.where(ok, p_h, 0.5) / (1.0 - p_h)) - tl.log(tl.where(ok, l0, 1.0)) \
-            + tl.log(tl.where(ok, rest, 1.0))
+            + tl.log(tl.where(ok, l_i, 1.0)) - (tl.where(ok, m0, 0.0) - tl.where(ok, m_i, 0.0)) * 0.6931471805599453
         delta = tl.where(ok, tl.minimum(tl.maximum(d, 0.0), max_delta), 0.0)
-        grow = tl.exp(delta) - 1.0
-        acc = acc + grow[:, None] * acc0
+        e0 = m0 + delta * 1.4426950408889634  # group 0's max after steering, base 2
+        m_all = tl.maximum(m_i, e0)
+        top = tl.where(m_all == float("-inf"), 0.0, m_all)
+        c_r = tl.exp2(m_i - top)
+        c_0 = tl.exp2(e0 - top)
+        acc = acc * c_r[:, None] + acc0 * c_0[:, None]
         if NGP > 0:
-            macc = macc + tl.where(tl.arange(0, NGP)[None, :] == 0, (grow * l0)[:, None], 0.0)
-        l_i = l_i + grow * l0
+            macc = macc * c_r[:, None] + tl.where(tl.arange(0, NGP)[None, :] == 0, (l0 * c_0)[:, None], 0.0)
+        l_i = l_i * c_r + l0 * c_0
+        m_i = m_all
     seen = l_i > 0
     inv = 1.0 / tl.where(seen, l_i, 1.0)
     o = acc * inv[:, None]  # rows without a visible key: acc = 0 -> zeros
