@@ -94,6 +94,17 @@ def test_per_token_groups_on_decode_steps_only(lm):
         readout.prompt(5)
 
 
+def test_an_answer_of_one_token_has_no_generated_rows(lm):
+    """max_new_tokens=1: nothing is fed back, so no decoding step is recorded -- an empty [B, Hq, 0, G]."""
+    model, tok = lm
+    inputs = chat_inputs(tok, PROMPTS)
+    groups, _ = sea_groups(tok, inputs)
+    with fk.attention_readout(model, groups, 2, layers=[3, 4]) as readout:
+        model.generate(**inputs, max_new_tokens=1, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert readout.generated(3).shape == (2, 9, 0, 2)
+    assert readout.stacked("generated").shape == (2, 2, 9, 0, 2)
+
+
 def test_bias_and_target_move_the_recorded_share(lm):
     model, tok = lm
     inputs = chat_inputs(tok, PROMPTS[:1])

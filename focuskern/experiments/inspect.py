@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -50,16 +51,18 @@ def generate_with_readout(model, tok, prompt: str, entities: list[str], target, 
     inputs = tok(texts, return_tensors="pt").to(model.device)
     L = inputs["input_ids"].shape[1]
     span = entity_span(tok, texts, entities, L)
-    focus = attention_focus(model, target_mass=target, target_keys=span) if target else _null()
+    def focus():  # a fresh context manager per generation (one can be entered once)
+        return attention_focus(model, target_mass=target, target_keys=span) if target else contextlib.nullcontext()
+
     kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    with focus, attention_readout(model, torch.where(span, 0, -1).int(), 1, prompt_rows="last") as heads:
+    with focus(), attention_readout(model, torch.where(span, 0, -1).int(), 1, prompt_rows="last") as heads:
         out = model.generate(**inputs, **kw)
     # Per-token groups on decoding steps only (G = L: a prefill would be L x L); group 0 = the span when
     # a target is active (the op's steering group), which the strip then shows as one share.
     per_token = torch.arange(L, dtype=torch.int32)[None].clone()
     if target:
         per_token = torch.where(span, 0, per_token + 1).int()
-    with focus, attention_readout(model, per_token, L + 1, prompt_rows="none") as strip:
+    with focus(), attention_readout(model, per_token, L + 1, prompt_rows="none") as strip:
         model.generate(**inputs, **kw)
     share = strip.stacked("generated")[:, 0].mean((0, 1, 2))  # [L + 1]
     if target:
@@ -68,11 +71,6 @@ def generate_with_readout(model, tok, prompt: str, entities: list[str], target, 
     grid = torch.cat([heads.stacked("prompt"), heads.stacked("generated")], dim=3)[:, 0, :, :, 0].mean(-1)
     tokens = [tok.decode([t]) for t in inputs["input_ids"][0]]
     return answer, grid, share[:L], tokens, span[0]
-
-
-def _null():
-    import contextlib
-    return contextlib.nullcontext()
 
 
 def plot_heads(grids: list[torch.Tensor], titles: list[str], path: str, suptitle: str) -> None:
@@ -134,8 +132,12 @@ def plot_strip(tokens: list[str], share: torch.Tensor, span: torch.Tensor, path:
 def long_prompt_memory(model, tok, prompt: str, entities: list[str], L: int) -> dict:
     """One prefill of ~L tokens (the prompt repeated) with the readout of the entities on every layer."""
     unit = len(tok(prompt)["input_ids"])
-    text = chat_texts(tok, [" ".join([prompt] * max(1, L // unit))])
-    inputs = tok(text, return_tensors="pt", truncation=True, max_length=L).to(model.device)
+    repeats = max(1, L // unit)
+    text = chat_texts(tok, [" ".join([prompt] * repeats)])
+    while repeats > 1 and len(tok(text)["input_ids"][0]) > L:  # whole repeats only: every entity span fits
+        repeats -= 1
+        text = chat_texts(tok, [" ".join([prompt] * repeats)])
+    inputs = tok(text, return_tensors="pt").to(model.device)
     n = inputs["input_ids"].shape[1]
     span = entity_span(tok, text, entities, n)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -32,9 +32,10 @@ class Readout:
     ``groups`` grows the prompt's key groups ([B0, L0] int32) to the keys a layer sees (generated keys
     -1); ``steps[layer]`` holds one [B, Hq, rows, G] float32 tensor per forward pass (prefill first)."""
 
-    def __init__(self, key_group: torch.Tensor, num_groups: int, layers: list[int], prompt_rows: str):
+    def __init__(self, key_group: torch.Tensor, num_groups: int, layers: list[int], prompt_rows: str, heads: int):
         self.groups = FocusBias(key_group, key_group.new_full((key_group.shape[0], 1), -1))
         self.num_groups = num_groups
+        self.heads = heads
         self.prompt_rows = prompt_rows
         self.steps: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
 
@@ -60,9 +61,8 @@ class Readout:
     def generated(self, layer: int) -> torch.Tensor:
         """[B, Hq, T, G]: one row per decoding step (the tokens fed back after the prompt)."""
         steps = self.steps[layer][0 if self.prompt_rows == "none" else 1:]
-        if not steps:
-            B, G = self.groups.key_bias.shape[0], self.num_groups
-            return torch.zeros(B, 0, 0, G)
+        if not steps:  # the answer ended at its first token: no step was fed back
+            return torch.zeros(self.groups.key_bias.shape[0], self.heads, 0, self.num_groups)
         return torch.cat(steps, dim=2)
 
     def stacked(self, part: str = "generated") -> torch.Tensor:
@@ -108,7 +108,8 @@ def attention_readout(model: torch.nn.Module, key_group: torch.Tensor, num_group
     if any(layer not in modules for layer in chosen):
         raise ValueError(f"layers: the model has layers 0..{len(modules) - 1}, got {chosen}")
     device = next(model.parameters()).device
-    readout = Readout(key_group.to(device=device, dtype=torch.int32), G, chosen, prompt_rows)
+    readout = Readout(key_group.to(device=device, dtype=torch.int32), G, chosen, prompt_rows,
+                      model.config.num_attention_heads)
     saved = {idx: getattr(m, READOUT, None) for idx, m in modules.items()}
     try:
         for idx in chosen:
