@@ -1,5 +1,6 @@
 """focuskern command line: ``focuskern demo [--attention]`` (``python -m focuskern demo``),
-``focuskern eval lost-in-middle``, ``focuskern eval coverage``, ``focuskern inspect``, ``focuskern backends``."""
+``focuskern eval lost-in-middle``, ``focuskern eval coverage``, ``focuskern eval attention-keywords``,
+``focuskern inspect``, ``focuskern backends``."""
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--out", default="benchmarks/results")
     ins.add_argument("--name", default="inspect_smollm2_cpu")
     ev = sub.add_parser("eval", help="evaluations")
-    ev.add_argument("what", choices=["lost-in-middle", "coverage"])
+    ev.add_argument("what", choices=["lost-in-middle", "coverage", "attention-keywords"])
     ev.add_argument("--model", help="HF model folder/id or a .gguf path (default: embedded SmolLM2-135M-Instruct)")
     ev.add_argument("--k", type=int, nargs="+", default=[10, 20], help="key-value pairs per case")
     ev.add_argument("--n", type=int, default=50, help="cases per (k, position) cell")
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     cov.add_argument("--repetition-penalty", type=float, default=1.05)
     cov.add_argument("--no-repeat-ngram-size", type=int, default=2)
     cov.add_argument("--resume", action="store_true", help="reuse rows of an earlier run with the same settings")
+    ak = ev.add_argument_group("attention-keywords (seed 000's task; --target: masses p, default 0.03 0.1)")
+    ak.add_argument("--samples", type=int, default=5, help="sampled answers per row (one batch, seed --seed)")
+    ak.add_argument("--both", type=float, default=0.1, help="target mass of the logits + attention row (0: none)")
     return parser
 
 
@@ -105,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.what == "coverage":
             from .experiments.coverage import main as coverage_main
             return coverage_main(args)
+        if args.what == "attention-keywords":
+            from .experiments.attention_keywords import main as keywords_main
+            return keywords_main(args)
         from .experiments.lost_in_middle import main as eval_main
         return eval_main(args)
     return 2

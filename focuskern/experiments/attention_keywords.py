@@ -1,0 +1,145 @@
+"""``focuskern eval attention-keywords``: seed 000's task with the attention lever (issue 13, evaluation 2).
+
+Rows: the unmodified model; target mass ``p`` on the prompt's keyword spans in every head of every layer
+(``attention_focus(target_mass=p)``); the logits lever alone (focuskern's defaults with the budget); both.
+Decoding as ``focuskern demo`` (greedy + ``--samples`` sampled rows drawn in one batch).  Fluency is the
+mean log-prob of each answer under the *unmodified* model: the answers are scored again without focus
+(under attention focus the logits ``generate`` sees are already steered).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import statistics
+import time
+
+import torch
+
+from ..hf.attention import attention_focus
+from ..hf.logits import FocusLogitsProcessor
+from ..spec import FocusSpec
+from .demo import _measure
+from .generation import Decoding, budget_of, generate, mean_logprobs
+from .inspect import entity_span
+from .metadata import run_metadata
+from .prompts import chat_inputs, chat_texts
+
+
+def check_targets(targets) -> list[float]:
+    """Target masses, each a share in (0, 1)."""
+    for p in targets:
+        if not (isinstance(p, (int, float)) and 0 < p < 1 and math.isfinite(p)):
+            raise ValueError(f"target mass must be in (0, 1), got {p!r}")
+    return [float(p) for p in targets]
+
+
+def rows_of(targets: list[float], both: float | None) -> list[tuple[str, float | None, bool]]:
+    """(label, target mass or None, logits lever on)."""
+    rows = [("baseline", None, False)]
+    rows += [(f"attention p={p:g} (all heads)", p, False) for p in targets]
+    rows.append(("logits (defaults, budget)", None, True))
+    if both is not None:
+        rows.append((f"logits + attention p={both:g}", both, True))
+    return rows
+
+
+@torch.no_grad()
+def unmodified_logprobs(model, inputs, out: torch.Tensor, pad_id: int) -> list[float]:
+    """Per answer row, its mean log-prob under the model without any focus (one forward pass)."""
+    n = out.shape[0]
+    ids, mask = inputs["input_ids"].expand(n, -1), inputs["attention_mask"].expand(n, -1)
+    answer = out != pad_id
+    logits = model(input_ids=torch.cat([ids, out], 1), attention_mask=torch.cat([mask, answer.long()], 1)).logits
+    L = ids.shape[1]
+    lp = torch.log_softmax(logits[:, L - 1:-1].float(), -1).gather(2, out[..., None]).squeeze(2)
+    return mean_logprobs(lp, answer)
+
+
+def run(model, tok, prompt, keywords, rows, *, samples, max_new_tokens, seed=0, log=print) -> list[dict]:
+    from tqdm import tqdm
+
+    inputs = chat_inputs(tok, [prompt], model.device)
+    span = entity_span(tok, chat_texts(tok, [prompt]), keywords, inputs["input_ids"].shape[1])
+    variants = FocusSpec(keywords).token_variants(tok)
+    decoding, budget = Decoding(max_new_tokens=max_new_tokens), budget_of(model, max_new_tokens)
+    results = []
+    for label, p, logits in rows:
+        t0, result = time.perf_counter(), {"row": label, "target_mass": p, "logits": logits}
+        with tqdm(total=2 * max_new_tokens, desc=f"{label:30s}", unit="step", dynamic_ncols=True) as bar:
+            for kind, sample_seed in (("greedy", None), ("sampled", seed)):
+                procs = [FocusLogitsProcessor(FocusSpec(keywords, **budget), tok)] if logits else []
+                focus = attention_focus(model, target_mass=p, target_keys=span) if p else contextlib.nullcontext()
+                with focus:
+                    outs, steered = generate(model, tok, inputs, procs, decoding, sample_seed,
+                                             num_return_sequences=samples, bar=bar)
+                measured = _measure(tok, outs, unmodified_logprobs(model, inputs, outs, tok.pad_token_id),
+                                    keywords, variants)
+                for m, s, o in zip(measured, steered, outs):
+                    m.update(logprob_steered=s, tokens=int((o != tok.pad_token_id).sum()))
+                result[kind] = measured
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        log(f"  {label}: greedy {result['greedy'][0]['coverage']}/{len(keywords)}, {result['seconds']} s")
+        results.append(result)
+    return results
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    def lp(rows):
+        return statistics.mean(r["logprob"] for r in rows if not math.isnan(r["logprob"]))
+
+    base = lp(results[0]["greedy"] + results[0]["sampled"])
+    out = []
+    for res in results:
+        g, s = res["greedy"][0], res["sampled"]
+        out.append({"row": res["row"], "greedy": g["coverage"], "sampled": statistics.mean(r["coverage"] for r in s),
+                    "greedy_logprob": g["logprob"], "sampled_logprob": lp(s),
+                    "fluency": lp(res["greedy"] + s) / base, "doubled": len(g["doubled"]) + sum(len(r["doubled"]) for r in s),
+                    "broken": g["broken"] + sum(r["broken"] for r in s),
+                    "tokens": statistics.mean(r["tokens"] for r in [g] + s), "seconds": res["seconds"]})
+    return out
+
+
+def markdown(report: dict) -> str:
+    n = len(report["keywords"])
+    lines = [f"# Seed 000's keywords with the attention lever ({report['date_utc']})", "",
+             f"Device: {report['device']}; torch {report.get('torch')}, transformers {report.get('transformers')}, "
+             f"focuskern {report.get('focuskern')}, {report.get('torch_threads')} thread(s).  ",
+             f"Command: `{report['command']}`  ",
+             f"Decoding: {report['max_new_tokens']} new tokens, repetition_penalty 1.05, no_repeat_ngram_size 2; "
+             f"greedy + {report['samples']} sampled (T 0.7, top-p 0.9, seed {report['seed']}, one batch).", "",
+             "| row | greedy | sampled (mean) | logp greedy | logp sampled | fluency | doubled | broken | tokens | s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["summary"]:
+        lines.append(f"| {r['row']} | {r['greedy']}/{n} | {r['sampled']:.1f}/{n} | {r['greedy_logprob']:.3f} | "
+                     f"{r['sampled_logprob']:.3f} | {r['fluency']:.0%} | {r['doubled']} | {r['broken']} | "
+                     f"{r['tokens']:.0f} | {r['seconds']:.0f} |")
+    lines += ["", "greedy/sampled: keywords said (of the five); logp: mean log-prob of the answer under the "
+              "unmodified model; fluency: mean logp (greedy and samples) relative to the baseline (100% = as "
+              "fluent, higher = less likely text); doubled: doubled words, broken: broken entity fragments "
+              "(all rows summed); tokens: mean answer length."]
+    return "\n".join(lines) + "\n"
+
+
+def main(args) -> int:
+    from .models import load_model
+    from .prompts import SEED_KEYWORDS, SEED_PROMPT
+
+    targets = check_targets(args.target or [0.03, 0.1])
+    both = check_targets([args.both])[0] if args.both else None
+    max_new = args.max_new_tokens or 200
+    model, tok = load_model(args.model, device=args.device, attn_implementation="focus")
+    results = run(model, tok, SEED_PROMPT, SEED_KEYWORDS, rows_of(targets, both), samples=args.samples,
+                  max_new_tokens=max_new, seed=args.seed)
+    report = {**run_metadata(args.device), "note": args.note, "prompt": SEED_PROMPT, "keywords": SEED_KEYWORDS,
+              "max_new_tokens": max_new, "samples": args.samples, "seed": args.seed,
+              "summary": summarize(results), "results": results}
+    os.makedirs(args.out, exist_ok=True)
+    base = os.path.join(args.out, args.name)
+    with open(base + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    with open(base + ".md", "w") as f:
+        f.write(markdown(report) + (f"\n{args.note}\n" if args.note else ""))
+    print(markdown(report))
+    return 0
