@@ -89,14 +89,16 @@ FK_HOST_DEVICE int32_t advance_node(const ProgramView& p, int32_t u, int32_t tok
   return p.slot_row(k)[S_ROOT_CHILD];
 }
 
+// Set the bits of the entities of the list [lo, hi) (one thread).
+FK_HOST_DEVICE void mark_list(const int32_t* ents, int32_t lo, int32_t hi, int32_t* sat) {
+  for (int32_t j = lo; j < hi; ++j) sat[ents[j] >> 5] |= 1 << (ents[j] & 31);
+}
+
 // Step 1 of the op for one row (one thread): advance on `token`, record the entities the new node
 // completes (satisfy="once"), return the new node.
 FK_HOST_DEVICE int32_t step_row(const ProgramView& p, int32_t u, int32_t token, bool once, int32_t* sat) {
   u = advance_node(p, u, token);
-  if (once) {
-    const int32_t* row = p.node_row(u);
-    for (int32_t j = row[N_OUT_LO]; j < row[N_OUT_HI]; ++j) sat[p.ents[j] >> 5] |= 1 << (p.ents[j] & 31);
-  }
+  if (once) mark_list(p.ents, p.node_row(u)[N_OUT_LO], p.node_row(u)[N_OUT_HI], sat);
   return u;
 }
 
@@ -106,15 +108,14 @@ FK_HOST_DEVICE bool entry_alive(const ProgramView& p, int32_t c, const int32_t* 
   return any_unsatisfied(p.ents, child[N_THROUGH_LO], child[N_THROUGH_HI], sat);
 }
 
-// Step 2a for closure entry c of node u: an alive continuation whose logit is -inf (banned by the
-// decoding: a bigram of the prompt under no_repeat_ngram_size=2, bad words) can never be said from
-// here, so the entities through it are given up (their bits set, as if said).  Reads the logit before
-// any write of this step.
+// Step 2a for closure entry c of node u: a continuation whose logit is -inf (banned by the decoding:
+// a bigram of the prompt under no_repeat_ngram_size=2, bad words) can never be said from here, so the
+// entities through it are given up (their bits set, as if said).  No aliveness test: a dead entry's
+// entities are all set already, so marking it changes nothing.  Reads the logit before any write.
 template <typename Logit>
-FK_HOST_DEVICE bool banned_entry(const ProgramView& p, int32_t c, const Logit* row, int64_t col_stride,
-                                 const int32_t* sat) {
+FK_HOST_DEVICE bool banned_continuation(const ProgramView& p, int32_t c, const Logit* row, int64_t col_stride) {
   const int64_t token = p.slot_row(p.clo_slot(c))[S_TOKEN];
-  return static_cast<float>(row[token * col_stride]) == -INFINITY && entry_alive(p, c, sat);
+  return static_cast<float>(row[token * col_stride]) == -INFINITY;
 }
 
 // Is slot k a continuation of an open partial match at node u (an alive entry on slot k)?

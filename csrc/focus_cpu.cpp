@@ -228,10 +228,9 @@ void focus_state_cpu(at::Tensor logits, const c10::optional<at::Tensor>& last_to
         const bool phrase = ip[I_PHRASE] != 0;
         if (phrase)  // step 2a: give up the entities of banned continuations (bits only grow: order-free)
           for (int32_t c = view.node_row(u)[N_CLO_LO]; c < view.node_row(u)[N_CLO_HI]; ++c)
-            if (banned_entry(view, c, row, s1, row_sat)) {
+            if (banned_continuation(view, c, row, s1)) {
               const int32_t* child = view.node_row(view.clo_child(c));
-              for (int32_t j = child[N_THROUGH_LO]; j < child[N_THROUGH_HI]; ++j)
-                row_sat[ent[j] >> 5] |= 1 << (ent[j] & 31);
+              mark_list(ent, child[N_THROUGH_LO], child[N_THROUGH_HI], row_sat);
             }
         if (scale != 1.f) scale_row(row, V, s1, scale);
         bool in_match = false;

@@ -102,10 +102,9 @@ __global__ void focus_state_kernel(scalar_t* x, int64_t s0, int64_t s1, int64_t 
   const float scale = 1.f - s * fp[F_ALPHA];
   scalar_t* row = x + r * s0;
   if (ip[I_PHRASE]) {  // step 2a: give up the entities of banned continuations
-    // Bits only grow, and an entry a thread finds dead had every entity set already: the result does
-    // not depend on the order of the threads.
+    // Bits only grow (atomic or): the result does not depend on the order of the threads.
     for (int32_t c = view.node_row(u)[N_CLO_LO] + threadIdx.x; c < view.node_row(u)[N_CLO_HI]; c += blockDim.x)
-      if (banned_entry(view, c, row, s1, row_sat)) {
+      if (banned_continuation(view, c, row, s1)) {
         const int32_t* child = view.node_row(view.clo_child(c));
         for (int32_t j = child[N_THROUGH_LO]; j < child[N_THROUGH_HI]; ++j)
           atomicOr(row_sat + (ents[j] >> 5), 1 << (ents[j] & 31));

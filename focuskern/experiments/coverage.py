@@ -101,12 +101,12 @@ def run_policy(model, tok, cases, policy: str, strength: float, decoding: Decodi
                bar=None) -> list[dict]:
     """Every case's outputs under one policy: ``[{"mode": "greedy" | "seed N", "outputs": [...]}]``."""
     runs = []
+    budget = budget_of(model, decoding.max_new_tokens)
     for seed in [None, *seeds]:
         outputs = []
         for lo in range(0, len(cases), batch_size):
             batch = cases[lo:lo + batch_size]
             inputs = chat_inputs(tok, [c["prompt"] for c in batch], model.device)
-            budget = budget_of(model, decoding.max_new_tokens)
             procs = [POLICIES[policy](c["entities"], budget, tok, strength) for c in batch]
             out, lps = generate(model, tok, inputs, [PerPrompt(procs)], decoding, seed, bar=bar)
             for case, row, lp, ids, mask in zip(batch, out, lps, inputs["input_ids"], inputs["attention_mask"]):

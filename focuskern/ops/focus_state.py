@@ -8,8 +8,8 @@ tables of :mod:`focuskern.automaton` and ``unsat(L)`` = "list ``L`` holds an ent
 1. if ``last_tokens`` is given: ``node <- delta(node, last_tokens[r])`` (Aho-Corasick),
    ``sat <- sat | out(node)`` (satisfy="once"), ``step <- step + 1``;
 2. a closure entry ``(k, c)`` of ``node`` is *alive* if ``unsat(through(c))`` (phrase mode);
-   2a. an alive entry whose token's logit is ``-inf`` before this step's writes (banned by the
-   decoding) gives up: ``sat <- sat | through(c)``; aliveness is then taken again;
+   2a. an entry whose token's logit is ``-inf`` before this step's writes (banned by the decoding)
+   gives up: ``sat <- sat | through(c)`` (no change for a dead entry); aliveness is taken after;
    continuation slots = slots of alive entries; first slots = slots with ``unsat(first(k))``
    (suppressed while an entry is alive unless ``boost_starts_in_match``);
 3. ``val = max(bias if first, continuation_bias if continuation)``, and with ``s`` the decay strength at

@@ -104,25 +104,17 @@ def focus_state_reference_(logits, last_tokens, prog, node, sat, step, prog_f32,
         node.copy_(u)
         step.add_(active.int())
 
-    def unsat_lists(prefix):
-        def unsat(lo, hi):
-            """Does the list [lo, hi) (global bounds, [B, n]) hold an unsatisfied entity?"""
-            lo_local = (lo - ent_base[:, None]).clamp(0, max_ents)
-            hi_local = (hi - ent_base[:, None]).clamp(0, max_ents)
-            return (prefix.gather(1, hi_local) - prefix.gather(1, lo_local)) > 0
-        return unsat
-
     valid, cslot, cchild = closure_of(node_rows(u))
     children = node_rows(cchild)  # [B, max_closure, N_.WIDTH]
     through_lo, through_hi = children[..., N_.THROUGH_LO], children[..., N_.THROUGH_HI]
     phrase_rows = (phrase & active)[:, None]
-    alive = valid & unsat_lists(_unsat_prefix(sat, ents, ent_base, max_ents))(through_lo, through_hi) & phrase_rows
 
-    # Step 2a: alive continuations whose logit is -inf (banned by the decoding) give up the entities
-    # through them.  Marked list positions: a +1/-1 difference array over each row's program lists.
+    # Step 2a: continuations whose logit is -inf (banned by the decoding) give up the entities through
+    # them (a dead entry's are all set already: no aliveness test).  Marked list positions: a +1/-1
+    # difference array over each row's program lists.
     row_idx = torch.arange(B, device=dev)[:, None].expand(B, max_slots)
     original = logits[row_idx, tokens].float()  # read before any write of this step
-    banned = alive & (original.gather(1, cslot.clamp(0, max_slots - 1)) == float("-inf"))
+    banned = valid & phrase_rows & (original.gather(1, cslot.clamp(0, max_slots - 1)) == float("-inf"))
     diff = torch.zeros(B, max_ents + 1, dtype=torch.int32, device=dev)
     diff.scatter_add_(1, torch.where(banned, through_lo - ent_base[:, None], max_ents), banned.int())
     diff.scatter_add_(1, torch.where(banned, through_hi - ent_base[:, None], max_ents), -banned.int())
@@ -130,7 +122,14 @@ def focus_state_reference_(logits, last_tokens, prog, node, sat, step, prog_f32,
     listed = ents[(ent_base[:, None] + torch.arange(max_ents, device=dev)).clamp_max(ents.shape[0] - 1)]
     sat.copy_(_set_bits(sat, listed, marked))
 
-    unsat = unsat_lists(_unsat_prefix(sat, ents, ent_base, max_ents))
+    prefix = _unsat_prefix(sat, ents, ent_base, max_ents)
+
+    def unsat(lo, hi):
+        """Does the list [lo, hi) (global bounds, [B, n]) hold an unsatisfied entity?"""
+        lo_local = (lo - ent_base[:, None]).clamp(0, max_ents)
+        hi_local = (hi - ent_base[:, None]).clamp(0, max_ents)
+        return (prefix.gather(1, hi_local) - prefix.gather(1, lo_local)) > 0
+
     alive = valid & unsat(through_lo, through_hi) & phrase_rows
     in_match = alive.any(1)
     cont = torch.zeros(B, max_slots + 1, dtype=torch.bool, device=dev)

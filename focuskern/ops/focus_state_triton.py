@@ -162,14 +162,15 @@ def _focus_state_kernel(
         row_ptr = x_ptr + row.to(tl.int64) * stride_row
         c_lo = tl.load(node_ptr + (node_base + u) * N_WIDTH + N_CLO_LO)
         c_hi = tl.where(phrase != 0, tl.load(node_ptr + (node_base + u) * N_WIDTH + N_CLO_HI), c_lo)
-        # Step 2a: give up the entities through banned (-inf) alive continuations, before any write.
-        # Bits only grow and a dead entry's entities are all set already: the order does not matter.
+        # Step 2a: give up the entities through banned (-inf) continuations, before any write.  Bits
+        # only grow (the order does not matter) and a dead entry's entities are all set already.
         for c0 in range(c_lo, c_hi, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
-            alive, cslot = _alive_entries(node_ptr, closure_ptr, ents_ptr, sat_row, node_base, c, c < c_hi)
-            tok = tl.load(slot_ptr + (slot_base + cslot) * S_WIDTH + S_TOKEN, mask=alive != 0, other=0)
-            x = tl.load(row_ptr + tok.to(tl.int64) * stride_col, mask=alive != 0, other=0.0).to(tl.float32)
-            _give_up(node_ptr, closure_ptr, ents_ptr, sat_row, node_base, c, (alive != 0) & (x == float("-inf")))
+            valid = c < c_hi
+            cslot = tl.load(closure_ptr + c * C_WIDTH + C_SLOT, mask=valid, other=0)
+            tok = tl.load(slot_ptr + (slot_base + cslot) * S_WIDTH + S_TOKEN, mask=valid, other=0)
+            x = tl.load(row_ptr + tok.to(tl.int64) * stride_col, mask=valid, other=0.0).to(tl.float32)
+            _give_up(node_ptr, closure_ptr, ents_ptr, sat_row, node_base, c, valid & (x == float("-inf")))
         tl.debug_barrier()  # the bits are visible to the tests below
         lo, hi = blend_range(row_ptr, stride_col, V, 0, V, 1.0 - strength * alpha, BLOCK_V)
 
