@@ -57,9 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--scope", nargs="+", choices=["all", "data"], default=[DEFAULT_SCOPE],
                     help="boost every occurrence of the key, or only the one in the JSON data (one row each)")
     ev.add_argument("--target", type=float, nargs="*", default=[],
-                    help="lost-in-middle: target masses p on the queried key (one row each)")
+                    help="lost-in-middle: target masses p on the queried key; coverage: on each case's entities (one row each)")
     ev.add_argument("--calibrate", type=float, nargs="*", default=[],
                     help="lost-in-middle: position-calibration strengths lambda (one row each)")
+    ev.add_argument("--select-heads", type=int, nargs="*", default=[],
+                    help="lost-in-middle / head-selection: target mass on the top-K heads of the readout's "
+                    "response (one row per K and --target)")
     ev.add_argument("--calibration-seed", type=int, default=1000, help="cases the calibration is measured on")
     ev.add_argument("--skip-baseline", action="store_true", help="lost-in-middle: no baseline row")
     ev.add_argument("--calibration-n", type=int, default=10, help="cases per gold position for the calibration")

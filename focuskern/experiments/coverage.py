@@ -27,7 +27,7 @@ from ..spec import FocusSpec
 from .generation import Decoding, budget_of, generate
 from .metadata import run_metadata
 from .metrics import forbidden_entities, score_output
-from .prompts import chat_inputs
+from .prompts import chat_inputs, chat_texts
 
 CASES_FILE = os.path.join(os.path.dirname(__file__), "coverage_cases.json")
 SPLITS = ("tune", "report", "all")
@@ -97,9 +97,40 @@ class PerPrompt(LogitsProcessor):
         return scores
 
 
+@dataclasses.dataclass(frozen=True)
+class AttentionRow:
+    """A row steered by the attention lever alone: target mass ``target`` on each case's entity spans in
+    the prompt, on every head (``count`` None) or on the top-``count`` heads of the readout's copy
+    response (``heads`` = ``{layer: [heads]}``, set by :meth:`with_heads` once the heads are profiled)."""
+    target: float
+    count: int | None = None
+    heads: dict | None = None
+
+    @property
+    def name(self) -> str:
+        return f"attention p={self.target:g}" + (f" top-{self.count}" if self.count else "")
+
+    def with_heads(self, response: torch.Tensor) -> "AttentionRow":
+        from .head_selection import top_heads
+
+        return dataclasses.replace(self, heads=top_heads(response, self.count)) if self.count else self
+
+    def focus(self, model, tok, batch: list[dict], seq_len: int):
+        from ..hf.attention import attention_focus
+        from .inspect import entity_span
+
+        if self.count and self.heads is None:
+            raise ValueError(f"{self.name}: the heads were not selected (with_heads)")
+        span = entity_span(tok, chat_texts(tok, [c["prompt"] for c in batch]), [c["entities"] for c in batch],
+                           seq_len)
+        return attention_focus(model, target_mass=self.target, target_keys=span.to(model.device), heads=self.heads)
+
+
 def run_policy(model, tok, cases, policy: str, strength: float, decoding: Decoding, seeds, batch_size: int,
-               bar=None) -> list[dict]:
-    """Every case's outputs under one policy: ``[{"mode": "greedy" | "seed N", "outputs": [...]}]``."""
+               bar=None, attention: AttentionRow | None = None) -> list[dict]:
+    """Every case's outputs under one policy: ``[{"mode": "greedy" | "seed N", "outputs": [...]}]``.
+    With ``attention`` the policy is that attention row (no logits processor), and the answers are
+    scored again under the unmodified model (the logits ``generate`` saw were already steered)."""
     runs = []
     budget = budget_of(model, decoding.max_new_tokens)
     for seed in [None, *seeds]:
@@ -107,8 +138,15 @@ def run_policy(model, tok, cases, policy: str, strength: float, decoding: Decodi
         for lo in range(0, len(cases), batch_size):
             batch = cases[lo:lo + batch_size]
             inputs = chat_inputs(tok, [c["prompt"] for c in batch], model.device)
-            procs = [POLICIES[policy](c["entities"], budget, tok, strength) for c in batch]
-            out, lps = generate(model, tok, inputs, [PerPrompt(procs)], decoding, seed, bar=bar)
+            if attention is None:
+                procs = [POLICIES[policy](c["entities"], budget, tok, strength) for c in batch]
+                out, lps = generate(model, tok, inputs, [PerPrompt(procs)], decoding, seed, bar=bar)
+            else:
+                from .attention_keywords import unmodified_logprobs
+
+                with attention.focus(model, tok, batch, inputs["input_ids"].shape[1]):
+                    out, _ = generate(model, tok, inputs, [], decoding, seed, bar=bar)
+                lps = unmodified_logprobs(model, inputs, out, tok.pad_token_id)
             for case, row, lp, ids, mask in zip(batch, out, lps, inputs["input_ids"], inputs["attention_mask"]):
                 text = tok.decode(row, skip_special_tokens=True)
                 prompt = ids[mask.bool()].tolist()
@@ -238,14 +276,18 @@ def main(args) -> int:
     previous = _previous(stem + ".json", config, cases) if args.resume else {}
     # The baseline pushes nothing: one strength is enough.
     todo = [(p, 1.0 if p == "baseline" else s) for p in args.policies for s in args.strengths]
-    todo = list(dict.fromkeys(todo))
+    attention = {row.name: row for row in (AttentionRow(p, K) for p in args.target for K in [None, *args.select_heads])}
+    todo = list(dict.fromkeys(todo + [(name, 1.0) for name in attention]))
     runs_per_policy = (1 + len(args.seeds)) * math.ceil(len(cases) / args.batch_size)
     fresh = [t for t in todo if t not in previous]
     print(f"{len(cases)} cases ({args.split}), {len(todo)} policy settings ({len(todo) - len(fresh)} reused), "
           f"greedy + seeds {args.seeds}")
     if fresh:  # all reused: only the tables and the plot are written again
         print(f"loading {args.model or 'the embedded SmolLM2-135M-Instruct'} ...")
-        model, tok = load_model(args.model, device=args.device)
+        model, tok = load_model(args.model, device=args.device, attn_implementation="focus" if attention else None)
+        if args.select_heads and args.target:
+            response = profile_heads(model, tok, args, decoding)
+            attention = {name: row.with_heads(response) for name, row in attention.items()}
     bar = tqdm(total=len(fresh) * runs_per_policy * decoding.max_new_tokens, unit="step", dynamic_ncols=True)
     results = []
     for policy, strength in todo:
@@ -253,7 +295,8 @@ def main(args) -> int:
             results.append(previous[(policy, strength)])
             continue
         bar.set_description(f"{policy} x{strength:g}")
-        runs = run_policy(model, tok, cases, policy, strength, decoding, args.seeds, args.batch_size, bar)
+        runs = run_policy(model, tok, cases, policy, strength, decoding, args.seeds, args.batch_size, bar,
+                          attention.get(policy))
         results.append({"policy": policy, "strength": strength, "runs": runs})
         _write(stem, args, config, cases, results, partial=True)
     bar.close()
@@ -261,6 +304,22 @@ def main(args) -> int:
     print(markdown_table(summary, len(cases), args.seeds))
     print(f"wrote {stem}.json, .md, .png")
     return 0
+
+
+def profile_heads(model, tok, args, decoding: Decoding) -> torch.Tensor:
+    """The copy response of every head (:func:`.head_selection.copy_response`) on the tuning half's
+    greedy answers -- whatever ``--split`` is -- written to ``<out>/<name>_heads.{json,png}``."""
+    from .head_selection import as_pairs, copy_response, plot_response, save_profile, top_heads
+
+    profile = copy_response(model, tok, load_cases("tune"), decoding.max_new_tokens, args.batch_size)
+    stem = os.path.join(args.out, args.name + "_heads")
+    meta = run_metadata(args.device, cases="tune", starts=profile["starts"], steps=profile["steps"],
+                        selected={K: as_pairs(top_heads(profile["response"], K)) for K in args.select_heads})
+    save_profile(stem + ".json", profile["response"], meta)
+    plot_response(profile["response"], args.select_heads, stem + ".png",
+                  f"copy response (entity span share before an entity - elsewhere), coverage tuning half, "
+                  f"{profile['starts']} entity starts of {profile['steps']} steps")
+    return profile["response"]
 
 
 def _write(stem: str, args, config: dict, cases: list[dict], results: list[dict], partial: bool) -> list[dict]:

@@ -55,6 +55,7 @@ class Setting:
     target: Optional[float] = None  # target mass on the key's tokens instead of a boost
     calibrate: Optional[float] = None  # strength lambda of the position calibration
     calibration: tuple[float, ...] = ()  # log(mean share / share) per pair position (from the readout)
+    heads: tuple[tuple[int, int], ...] = ()  # (layer, head) pairs that get the target (empty: every head)
 
     def __post_init__(self):
         if self.scope not in ("all", "data"):
@@ -63,7 +64,8 @@ class Setting:
     @property
     def label(self) -> str:
         if self.target is not None:
-            return f"target mass p={self.target:g}, layers {format_layers(self.layers)}, {self.scope} occurrences"
+            where = f"top-{len(self.heads)} heads (readout)" if self.heads else f"layers {format_layers(self.layers)}"
+            return f"target mass p={self.target:g}, {where}, {self.scope} occurrences"
         if self.calibrate is not None:
             return f"position calibration lambda={self.calibrate:g}, layers {format_layers(self.layers)}"
         if self.beta is None:
@@ -150,6 +152,11 @@ def focus_block(model, tok, texts, keys, setting: Setting, seq_len: int, pairs=N
     ``pairs``: the placed pairs of each row (needed by the position calibration)."""
     if setting.target is not None:
         span = key_bias(tok, texts, keys, setting, seq_len, beta=1.0) != 0
+        if setting.heads:
+            from .head_selection import as_map
+
+            return attention_focus(model, target_mass=setting.target, target_keys=span.to(model.device),
+                                   heads=as_map(setting.heads))
         return attention_focus(model, target_mass=setting.target, target_keys=span.to(model.device),
                                layers=setting.layers)
     if setting.calibrate is not None:
@@ -263,7 +270,7 @@ def main(args) -> int:
                               for scope in args.scope for spec in args.layers for beta in args.beta]
     t0 = time.perf_counter()
     model, tok = load_model(args.model, device=args.device, attn_implementation="focus")
-    if args.target or args.calibrate:
+    if args.target or args.calibrate or args.select_heads:
         from .lost_in_middle_readout import readout_settings
 
         settings += readout_settings(model, tok, args)

@@ -23,10 +23,11 @@ from . import lost_in_middle as lim
 from .metadata import run_metadata
 
 
-def pair_groups(tok, texts: list[str], pairs: list[list[tuple[str, str]]], seq_len: int) -> torch.Tensor:
-    """[B, seq_len] int32: pair index ``t`` on the tokens of the ``t``-th JSON line of each row, -1 elsewhere
-    (left-padded batch)."""
-    lines = [[f'"{key}": "{value}"' for key, value in row] for row in pairs]
+def pair_groups(tok, texts: list[str], pairs: list[list[tuple[str, str]]], seq_len: int,
+                keys_only: bool = False) -> torch.Tensor:
+    """[B, seq_len] int32: pair index ``t`` on the tokens of the ``t``-th JSON line of each row (only its
+    key's tokens with ``keys_only``), -1 elsewhere (left-padded batch)."""
+    lines = [[f'"{key}"' if keys_only else f'"{key}": "{value}"' for key, value in row] for row in pairs]
     groups = torch.full((len(texts), seq_len), -1, dtype=torch.int32)
     for b, (text, row) in enumerate(zip(texts, lines)):
         pos = entity_positions(tok, [text], [row], padding_side="left", per_occurrence=True)[0]
@@ -105,6 +106,8 @@ def readout_settings(model, tok, args) -> list:
     ``args.calibration_seed`` cases (written to ``<out>/<name>_readout.{json,png}``)."""
     settings = [lim.Setting(layers=lim.parse_layers(spec), scope=scope, target=p)
                 for p in args.target for scope in args.scope for spec in args.layers]
+    if args.select_heads:
+        settings += selected_head_settings(model, tok, args)
     if not args.calibrate:
         return settings
     k = max(args.k)
@@ -119,3 +122,22 @@ def readout_settings(model, tok, args) -> list:
     settings += [lim.Setting(layers=lim.parse_layers(spec), calibrate=lam, calibration=curve)
                  for lam in args.calibrate for spec in args.layers]
     return settings
+
+
+def selected_head_settings(model, tok, args) -> list:
+    """Target mass on the top-K heads of the readout's retrieval response (``--select-heads K``), measured
+    on ``args.calibration_seed`` cases (written to ``<out>/<name>_heads.{json,png}``): one row per ``--target``
+    p, scope and K, besides the rows of ``--target`` on ``--layers``."""
+    from .head_selection import as_pairs, plot_response, retrieval_response, save_profile, top_heads
+
+    k = max(args.k)
+    response = retrieval_response(model, tok, k, args.calibration_n, args.calibration_seed, args.ids)
+    base = os.path.join(args.out, f"{args.name}_heads")
+    meta = run_metadata(args.device, k=k, n=args.calibration_n, seed=args.calibration_seed, ids=args.ids,
+                        selected={K: as_pairs(top_heads(response, K)) for K in args.select_heads})
+    save_profile(base + ".json", response, meta)
+    plot_response(response, args.select_heads, base + ".png",
+                  f"retrieval response (queried key - other keys), k={k} {args.ids}, n={args.calibration_n} per "
+                  f"position, seed {args.calibration_seed} + k")
+    return [lim.Setting(scope=scope, target=p, heads=as_pairs(top_heads(response, K)))
+            for p in args.target for scope in args.scope for K in args.select_heads]
