@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     cov.add_argument("--resume", action="store_true", help="reuse rows of an earlier run with the same settings")
     ak = ev.add_argument_group("attention-keywords (seed 000's task; --target: masses p, default 0.03 0.1)")
     ak.add_argument("--samples", type=int, default=5, help="sampled answers per row (one batch, seed --seed)")
+    ak.add_argument("--heads-from", help="with --select-heads: a head profile (<name>_heads.json of eval coverage)")
     ak.add_argument("--both", type=float, default=0.1, help="target mass of the logits + attention row (0: none)")
     return parser
 

@@ -1,7 +1,9 @@
 """``focuskern eval attention-keywords``: seed 000's task with the attention lever (issue 13, evaluation 2).
 
 Rows: the unmodified model; target mass ``p`` on the prompt's keyword spans in every head of every layer
-(``attention_focus(target_mass=p)``); the logits lever alone (focuskern's defaults with the budget); both.
+(``attention_focus(target_mass=p)``) and, with ``--select-heads K --heads-from FILE``, on the top-K heads of
+a copy-response profile (:mod:`.head_selection`, written by ``eval coverage --select-heads``); the logits
+lever alone (focuskern's defaults with the budget); both.
 Decoding as ``focuskern demo`` (greedy + ``--samples`` sampled rows drawn in one batch).  Fluency is the
 mean log-prob of each answer under the *unmodified* model: the answers are scored again without focus
 (under attention focus the logits ``generate`` sees are already steered).
@@ -17,14 +19,14 @@ import time
 
 import torch
 
-from ..hf.attention import attention_focus
 from ..hf.logits import FocusLogitsProcessor
 from ..spec import FocusSpec
+from .coverage import AttentionRow
 from .demo import _measure
+from .head_selection import as_pairs
 from .generation import Decoding, budget_of, generate, mean_logprobs
-from .inspect import entity_span
 from .metadata import run_metadata
-from .prompts import chat_inputs, chat_texts
+from .prompts import chat_inputs
 
 
 def check_targets(targets) -> list[float]:
@@ -35,13 +37,20 @@ def check_targets(targets) -> list[float]:
     return [float(p) for p in targets]
 
 
-def rows_of(targets: list[float], both: float | None) -> list[tuple[str, float | None, bool]]:
-    """(label, target mass or None, logits lever on)."""
+def rows_of(targets: list[float], both: float | None, response: torch.Tensor | None = None,
+            counts=()) -> list[tuple[str, AttentionRow | None, bool]]:
+    """(label, attention row or None, logits lever on); top-K rows need the heads' ``response``, and
+    the logits + attention row ``both`` then uses the first K's heads."""
     rows = [("baseline", None, False)]
-    rows += [(f"attention p={p:g} (all heads)", p, False) for p in targets]
+    rows += [(f"attention p={p:g} (all heads)", AttentionRow(p), False) for p in targets]
+    for K in counts:
+        rows += [(f"attention p={p:g} (top-{K} heads)", AttentionRow(p, K).with_heads(response), False)
+                 for p in targets]
     rows.append(("logits (defaults, budget)", None, True))
-    if both is not None:
-        rows.append((f"logits + attention p={both:g}", both, True))
+    if both is not None:  # on the heads of the first K when heads are selected
+        row = AttentionRow(both, counts[0] if counts else None).with_heads(response)
+        where = f" (top-{row.count} heads)" if row.count else ""
+        rows.append((f"logits + attention p={both:g}{where}", row, True))
     return rows
 
 
@@ -61,17 +70,19 @@ def run(model, tok, prompt, keywords, rows, *, samples, max_new_tokens, seed=0, 
     from tqdm import tqdm
 
     inputs = chat_inputs(tok, [prompt], model.device)
-    span = entity_span(tok, chat_texts(tok, [prompt]), keywords, inputs["input_ids"].shape[1])
     variants = FocusSpec(keywords).token_variants(tok)
     decoding, budget = Decoding(max_new_tokens=max_new_tokens), budget_of(model, max_new_tokens)
     results = []
-    for label, p, logits in rows:
-        t0, result = time.perf_counter(), {"row": label, "target_mass": p, "logits": logits}
+    case = [{"prompt": prompt, "entities": keywords}]
+    for label, attention, logits in rows:
+        t0 = time.perf_counter()
+        result = {"row": label, "target_mass": attention and attention.target, "logits": logits,
+                  "heads": attention and attention.heads and as_pairs(attention.heads)}
         with tqdm(total=2 * max_new_tokens, desc=f"{label:30s}", unit="step", dynamic_ncols=True) as bar:
             for kind, sample_seed in (("greedy", None), ("sampled", seed)):
                 procs = [FocusLogitsProcessor(FocusSpec(keywords, **budget), tok)] if logits else []
-                focus = attention_focus(model, target_mass=p, target_keys=span) if p else contextlib.nullcontext()
-                with focus:
+                L = inputs["input_ids"].shape[1]
+                with attention.focus(model, tok, case, L) if attention else contextlib.nullcontext():
                     outs, steered = generate(model, tok, inputs, procs, decoding, sample_seed,
                                              num_return_sequences=samples, bar=bar)
                 measured = _measure(tok, outs, unmodified_logprobs(model, inputs, outs, tok.pad_token_id),
@@ -128,9 +139,16 @@ def main(args) -> int:
 
     targets = check_targets(args.target or [0.03, 0.1])
     both = check_targets([args.both])[0] if args.both else None
+    response = None
+    if args.select_heads:
+        if not args.heads_from:
+            raise ValueError("--heads-from: needed with --select-heads (a <name>_heads.json of eval coverage)")
+        with open(args.heads_from) as f:
+            response = torch.tensor(json.load(f)["response"])
     max_new = args.max_new_tokens or 200
     model, tok = load_model(args.model, device=args.device, attn_implementation="focus")
-    results = run(model, tok, SEED_PROMPT, SEED_KEYWORDS, rows_of(targets, both), samples=args.samples,
+    results = run(model, tok, SEED_PROMPT, SEED_KEYWORDS, rows_of(targets, both, response, args.select_heads),
+                  samples=args.samples,
                   max_new_tokens=max_new, seed=args.seed)
     report = {**run_metadata(args.device), "note": args.note, "prompt": SEED_PROMPT, "keywords": SEED_KEYWORDS,
               "max_new_tokens": max_new, "samples": args.samples, "seed": args.seed,

@@ -55,6 +55,56 @@ def retrieval_response(model, tok, k: int, n: int, seed: int, ids: str, batch_si
     return total / count
 
 
+def steering_effect(model, tok, k: int, n: int, seed: int, ids: str, heads: dict[int, list[int]], target: float,
+                    batch_size: int = 10) -> dict:
+    """What target mass ``target`` on the queried key in ``heads`` does at the query that writes the value,
+    per gold position (``n`` cases of ``seed + k``), without -> with it: the selected heads' mean share on
+    the queried key's tokens, every head's mean share on the gold value's tokens, and the probability of
+    the value's first token.  ``{label: {"key": [base, steered], "value": [...], "p_first": [...]}}``."""
+    import contextlib
+
+    from ..hf.attention import attention_focus
+
+    chosen = torch.zeros(model.config.num_hidden_layers, model.config.num_attention_heads, dtype=torch.bool)
+    for layer, hs in heads.items():
+        chosen[layer, hs] = True
+    cases = lim.make_cases(k, n, seed + k, ids)
+    effect = {}
+    for label, fraction in zip(lim.LABELS, lim.FRACTIONS):
+        index = lim.gold_index(k, fraction)
+        sums = {"key": [0.0, 0.0], "value": [0.0, 0.0], "p_first": [0.0, 0.0]}
+        for lo in range(0, n, batch_size):
+            placed = [lim.place(pairs, index) for pairs in cases[lo:lo + batch_size]]
+            keys = [pairs[index][0] for pairs in placed]
+            texts = lim.prompt_texts(tok, [lim.case_prompt(p, key) for p, key in zip(placed, keys)], keys)
+            inputs = tok(texts, return_tensors="pt", padding=True, padding_side="left").to(model.device)
+            L = inputs["input_ids"].shape[1]
+            line, key = pair_groups(tok, texts, placed, L), pair_groups(tok, texts, placed, L, keys_only=True)
+            groups = torch.where(key == index, 0, torch.where(line == index, 1, -1)).int()
+            first = torch.tensor([tok(p[index][1], add_special_tokens=False)["input_ids"][0] for p in placed])
+            span = (groups == 0).to(model.device)
+            for i, focus in enumerate((contextlib.nullcontext(),
+                                       attention_focus(model, target_mass=target, target_keys=span, heads=heads))):
+                with torch.no_grad(), focus, attention_readout(model, groups, 2, prompt_rows="last") as readout:
+                    logits = model(**inputs).logits[:, -1].float().cpu()
+                share = readout.stacked("prompt")[:, :, :, -1].float().cpu()  # [layers, B, heads, 2]
+                sums["key"][i] += float(share[..., 0].permute(1, 0, 2)[:, chosen].mean(1).sum())
+                sums["value"][i] += float(share[..., 1].mean((0, 2)).sum())
+                sums["p_first"][i] += float(logits.softmax(-1).gather(1, first[:, None]).sum())
+        effect[label] = {name: [v / n for v in pair] for name, pair in sums.items()}
+    return effect
+
+
+def effect_table(effect: dict) -> str:
+    """Markdown of :func:`steering_effect`: one row per gold position."""
+    lines = ["| gold position | share on the key, selected heads | share on the gold value, all heads "
+             "| P(value's first token) |", "|---|---|---|---|"]
+    for label, e in effect.items():
+        lines.append(f"| {label} | " + " | ".join(f"{e[m][0]:.3f} → {e[m][1]:.3f}" for m in ("key", "value", "p_first"))
+                     + " |")
+    return "\n".join(lines)
+
+
 def entity_starts(tokens: list[int], variants: list[list[tuple[int, ...]]]) -> list[bool]:
     """Per position ``t`` of ``tokens``: does some entity's token variant start there?"""
     seqs = {seq for entity in variants for seq in entity}

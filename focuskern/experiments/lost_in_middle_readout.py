@@ -126,9 +126,11 @@ def readout_settings(model, tok, args) -> list:
 
 def selected_head_settings(model, tok, args) -> list:
     """Target mass on the top-K heads of the readout's retrieval response (``--select-heads K``), measured
-    on ``args.calibration_seed`` cases (written to ``<out>/<name>_heads.{json,png}``): one row per ``--target``
-    p, scope and K, besides the rows of ``--target`` on ``--layers``."""
-    from .head_selection import as_pairs, plot_response, retrieval_response, save_profile, top_heads
+    on ``args.calibration_seed`` cases (written to ``<out>/<name>_heads.{json,png}``, with the
+    :func:`~.head_selection.steering_effect` of each p and K on the same cases in ``<name>_heads_effect.*``):
+    one row per ``--target`` p, scope and K, besides the rows of ``--target`` on ``--layers``."""
+    from .head_selection import (as_pairs, effect_table, plot_response, retrieval_response, save_profile,
+                                 steering_effect, top_heads)
 
     k = max(args.k)
     response = retrieval_response(model, tok, k, args.calibration_n, args.calibration_seed, args.ids)
@@ -139,5 +141,16 @@ def selected_head_settings(model, tok, args) -> list:
     plot_response(response, args.select_heads, base + ".png",
                   f"retrieval response (queried key - other keys), k={k} {args.ids}, n={args.calibration_n} per "
                   f"position, seed {args.calibration_seed} + k")
+    effects = {f"p={p:g} top-{K}": steering_effect(model, tok, k, args.calibration_n, args.calibration_seed, args.ids,
+                                                   top_heads(response, K), p)
+               for p in args.target for K in args.select_heads}
+    with open(base + "_effect.json", "w") as f:
+        json.dump({**meta, "effects": effects}, f, indent=1)
+    with open(base + "_effect.md", "w") as f:
+        f.write(f"# What target mass on the selected heads does at the query that writes the value\n\n"
+                f"Tuning cases (k={k} {args.ids}, n={args.calibration_n} per gold position, seed "
+                f"{args.calibration_seed} + k), without -> with focus; {meta['date_utc']}, {meta['device']}.\n")
+        for name, effect in effects.items():
+            f.write(f"\n## {name}\n\n{effect_table(effect)}\n")
     return [lim.Setting(scope=scope, target=p, heads=as_pairs(top_heads(response, K)))
             for p in args.target for scope in args.scope for K in args.select_heads]
