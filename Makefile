@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: check-cuda install test test-fast demo bench bench-gpu clean gpu-report gpu-report-smoke bench-scaling
 .PHONY: install-vllm vllm-model test-vllm bench-vllm bench-vllm-http
-.PHONY: eval eval-coverage
+.PHONY: eval eval-coverage eval-heads
 
 $(STAMP): requirements.txt constraints.txt setup.py pyproject.toml focuskern/ops/layout.py $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -132,3 +132,20 @@ eval: $(STAMP)
 eval-coverage: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m focuskern eval coverage --split tune --name coverage_tune_smollm2_cpu
 	OMP_NUM_THREADS=1 $(PY) -m focuskern eval coverage --split report --name coverage_report_smollm2_cpu
+
+# Head selection from the readout (issue 13, evaluation 3; README "Head selection from the readout"):
+# tuning runs (lost in the middle on seed 1000, coverage tuning half), then the report runs with the
+# settings chosen there (seed 0; coverage report half; seed 000's prompt).  About 2.5 hours on 2 vCPU.
+HEADS_LIM := --ids hex8 --k 20 --beta --scope data --calibration-n 10 --calibration-seed 1000
+eval-heads: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m focuskern eval lost-in-middle $(HEADS_LIM) --n 10 --seed 1000 --target 0.1 0.3 \
+		--select-heads 9 27 --name lost_in_middle_heads_tune_hex8_smollm2_cpu
+	OMP_NUM_THREADS=1 $(PY) -m focuskern eval coverage --split tune --seeds --policies baseline --target 0.1 0.3 \
+		--select-heads 9 27 --name coverage_heads_tune_smollm2_cpu
+	OMP_NUM_THREADS=1 $(PY) -m focuskern eval lost-in-middle $(HEADS_LIM) --n 50 --seed 0 --target 0.1 --select-heads 9 \
+		--name lost_in_middle_heads_hex8_smollm2_cpu
+	OMP_NUM_THREADS=1 $(PY) -m focuskern eval coverage --split report --policies baseline --target 0.1 0.3 \
+		--select-heads 27 --name coverage_heads_report_smollm2_cpu
+	for seed in 0 1; do OMP_NUM_THREADS=1 $(PY) -m focuskern eval attention-keywords --samples 5 --seed $$seed \
+		--target 0.3 --select-heads 27 --heads-from benchmarks/results/coverage_heads_tune_smollm2_cpu_heads.json \
+		--both 0.3 --name attention_keywords_heads_seed$${seed}_smollm2_cpu; done
