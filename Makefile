@@ -144,7 +144,7 @@ eval-heads: $(STAMP)
 		--select-heads 9 27 --name coverage_heads_tune_smollm2_cpu
 	OMP_NUM_THREADS=1 $(PY) -m focuskern eval lost-in-middle $(HEADS_LIM) --n 50 --seed 0 --target 0.1 --select-heads 9 \
 		--name lost_in_middle_heads_hex8_smollm2_cpu
-	OMP_NUM_THREADS=1 $(PY) -m focuskern eval coverage --split report --policies baseline --target 0.1 0.3 \
+	OMP_NUM_THREADS=1 $(PY) -m focuskern eval coverage --split report --policies baseline --target 0.3 \
 		--select-heads 27 --name coverage_heads_report_smollm2_cpu
 	for seed in 0 1; do OMP_NUM_THREADS=1 $(PY) -m focuskern eval attention-keywords --samples 5 --seed $$seed \
 		--target 0.3 --select-heads 27 --heads-from benchmarks/results/coverage_heads_tune_smollm2_cpu_heads.json \
