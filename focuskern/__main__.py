@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--calibrate", type=float, nargs="*", default=[],
                     help="lost-in-middle: position-calibration strengths lambda (one row each)")
     ev.add_argument("--select-heads", type=int, nargs="*", default=[],
-                    help="lost-in-middle / head-selection: target mass on the top-K heads of the readout's "
-                    "response (one row per K and --target)")
+                    help="lost-in-middle / coverage / attention-keywords: target mass on the top-K heads of "
+                    "the readout's response (one row per K and --target)")
     ev.add_argument("--calibration-seed", type=int, default=1000, help="cases the calibration is measured on")
     ev.add_argument("--skip-baseline", action="store_true", help="lost-in-middle: no baseline row")
     ev.add_argument("--calibration-n", type=int, default=10, help="cases per gold position for the calibration")

@@ -12,8 +12,8 @@ Response of head ``(l, h)`` (no focus, ``mass`` of :func:`~focuskern.hf.readout.
   an entity when the model is about to write it.
 
 Both are means over tuning cases (seed 1000 + k for lost in the middle, the coverage cases' tuning half for
-keywords); :func:`top_heads` keeps the ``K`` largest.  ``focuskern eval lost-in-middle --select-heads K``
-and ``focuskern eval head-selection`` (:mod:`.head_keywords`) use them.
+keywords); :func:`top_heads` keeps the ``K`` largest.  ``focuskern eval lost-in-middle|coverage|attention-keywords
+--select-heads K`` use them (``attention-keywords`` reads a saved profile: ``--heads-from``).
 """
 from __future__ import annotations
 
