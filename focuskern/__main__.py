@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     cov.add_argument("--limit", type=int, help="only the first N cases of the split (quick runs)")
     cov.add_argument("--repetition-penalty", type=float, default=1.05)
     cov.add_argument("--no-repeat-ngram-size", type=int, default=2)
+    cov.add_argument("--with-logits", action="store_true",
+                     help="the --target rows on selected heads (all heads without --select-heads) also together "
+                     "with the logits lever (the defaults policy)")
     cov.add_argument("--resume", action="store_true", help="reuse rows of an earlier run with the same settings")
     ak = ev.add_argument_group("attention-keywords (seed 000's task; --target: masses p, default 0.03 0.1)")
     ak.add_argument("--samples", type=int, default=5, help="sampled answers per row (one batch, seed --seed)")

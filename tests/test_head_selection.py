@@ -52,6 +52,7 @@ def test_setting_and_row_names_and_missing_heads():
     response = torch.arange(270.0).reshape(30, 9)
     assert as_pairs(row.with_heads(response).heads) == tuple((29, h) for h in range(9))
     assert AttentionRow(0.3).with_heads(response).heads is None
+    assert AttentionRow(0.3, 27, logits=True).name == "defaults + attention p=0.3 top-27"
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +97,35 @@ def test_profiles_on_the_model(lm):
     out = model.generate(**inputs, max_new_tokens=40, do_sample=False, repetition_penalty=d.repetition_penalty,
                          no_repeat_ngram_size=d.no_repeat_ngram_size, pad_token_id=tok.pad_token_id)
     assert copy["steps"] == int((out[:, inputs["input_ids"].shape[1]:] != tok.pad_token_id).sum())
+
+
+class _Force:
+    """A logits processor that leaves only ``token`` possible."""
+
+    def __init__(self, token: int):
+        self.token = token
+
+    def __call__(self, input_ids, scores):
+        scores = torch.full_like(scores, float("-inf"))
+        scores[:, self.token] = 0.0
+        return scores
+
+
+@pytest.mark.model
+def test_coverage_attention_rows_take_the_logits_lever_only_when_asked(lm, monkeypatch):
+    from focuskern.experiments import coverage
+    from focuskern.experiments.generation import Decoding
+
+    model, tok = lm
+    token = random.randrange(1000, 20000)
+    print("forced token", token)
+    monkeypatch.setitem(coverage.POLICIES, "defaults", lambda ents, budget, tok, s: [_Force(token)])
+    case = [random.choice(load_cases("report"))]
+    decoding = Decoding(max_new_tokens=4)
+    answers = {}
+    for logits in (False, True):
+        row = AttentionRow(0.3, logits=logits)
+        (run,) = coverage.run_policy(model, tok, case, row.name, 1.0, decoding, [], 1, attention=row)
+        answers[logits] = run["outputs"][0]["text"]
+    assert answers[True] == tok.decode([token] * 4, skip_special_tokens=True)
+    assert answers[False] != answers[True]

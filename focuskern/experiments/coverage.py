@@ -99,16 +99,19 @@ class PerPrompt(LogitsProcessor):
 
 @dataclasses.dataclass(frozen=True)
 class AttentionRow:
-    """A row steered by the attention lever alone: target mass ``target`` on each case's entity spans in
+    """A row steered by the attention lever: target mass ``target`` on each case's entity spans in
     the prompt, on every head (``count`` None) or on the top-``count`` heads of the readout's copy
-    response (``heads`` = ``{layer: [heads]}``, set by :meth:`with_heads` once the heads are profiled)."""
+    response (``heads`` = ``{layer: [heads]}``, set by :meth:`with_heads` once the heads are profiled);
+    with ``logits`` together with the logits lever (the ``defaults`` policy)."""
     target: float
     count: int | None = None
     heads: dict | None = None
+    logits: bool = False
 
     @property
     def name(self) -> str:
-        return f"attention p={self.target:g}" + (f" top-{self.count}" if self.count else "")
+        return (("defaults + " if self.logits else "") + f"attention p={self.target:g}"
+                + (f" top-{self.count}" if self.count else ""))
 
     def with_heads(self, response: torch.Tensor) -> "AttentionRow":
         from .head_selection import top_heads
@@ -129,8 +132,9 @@ class AttentionRow:
 def run_policy(model, tok, cases, policy: str, strength: float, decoding: Decoding, seeds, batch_size: int,
                bar=None, attention: AttentionRow | None = None) -> list[dict]:
     """Every case's outputs under one policy: ``[{"mode": "greedy" | "seed N", "outputs": [...]}]``.
-    With ``attention`` the policy is that attention row (no logits processor), and the answers are
-    scored again under the unmodified model (the logits ``generate`` saw were already steered)."""
+    With ``attention`` the policy is that attention row (with the ``defaults`` processors where the row
+    says so), and the answers are scored again under the unmodified model (the logits ``generate`` saw
+    were already steered)."""
     runs = []
     budget = budget_of(model, decoding.max_new_tokens)
     for seed in [None, *seeds]:
@@ -138,14 +142,15 @@ def run_policy(model, tok, cases, policy: str, strength: float, decoding: Decodi
         for lo in range(0, len(cases), batch_size):
             batch = cases[lo:lo + batch_size]
             inputs = chat_inputs(tok, [c["prompt"] for c in batch], model.device)
+            logits = policy if attention is None else "defaults" if attention.logits else "baseline"
+            procs = [PerPrompt([POLICIES[logits](c["entities"], budget, tok, strength) for c in batch])]
             if attention is None:
-                procs = [POLICIES[policy](c["entities"], budget, tok, strength) for c in batch]
-                out, lps = generate(model, tok, inputs, [PerPrompt(procs)], decoding, seed, bar=bar)
+                out, lps = generate(model, tok, inputs, procs, decoding, seed, bar=bar)
             else:
                 from .attention_keywords import unmodified_logprobs
 
                 with attention.focus(model, tok, batch, inputs["input_ids"].shape[1]):
-                    out, _ = generate(model, tok, inputs, [], decoding, seed, bar=bar)
+                    out, _ = generate(model, tok, inputs, procs, decoding, seed, bar=bar)
                 lps = unmodified_logprobs(model, inputs, out, tok.pad_token_id)
             for case, row, lp, ids, mask in zip(batch, out, lps, inputs["input_ids"], inputs["attention_mask"]):
                 text = tok.decode(row, skip_special_tokens=True)
@@ -276,7 +281,11 @@ def main(args) -> int:
     previous = _previous(stem + ".json", config, cases) if args.resume else {}
     # The baseline pushes nothing: one strength is enough.
     todo = [(p, 1.0 if p == "baseline" else s) for p in args.policies for s in args.strengths]
-    attention = {row.name: row for row in (AttentionRow(p, K) for p in args.target for K in [None, *args.select_heads])}
+    rows = [AttentionRow(p, K) for p in args.target for K in [None, *args.select_heads]]
+    # With the logits lever: the selected-heads rows (the all-heads ones where no heads are selected).
+    rows += [dataclasses.replace(r, logits=True) for r in rows
+             if args.with_logits and bool(r.count) == bool(args.select_heads)]
+    attention = {row.name: row for row in rows}
     todo = list(dict.fromkeys(todo + [(name, 1.0) for name in attention]))
     runs_per_policy = (1 + len(args.seeds)) * math.ceil(len(cases) / args.batch_size)
     fresh = [t for t in todo if t not in previous]
