@@ -146,6 +146,9 @@ eval-heads: $(STAMP)
 		--name lost_in_middle_heads_hex8_smollm2_cpu
 	OMP_NUM_THREADS=1 $(PY) -m focuskern eval coverage --split report --policies baseline --target 0.3 \
 		--select-heads 27 --name coverage_heads_report_smollm2_cpu
+	for split in tune report; do OMP_NUM_THREADS=1 $(PY) -m focuskern eval coverage --split $$split \
+		$$( [ $$split = tune ] && echo --seeds ) --policies baseline defaults --target 0.3 --select-heads 27 \
+		--with-logits --name coverage_heads_logits_$${split}_smollm2_cpu; done
 	for seed in 0 1; do OMP_NUM_THREADS=1 $(PY) -m focuskern eval attention-keywords --samples 5 --seed $$seed \
 		--target 0.3 --select-heads 27 --heads-from benchmarks/results/coverage_heads_tune_smollm2_cpu_heads.json \
 		--both 0.3 --name attention_keywords_heads_seed$${seed}_smollm2_cpu; done
