@@ -11,11 +11,12 @@ the row's satisfied set, so a step costs the program's list entries, not entitie
 """
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
 from ._registry import define_mutating_op
-from ._triton_common import blend_range, decay_strength
+from ._triton_common import DTYPES, Launch, MockTensor, blend_range, decay_strength, dtype_name
 from .focus_state import FOCUS_STATE_SCHEMA
 from .layout import C, F, I, N_, S_
 
@@ -23,7 +24,7 @@ BLOCK_V = 2048
 BLOCK_S = 64
 BLOCK_C = 32
 BLOCK_E = 64
-NOT_FOUND = 2**30
+NOT_FOUND = tl.constexpr(2**30)  # a constexpr: compiled (not interpreted) kernels read no other globals
 
 # Column indices from the one layout definition, as Triton compile-time constants.
 F_BIAS, F_CONT, F_ALPHA, F_KIND, F_WIDTH = (tl.constexpr(v) for v in (F.BIAS, F.CONT, F.ALPHA, F.KIND, F.WIDTH))
@@ -213,20 +214,35 @@ def _focus_state_kernel(
             tl.store(eos_ptr, (x_eos.to(tl.float32) - tl.load(pf + F_EOS_DAMP)).to(x_eos.dtype))
 
 
-def launch_focus_state(logits, last_tokens, prog, node, sat, step, prog_f32, prog_i32, node_table, slot_table,
-                       closure, ents, limits, blend) -> None:
+def state_launch(logits, last_tokens, prog, node, sat, step, prog_f32, prog_i32, node_table, slot_table, closure,
+                 ents) -> Launch:
     B, V = logits.shape
-    if B == 0:
-        return
-    _focus_state_kernel[(B,)](
+    return Launch(_focus_state_kernel, (B,), (
         logits, logits.stride(0), logits.stride(1), V,
         last_tokens if last_tokens is not None else step,
         prog, node, sat, step,
         prog_f32, prog_i32, node_table, slot_table, closure, ents,
         sat.shape[1],
-        HAS_LAST=last_tokens is not None,
-        BLOCK_V=BLOCK_V, BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C, BLOCK_E=BLOCK_E,
-    )
+    ), dict(HAS_LAST=last_tokens is not None, BLOCK_V=BLOCK_V, BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C, BLOCK_E=BLOCK_E))
+
+
+def launch_focus_state(logits, last_tokens, prog, node, sat, step, prog_f32, prog_i32, node_table, slot_table,
+                       closure, ents, limits, blend) -> None:
+    if logits.shape[0] == 0:
+        return
+    state_launch(logits, last_tokens, prog, node, sat, step, prog_f32, prog_i32, node_table, slot_table, closure,
+                 ents)()
+
+
+def compile_launches():
+    """(label, launch) for every configuration the launcher can pick (ahead-of-time compilation): per
+    logits dtype, with and without last tokens (the tiles are fixed); 8 rows of 151936 logits."""
+    i32, f32 = MockTensor(torch.int32), MockTensor(torch.float32)
+    for dtype in DTYPES:
+        for last in (None, i32):
+            yield f"{dtype_name(dtype)} last_tokens={last is not None}", state_launch(
+                MockTensor(dtype, [8, 151936]), last, i32, i32, MockTensor(torch.int32, [8, 4]), i32, f32, i32, i32,
+                i32, i32, i32)
 
 
 focus_state_op = define_mutating_op("focus_state_triton_", FOCUS_STATE_SCHEMA, launch_focus_state)
