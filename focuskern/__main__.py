@@ -96,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "with the logits lever (the defaults policy)")
     cov.add_argument("--resume", action="store_true", help="reuse rows of an earlier run with the same settings "
                      "(all reused: only the tables are written again)")
-    cov.add_argument("--versus", default="baseline", help="the row the 'vs' columns compare with (a policy or "
-                     "attention row name)")
+    cov.add_argument("--versus", nargs="+", default=["baseline"], help="rows the 'vs' columns compare with "
+                     "(policy or attention row names; two columns each)")
     ak = ev.add_argument_group("attention-keywords (seed 000's task; --target: masses p, default 0.03 0.1)")
     ak.add_argument("--samples", type=int, default=5, help="sampled answers per row (one batch, seed --seed)")
     ak.add_argument("--heads-from", help="with --select-heads: a head profile (<name>_heads.json of eval coverage)")

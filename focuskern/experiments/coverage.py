@@ -217,22 +217,24 @@ def _pct(x) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1%}"
 
 
-def markdown_table(summary: list[dict], cases: int, seeds, versus: str = "baseline") -> str:
-    """The report's table: one row per policy and strength, the last two columns against ``versus``."""
+def markdown_table(summary: list[dict], cases: int, seeds, versus=("baseline",)) -> str:
+    """The report's table: one row per policy and strength, two columns (all outputs, greedy) against
+    each row named in ``versus``."""
     lines = ["| policy | strength | greedy coverage | sampled coverage | allowed: greedy / sampled "
              "| fluency vs baseline | doubled words | degenerate outputs | over-focused entities "
-             f"| mean length (tokens) | vs {versus}: all outputs | vs {versus}: greedy |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| mean length (tokens) |" + "".join(f" vs {v}: all outputs | vs {v}: greedy |" for v in versus),
+             "|" + " --- |" * (10 + 2 * len(versus))]
     for r in summary:
         allowed = f"{_pct(r.get('allowed_greedy_coverage'))} / {_pct(r.get('allowed_sampled_coverage'))}"
         lines.append(f"| {r['policy']} | {r['strength']:g} | {_pct(r['greedy_coverage'])} | "
                      f"{_pct(r['sampled_coverage'])} | {allowed} | {_pct(r['fluency'])} | {r['doubled_words']} | "
-                     f"{r['degenerate_outputs']} of {r['outputs']} | {r['over_focused']} | {r['mean_tokens']:.0f} | "
-                     f"{format_difference(r.get('vs_baseline'))} | {format_difference(r.get('vs_baseline_greedy'))} |")
+                     f"{r['degenerate_outputs']} of {r['outputs']} | {r['over_focused']} | {r['mean_tokens']:.0f} |"
+                     + "".join(f" {format_difference(r.get('versus', {}).get(v, {}).get(part))} |"
+                               for v in versus for part in ("all", "greedy")))
     lines.append(f"\n{cases} cases; greedy + sampled seeds {list(seeds)} (temperature 0.7, top-p 0.9); "
                  "counts are over all outputs of the row. *Allowed*: coverage of the entities the decoding "
                  "does not forbid outright (no_repeat_ngram_size: every form holds an n-gram of the prompt). "
-                 f"*vs {versus}*: coverage difference from the {versus} row in points (entities said / asked over "
+                 "*vs X*: coverage difference from row X in points (entities said / asked over "
                  "the case's outputs, summed over cases), 95% paired bootstrap interval over the cases "
                  "(10,000 resamples, seed 0).")
     return "\n".join(lines)
@@ -360,12 +362,12 @@ def _write(stem: str, args, config: dict, cases: list[dict], results: list[dict]
     base = next((r for r in results if r["policy"] == "baseline"), None)
     base_lp = summarize("baseline", 1.0, base["runs"], None)["mean_logprob"] if base else None
     summary = [summarize(r["policy"], r["strength"], r["runs"], base_lp) for r in results]
-    versus = next((r for r in results if r["policy"] == args.versus), None)
-    if versus is not None:
+    for name in args.versus:
+        ref = next((r for r in results if r["policy"] == name), None)
         for row, r in zip(summary, results):
-            if r is not versus:
-                row.update(vs_baseline=versus_baseline(r["runs"], versus["runs"]),
-                           vs_baseline_greedy=versus_baseline(r["runs"], versus["runs"], greedy_only=True))
+            if ref is not None and r is not ref:
+                row.setdefault("versus", {})[name] = {"all": versus_baseline(r["runs"], ref["runs"]),
+                                                      "greedy": versus_baseline(r["runs"], ref["runs"], True)}
     meta = tabulated or run_metadata(args.device, cases=len(cases), split=args.split, partial=partial, note=args.note)
     with open(stem + ".json", "w") as f:
         json.dump({"metadata": meta, "config": config, "cases": [c["id"] for c in cases], "summary": summary,
