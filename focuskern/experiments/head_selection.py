@@ -1,4 +1,4 @@
-"""Head selection from the readout (issue 13, evaluation 3): the heads whose share on a span responds
+"""Head selection from the readout: the heads whose share on a span responds
 most to the span mattering, measured with ``attention_readout`` on tuning cases, then target mass on
 those heads only (every other head left alone), against target mass on all heads.
 
