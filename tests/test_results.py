@@ -112,3 +112,14 @@ def test_inspect_keeps_existing_files(tmp_path):
     with pytest.raises(ValueError, match="--overwrite"):
         main(["inspect", "--prompt", "p", "--entities", "e", "--out", str(tmp_path), "--name", "mine"])
     assert (tmp_path / "mine.json").read_text() == "{}"
+
+
+def test_coverage_table_has_two_columns_per_reference_row():
+    row = {"policy": "defaults", "strength": 1.0, "greedy_coverage": 0.5, "sampled_coverage": 0.4,
+           "fluency": 1.1, "doubled_words": 0, "degenerate_outputs": 0, "outputs": 8, "over_focused": 0,
+           "mean_tokens": 20.0, "versus": {"baseline": {"all": [0.25, 0.1, 0.4], "greedy": [0.2, -0.1, 0.5]}}}
+    base = {**row, "policy": "baseline", "versus": {}}
+    lines = coverage.markdown_table([base, row], 2, [0], versus=("baseline", "defaults")).splitlines()
+    assert lines[0].count("| vs ") == 4 and len(lines[1].split("|")) == len(lines[0].split("|"))
+    cells = [c.strip() for c in lines[3].split("|")[1:-1]]
+    assert cells[-4:] == ["+25.0 [+10.0, +40.0]", "+20.0 [-10.0, +50.0]", "–", "–"]
