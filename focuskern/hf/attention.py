@@ -217,8 +217,8 @@ def focus_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
             readout.record(module.layer_idx, mass)
         return out.transpose(1, 2).contiguous(), None
     if small and query.device.type == "cpu" and Lq > 1:
-        # CPU prefill: SDPA's fused CPU kernel with the bias in a float mask is 2.5-4x faster than the
-        # op's torch backend (a reference that materializes the scores in several passes); same formula.
+        # CPU prefill: SDPA's fused CPU kernel with the bias in a float mask, rather than the op's torch
+        # backend (a reference that materializes the scores in several passes); same formula.
         attention_mask = visible_mask(B, Lq, key.shape[2], 0, Lq, causal, attention_mask, query.device)[:, 0]
         small = False
     if small:
