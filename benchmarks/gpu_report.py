@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import gpu_sizes  # noqa: E402
-from focuskern.experiments.metadata import run_metadata  # noqa: E402
+from focuskern.metadata import run_metadata  # noqa: E402
 from gpu_report_md import markdown  # noqa: E402
 
 TAIL_CHARS = 4000
