@@ -32,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from focuskern.metadata import command_line  # noqa: E402
 # Largest shared memory one block may use (opt-in), bytes: A100, H100/H200, B200.
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024, 100: 227 * 1024}
 ARCHS = (80, 90, 100)
@@ -275,7 +276,7 @@ def main(argv=None) -> int:
         rows += cuda_rows
         notes += cuda_notes
     report = {"date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "versions": versions(),
-              "command": "python " + " ".join([Path(sys.argv[0]).as_posix().removeprefix(ROOT.as_posix() + "/")] + sys.argv[1:]),
+              "command": command_line(),
               "archs": [f"sm_{a}" for a in archs], "shared_limit_bytes": {f"sm_{a}": v for a, v in SHARED_LIMIT.items()},
               "seconds": round(time.perf_counter() - start, 1), "notes": notes, "failures": failures(rows), "rows": rows}
     (args.out / "kernels.json").write_text(json.dumps(report, indent=1) + "\n")

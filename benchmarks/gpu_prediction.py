@@ -177,7 +177,7 @@ def predictions() -> list[Work]:
 
 
 def fmt(x: float) -> str:
-    return f"{x:.3g}" if x < 1e4 else f"{x:.3e}".replace("e+0", "e").replace("e+", "e")
+    return f"{x:.3g}"
 
 
 def table(works: list[Work], devices=tuple(DEVICES), measured: dict | None = None) -> list[str]:
@@ -213,6 +213,13 @@ def document(works: list[Work]) -> str:
                       f"{ROW_TABLE_BYTES} bytes of tables and boosts at most {STATE_SLOTS} logits; an HF eager "
                       f"decoder layer launches about {LAYER_LAUNCHES} kernels; generate rows are per decode step "
                       "(measured: `B / tokens per s`), or the whole call for long prompts.", "",
+                      "What to read first: the logits and state steps at alpha = 0 are launch-bound at every "
+                      "size (their bytes take well under a microsecond), so their measured time is launch "
+                      "overhead; a blended FocusState row runs in one program, so below 132 rows the grid "
+                      "(SM-share column), not HBM, bounds it; the grouped attention calls (`focus_readout`, "
+                      "`focus_target`) take no split-KV path, so a B = 1 decode runs 8 programs and its "
+                      "SM-share estimate is 16x its floor; prefill is compute-bound, `focus_target` at 1.5x "
+                      "the FLOPs of `focus` (two P.V products).", "",
                       *table(works), ""])
 
 

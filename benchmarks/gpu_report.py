@@ -89,7 +89,7 @@ def prerequisites(smoke: bool) -> list[dict]:
         return (spec is not None, getattr(__import__(name), "__version__", "installed") if spec else "not installed")
 
     cuda = torch.cuda.is_available()
-    checks = [("python", True, sys.version.split()[0] + f" ({sys.executable})"),
+    checks = [("python", True, sys.version.split()[0] + f" ({os.path.basename(sys.executable)})"),
               ("torch_cuda", bool(torch.version.cuda) and cuda or smoke,
                f"torch {torch.__version__}, CUDA {torch.version.cuda or 'none (CPU build)'}, "
                + (torch.cuda.get_device_name() if cuda else "no CUDA device visible")),
