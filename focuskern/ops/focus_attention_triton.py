@@ -30,7 +30,12 @@ split-KV path (one program sees a row's whole key range, so the split sums need 
 Split-KV (flash-decoding).  For ``Lq <= SPLIT_MAX_LQ`` when the (row block, batch, KV head) programs
 do not fill the GPU, the keys are cut into ``splits`` chunks (a multiple of ``BLOCK_N`` each, at least
 ``MIN_SPLIT_BLOCKS`` blocks); every program writes its normalized partial output and its base-2
-log-sum-exp to a float32 workspace and a second kernel merges the chunks of each row.
+log-sum-exp to a float32 workspace and a second kernel merges the chunks of each row, reading 16 splits
+at a time (one compiled merge for every split count, which grows with the keys during a decode).
+
+Ahead-of-time compilation.  :func:`compile_launches` yields the launches of every configuration
+:func:`launch_config` and the call options can produce (built by :func:`attention_launches`, the code
+that launches them), which ``make gpu-compile`` compiles for sm_80/90/100 and checks for spills.
 """
 from __future__ import annotations
 
