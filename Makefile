@@ -43,7 +43,7 @@ bench-gpu: $(STAMP)
 # CUDA, runs the GPU tests and the logits/state/attention/generate benchmarks within 8 minutes and writes
 # gpu_report_<device>.{json,md} to GPU_REPORT_DIR (benchmarks/gpu_report.py), measured times beside the
 # predicted floors; exits non-zero when a stage fails.  The smoke run takes the same path on the CPU with
-# tiny sizes (< 2 min, in CI).
+# tiny sizes (< 3 min, in CI).
 GPU_PY ?= python3
 GPU_REPORT_DIR ?= benchmarks/results
 gpu-report:
