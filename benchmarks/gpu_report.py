@@ -24,7 +24,7 @@ found no time left.  Writes ``gpu_report_<device>.json`` (run metadata, prerequi
 every stage's own JSON) and ``gpu_report_<device>.md`` (a table per stage, and the measured times
 beside the floors predicted by ``benchmarks/gpu_prediction.py``; ``benchmarks/gpu_report_md.py``) to
 ``$GPU_REPORT_DIR`` (default ``benchmarks/results/``).  ``--smoke`` runs the same stages on the CPU with tiny sizes (no build: the
-in-place extension is used; the attention benchmark has no CPU mode and is skipped), in under two
+in-place extension is used; the attention benchmark has no CPU mode and is skipped), in under three
 minutes: CI runs it so that this script cannot rot.  Needs no internet, no gguf, no model files.
 """
 from __future__ import annotations
