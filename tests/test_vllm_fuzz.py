@@ -29,10 +29,12 @@ TOKENS = 6
 
 def test_admission_finds_the_model_on_vllms_input_processor():
     """``validate_params`` gets the ``SamplingParams`` only; called through vLLM's own validator from an
-    object shaped like its ``InputProcessor``, it checks ids against that model's vocabulary."""
+    object shaped like its ``InputProcessor``, it checks ids against that model's vocabulary (vLLM turns the
+    ``ValueError`` into its ``VLLMValidationError``, an HTTP 400)."""
     from types import SimpleNamespace
 
     from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
     from vllm.v1.sample.logits_processor import validate_logits_processors_parameters
 
     from focuskern.vllm import FocusLogitsProcessor
@@ -46,9 +48,9 @@ def test_admission_finds_the_model_on_vllms_input_processor():
 
     admitting = InputProcessor()
     admitting._validate_params(SamplingParams(extra_args={"focus": {"entities": [[[99]]]}}))
-    with pytest.raises(ValueError, match=r"^focus: entities\[0\]: token id 100 is outside \[0, vocab_size=100\)"):
+    with pytest.raises(VLLMValidationError, match=r"^focus: entities\[0\]: token id 100 is outside \[0, vocab_size=100\)"):
         admitting._validate_params(SamplingParams(extra_args={"focus": {"entities": [[[100]]]}}))
-    with pytest.raises(ValueError, match=r"^focus: entities\[0\] is a string.*tokenizer"):  # no tokenizer on this engine
+    with pytest.raises(VLLMValidationError, match=r"^focus: entities\[0\] is a string.*tokenizer"):  # no tokenizer on this engine
         admitting._validate_params(SamplingParams(extra_args={"focus": {"entities": ["word"]}}))
 
 

@@ -1,9 +1,8 @@
 """``FocusLogitsProcessor``: the vLLM logits processor (imports vLLM; see :mod:`focuskern.vllm`)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
-
 import sys
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from vllm.logger import init_logger
@@ -161,6 +160,9 @@ class _LazyTokenizer:
         return self._tokenizer
 
 
+_WARNED_NO_MODEL = False
+
+
 def _admitting_model(depth: int = 8) -> Optional[ModelFacts]:
     """The vocabulary and tokenizer of the vLLM ``InputProcessor`` whose admission called
     ``validate_params``: vLLM (0.32) hands the hook the ``SamplingParams`` only, so the caller's frames
@@ -181,9 +183,6 @@ def _admitting_model(depth: int = 8) -> Optional[ModelFacts]:
         logger.warning("focuskern: admission could not find vLLM's model config; a focus is checked for "
                        "the model only in the engine (one that does not fit is logged and served unfocused)")
     return None
-
-
-_WARNED_NO_MODEL = False
 
 
 def _listed(processors) -> bool:
