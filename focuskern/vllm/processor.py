@@ -1,6 +1,7 @@
 """``FocusLogitsProcessor``: the vLLM logits processor (imports vLLM; see :mod:`focuskern.vllm`)."""
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Optional
 
 import torch
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
     from vllm import SamplingParams
     from vllm.config import VllmConfig
 
-logger = init_logger(__name__)
+# Under vLLM's logger, so that its handler, format and process prefix apply (info lines included).
+logger = init_logger("vllm.focuskern")
 
 # vLLM loads entry-point plugins into whichever runner it starts, and V2 refuses a V1-only class, so
 # one class implements both interfaces (the V1 one by default).
@@ -48,11 +50,12 @@ class FocusLogitsProcessor(*_BASES):
         tokenizer = _LazyTokenizer(model)
         vocab = model.get_vocab_size()
         # Custom processors see one row per request only without speculative decoding (V1 does not
-        # even load them then); under V2 focused requests are served unfocused, with a warning.
+        # even load them then): validate_params refuses focused requests in such engines.
         self._speculative = vllm_config.speculative_config is not None
         self._req_states = None
         self._batch: Optional[BatchFocus] = None
         self._slots: Optional[SlotFocus] = None
+        logger.info("focuskern %s loaded from %s", type(self).__name__, sys.modules["focuskern"].__file__)
         if LogitsProcRequestState is not None and isinstance(device_or_req_states, LogitsProcRequestState):
             self._req_states = device_or_req_states
             self._slots = SlotFocus(device_or_req_states.max_num_reqs, vocab, device_or_req_states.device, tokenizer)
@@ -67,6 +70,8 @@ class FocusLogitsProcessor(*_BASES):
     def validate_params(cls, sampling_params: "SamplingParams") -> None:
         """Reject a malformed ``extra_args["focus"]`` at admission (that request fails, HTTP 400; the
         engine keeps serving).  vLLM converts ``ValueError`` only, so type errors are re-raised as one.
+        A focus sent to an engine that runs speculative decoding is refused too: its processors get no
+        row per request there (V1 does not even load them), so it would be served unfocused.
 
         Raises
         ------
@@ -74,9 +79,13 @@ class FocusLogitsProcessor(*_BASES):
             naming the field, e.g. ``focus.bias must be a finite number, got 'high'``.
         """
         try:
-            spec_from_params(sampling_params)
+            spec = spec_from_params(sampling_params)
         except TypeError as e:
             raise ValueError(str(e)) from e
+        if spec is not None and _admitting_engine_speculates():
+            raise ValueError("focus is not supported by this engine: it runs speculative decoding "
+                             "(--speculative-config), which focuskern cannot steer; send the request "
+                             "without focus, or serve focused traffic from an engine without it")
 
     def is_argmax_invariant(self) -> bool:
         return False
@@ -95,9 +104,9 @@ class FocusLogitsProcessor(*_BASES):
 
     # ------------------------------------------------------------------ V2
     def add_request(self, req_idx: int, sampling_params: "SamplingParams") -> bool:
-        if self._speculative:
+        if self._speculative:  # validate_params refused focused requests; one that got past it:
             if spec_from_params(sampling_params) is not None:
-                logger.warning("focuskern: speculative decoding is not supported; request served unfocused")
+                logger.warning("focuskern: request served without focus: speculative decoding")
             return self._slots.add(req_idx, None, 0, 0)
         states = self._req_states
         return self._slots.add(req_idx, sampling_params, int(states.prompt_len.np[req_idx]),
@@ -157,6 +166,22 @@ class _LazyTokenizer:
                 raise ValueError("focus.entities: strings need the model's tokenizer, which this engine "
                                  "skips (skip_tokenizer_init); give token ids")
         return self._tokenizer
+
+
+def _admitting_engine_speculates() -> bool:
+    """Whether the engine admitting the request runs speculative decoding.  ``validate_params`` gets
+    the request only, so the engine's config is read from the admitting caller: the nearest frame
+    whose ``self`` holds a ``vllm_config`` (vLLM's ``InputProcessor``; a few frames up, for V1's and
+    V2's validators alike).  Without one (a direct call) nothing is refused."""
+    frame = sys._getframe(2)
+    for _ in range(8):
+        if frame is None:
+            break
+        config = getattr(frame.f_locals.get("self"), "vllm_config", None)
+        if config is not None and hasattr(config, "speculative_config"):
+            return config.speculative_config is not None
+        frame = frame.f_back
+    return False
 
 
 def _listed(processors) -> bool:
