@@ -72,7 +72,11 @@ class VLLMServer:
     def __init__(self, log_path: Path, extra_args: tuple[str, ...] = (), startup_timeout: float = 300.0):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = Path(log_path)
+        import vllm
+
+        # One log per vLLM version: two environments' test runs can share the work tree.
+        log_path = Path(log_path)
+        self.log_path = log_path.with_name(f"{log_path.stem}-vllm{vllm.__version__}{log_path.suffix}")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         Path(VLLM_ENV["TMPDIR"]).mkdir(exist_ok=True)
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", MODEL,
