@@ -156,8 +156,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--name", default="vllm_http_cpu")
     args = parser.parse_args()
-    os.environ.update({k: os.environ.get(k, v) for k, v in VLLM_ENV.items()})
-    server = VLLMServer(ROOT / ".vllm-tmp" / f"{args.name}_server.log", extra_args=("--dtype", args.dtype))
+    server = start_server(args.name, args.dtype)
     try:
         rss_start = server.rss_bytes()
         rounds = asyncio.run(measure(server, args))
@@ -170,17 +169,31 @@ def main() -> int:
               "settings": {"model": MODEL, "dtype": args.dtype, "tokens": args.tokens, "repeats": args.repeats,
                            "concurrency": args.concurrency, "requests_per_round": args.requests_per_round,
                            "server_args": list(VLLMServer.ARGS),
-                           "env": {k: SERVER_ENV.get(k) for k in ("OMP_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE",
-                                                                  "VLLM_ENABLE_V1_MULTIPROCESSING")}},
-              "command": "python benchmarks/vllm_http.py " + " ".join(sys.argv[1:]),
+                           "env": server_env()},
               "summary": summarize(rounds, args.concurrency),
               "server_rss_mib": {"start": rss_start / 2**20, "end": rss_end / 2**20},
               "unfocused_log_lines": unfocused, "rounds": rounds}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(markdown(result))
-    print(markdown(result))
+    save(args.name, result, markdown(result))
     return 0
+
+
+def start_server(name: str, dtype: str) -> VLLMServer:
+    """The server a benchmark measures (the Makefile's vLLM settings unless the environment has them)."""
+    os.environ.update({k: os.environ.get(k, v) for k, v in VLLM_ENV.items()})
+    return VLLMServer(ROOT / ".vllm-tmp" / f"{name}_server.log", extra_args=("--dtype", dtype))
+
+
+def server_env() -> dict:
+    """The server's environment settings that a result records."""
+    return {k: SERVER_ENV.get(k) for k in ("OMP_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE", "VLLM_ENABLE_V1_MULTIPROCESSING")}
+
+
+def save(name: str, result: dict, text: str) -> None:
+    """``benchmarks/results/<name>.json`` (``result``) and ``.md`` (``text``, also printed)."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"{name}.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

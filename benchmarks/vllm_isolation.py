@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import importlib.metadata
 import json
-import os
 import random
 import statistics
 import sys
@@ -26,11 +25,10 @@ from pathlib import Path
 import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the server helper the tests use
-from vllm_server import MODEL, ROOT, SERVER_ENV, VLLM_ENV, VLLMServer, count_unfocused, fresh_focus  # noqa: E402
+from vllm_server import MODEL, VLLMServer, count_unfocused, fresh_focus  # noqa: E402
 
 from focuskern.experiments.metadata import run_metadata  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
+from vllm_http import save, server_env, start_server  # noqa: E402
 TOPICS = ("the sea", "a busy city", "winter", "music", "trains", "coffee")
 
 
@@ -112,7 +110,7 @@ def markdown(result: dict) -> str:
         f"p99 added by the large foci: **{r['p99_added_ms']:+.0f} ms** (p50 {r['p50_added_ms']:+.0f} ms); target "
         f"<= 100 ms: {verdict}.  Large foci served: {r['large_foci_served']} (median {r['large_focus_latency_median_s']:.2f} s "
         f"each); lines 'served without focus' in the server log: {result['unfocused_log_lines']}.", "",
-        f"Command: `{s['command']}`", ""])
+        f"Command: `{m['command']}`", ""])
 
 
 def main() -> int:
@@ -127,8 +125,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--name", default="vllm_isolation_cpu")
     args = parser.parse_args()
-    os.environ.update({k: os.environ.get(k, v) for k, v in VLLM_ENV.items()})
-    server = VLLMServer(ROOT / ".vllm-tmp" / f"{args.name}_server.log", extra_args=("--dtype", args.dtype))
+    server = start_server(args.name, args.dtype)
     try:
         rounds = asyncio.run(measure(server, args))
         unfocused = len(count_unfocused(server.log_text()))
@@ -138,14 +135,9 @@ def main() -> int:
               "metadata": run_metadata("cpu", openai=importlib.metadata.version("openai")),
               "settings": {"model": MODEL, "dtype": args.dtype, "entities": args.entities, "clients": args.clients,
                            "per_client": args.per_client, "tokens": args.tokens, "repeats": args.repeats,
-                           "seed": args.seed, "command": "python benchmarks/vllm_isolation.py " + " ".join(sys.argv[1:]),
-                           "env": {k: SERVER_ENV.get(k) for k in ("OMP_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE",
-                                                                  "VLLM_ENABLE_V1_MULTIPROCESSING")}},
+                           "seed": args.seed, "env": server_env()},
               "summary": summarize(rounds), "unfocused_log_lines": unfocused, "rounds": rounds}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(markdown(result))
-    print(markdown(result))
+    save(args.name, result, markdown(result))
     return 0
 
 

@@ -94,7 +94,9 @@ class VLLMServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the vLLM server exited ({self.proc.returncode}):\n{self.log_tail()}")
+                errors = "\n".join(line for line in self.log_text().splitlines() if "Error: " in line)
+                raise RuntimeError(f"the vLLM server exited ({self.proc.returncode}); errors:\n{errors}\n"
+                                   f"log tail:\n{self.log_tail()}")
             if self.healthy():
                 return
             time.sleep(1.0)

@@ -153,7 +153,8 @@ class BatchFocus(_Rows):
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """Advance every focused row by its newest output token (or hold it when it has none), then
-        bias ``logits`` [B, V] in place; one FocusState launch, no host-device sync."""
+        bias ``logits`` [B, V] in place; one FocusState launch (and one per row with a large focus of
+        its own, once built), no host-device sync."""
         if not self._focused:
             return logits
         any_hold, own = False, []
