@@ -27,7 +27,7 @@ import openai
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the server helper the tests use
 from vllm_server import MODEL, VLLMServer, count_unfocused, fresh_focus  # noqa: E402
 
-from focuskern.experiments.metadata import run_metadata  # noqa: E402
+from focuskern.metadata import run_metadata  # noqa: E402
 from vllm_http import save, server_env, start_server  # noqa: E402
 TOPICS = ("the sea", "a busy city", "winter", "music", "trains", "coffee")
 
