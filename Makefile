@@ -90,7 +90,7 @@ vllm-model: $(VLLM_MODEL)/config.json
 # An earlier vLLM CPU release with V1 logits processors, for the supported-versions table
 # (docs/serving.md): its own environment, the same torch; focuskern installed editable without
 # building the extension (the worktree's focuskern/_C*.so, if any, is used).  Last result:
-# benchmarks/results/vllm_versions_cpu.md.
+# benchmarks/results/vllm_old_cpu.txt.
 VLLM_OLD := 0.29.0
 VLLM_OLD_VENV := .venv-vllm-old
 VLLM_OLD_PY := $(VLLM_OLD_VENV)/bin/python
@@ -106,7 +106,7 @@ install-vllm-old: $(VLLM_OLD_VENV)/.installed
 
 test-vllm: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
 	mkdir -p .vllm-tmp
-	$(VLLM_ENV) $(VLLM_PY) -m pytest tests/test_vllm_adapter.py tests/test_vllm_engine.py tests/test_vllm_churn.py \
+	$(VLLM_ENV) $(VLLM_PY) -m pytest tests/test_vllm_adapter.py tests/test_vllm_engine.py tests/test_vllm_churn.py tests/test_vllm_fuzz.py \
 		tests/test_vllm_http.py tests/test_vllm_serving.py -q
 
 # Slow vLLM checks, not in CI (each writes its last result to benchmarks/results/, with date and machine):

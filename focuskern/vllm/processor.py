@@ -9,7 +9,7 @@ from vllm.logger import init_logger
 from vllm.tokenizers import cached_tokenizer_from_config
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
-from .params import spec_from_params
+from .admission import Limits, ModelFacts, admit
 from .rows import BatchFocus, SlotFocus
 
 try:  # Model Runner V2 (vLLM >= 0.3x); without it the processor is a V1 processor only
@@ -46,6 +46,7 @@ class FocusLogitsProcessor(*_BASES):
     """
 
     def __init__(self, vllm_config: "VllmConfig", device_or_req_states, is_pin_memory: bool = False):
+        Limits.from_env()  # a malformed FOCUSKERN_MAX_* variable stops the engine at start, by name
         model = vllm_config.model_config
         tokenizer = _LazyTokenizer(model)
         vocab = model.get_vocab_size()
@@ -68,21 +69,21 @@ class FocusLogitsProcessor(*_BASES):
 
     @classmethod
     def validate_params(cls, sampling_params: "SamplingParams") -> None:
-        """Reject a malformed ``extra_args["focus"]`` at admission (that request fails, HTTP 400; the
-        engine keeps serving).  vLLM converts ``ValueError`` only, so type errors are re-raised as one.
-        A focus sent to an engine that runs speculative decoding is refused too: its processors get no
-        row per request there (V1 does not even load them), so it would be served unfocused.
+        """Reject at admission every focus the engine could fail on (that request fails, HTTP 400; the
+        engine keeps serving): over the operator's limits, malformed, or -- with the model's vocabulary
+        and tokenizer, found on vLLM's admitting ``InputProcessor`` -- an entity that tokenizes to
+        nothing or a token id outside the vocabulary (:func:`~focuskern.vllm.admission.admit`).  A focus
+        sent to an engine that runs speculative decoding is refused too: its processors get no row per
+        request there (V1 does not even load them), so it would be served unfocused.
 
         Raises
         ------
         ValueError
-            naming the field, e.g. ``focus.bias must be a finite number, got 'high'``.
+            naming ``focus`` and the field or limit, e.g. ``focus.bias must be a finite number ...``.
         """
-        try:
-            spec = spec_from_params(sampling_params)
-        except TypeError as e:
-            raise ValueError(str(e)) from e
-        if spec is not None and _admitting_engine_speculates():
+        engine = _admitting_engine()
+        spec = admit(sampling_params, Limits.from_env(), _model_facts(engine))
+        if spec is not None and engine is not None and engine.vllm_config.speculative_config is not None:
             raise ValueError("focus is not supported by this engine: it runs speculative decoding "
                              "(--speculative-config), which focuskern cannot steer; send the request "
                              "without focus, or serve focused traffic from an engine without it")
@@ -105,7 +106,7 @@ class FocusLogitsProcessor(*_BASES):
     # ------------------------------------------------------------------ V2
     def add_request(self, req_idx: int, sampling_params: "SamplingParams") -> bool:
         if self._speculative:  # validate_params refused focused requests; one that got past it:
-            if spec_from_params(sampling_params) is not None:
+            if self._slots.spec(sampling_params) is not None:
                 logger.warning("focuskern: request served without focus: speculative decoding")
             return self._slots.add(req_idx, None, 0, 0)
         states = self._req_states
@@ -168,20 +169,36 @@ class _LazyTokenizer:
         return self._tokenizer
 
 
-def _admitting_engine_speculates() -> bool:
-    """Whether the engine admitting the request runs speculative decoding.  ``validate_params`` gets
-    the request only, so the engine's config is read from the admitting caller: the nearest frame
-    whose ``self`` holds a ``vllm_config`` (vLLM's ``InputProcessor``; a few frames up, for V1's and
-    V2's validators alike).  Without one (a direct call) nothing is refused."""
+_WARNED_NO_MODEL = False
+
+
+def _admitting_engine(depth: int = 8):
+    """The vLLM ``InputProcessor`` whose admission called ``validate_params``: vLLM hands the hook the
+    ``SamplingParams`` only, so the caller's frames are searched for it (0.32: ``_validate_params`` ->
+    the validator -> here; 0.29: through ``SamplingParams.verify``).  ``None`` where it is not found."""
     frame = sys._getframe(2)
-    for _ in range(8):
+    for _ in range(depth):
         if frame is None:
             break
-        config = getattr(frame.f_locals.get("self"), "vllm_config", None)
-        if config is not None and hasattr(config, "speculative_config"):
-            return config.speculative_config is not None
+        owner = frame.f_locals.get("self")
+        if hasattr(getattr(owner, "model_config", None), "get_vocab_size") and hasattr(owner, "renderer") \
+                and hasattr(owner, "vllm_config"):
+            return owner
         frame = frame.f_back
-    return False
+    return None
+
+
+def _model_facts(engine) -> Optional[ModelFacts]:
+    """The admitting engine's vocabulary and tokenizer; ``None`` (logged once) without an engine: then
+    ids past the vocabulary are caught in the engine."""
+    if engine is not None:
+        return ModelFacts(engine.model_config.get_vocab_size(), engine.tokenizer)
+    global _WARNED_NO_MODEL
+    if not _WARNED_NO_MODEL:
+        _WARNED_NO_MODEL = True
+        logger.warning("focuskern: admission could not find vLLM's model config; a focus is checked for "
+                       "the model only in the engine (one that does not fit is logged and served unfocused)")
+    return None
 
 
 def _listed(processors) -> bool:
