@@ -106,6 +106,8 @@ void focus_logits_cpu(at::Tensor logits, const at::Tensor& row_offsets, const at
         scalar_t* row = x + r * s0;
         if (scale != 1.f) scale_row(row, V, s1, scale);
         for (int32_t j = ro_p[r]; j < ro_p[r + 1]; ++j) {
+          // validate=False skips the id check: an id outside [0, V) would write out of bounds (issue 21).
+          if (static_cast<uint32_t>(ids_p[j]) >= static_cast<uint64_t>(V)) continue;
           const float b = bias_p[j];
           scalar_t& out = row[static_cast<int64_t>(ids_p[j]) * s1];
           out = static_cast<scalar_t>(static_cast<float>(out) + (b == kNegInf ? kNegInf : s * b));

@@ -65,7 +65,7 @@ __global__ void focus_logits_kernel(scalar_t* x, int64_t s0, int64_t s1, int64_t
   if (hi <= lo) return;
   for (int32_t j = row_offsets[r] + threadIdx.x; j < row_offsets[r + 1]; j += blockDim.x) {
     const int64_t v = ids[j];
-    if (v < lo || v >= hi) continue;
+    if (v < lo || v >= hi) continue;  // [lo, hi) lies in [0, V): an id outside it is skipped (issue 21)
     const float b = bias[j];
     gpuAtomicAdd(row + v * s1, static_cast<scalar_t>(b == -INFINITY ? -INFINITY : s * b));
   }
