@@ -149,77 +149,103 @@ def opaque_table(vocab_size: int) -> TokenTable:
 
 # Polynomial hash of a symbol run, mod 2^64: h(s[i:j]) = sum_k (s[k] + 1) * P^(k - i).  Prefix sums
 # S[j] = sum_{k<j} (s[k] + 1) P^k give h(s[i:j]) = (S[j] - S[i]) * P^-i (P odd, so invertible mod 2^64).
-_P = np.uint64(0x9E3779B97F4A7C15)
-_P_INV = np.uint64(pow(int(_P), -1, 2**64))
+P = np.uint64(0x9E3779B97F4A7C15)
+P_INV = np.uint64(pow(int(P), -1, 2**64))
 
 
-def _powers(base: np.uint64, n: int) -> np.ndarray:
-    out = np.full(n, base, dtype=np.uint64)
-    out[0] = 1
+_POWERS: dict[int, np.ndarray] = {}
+
+
+def powers(base: np.uint64, n: int) -> np.ndarray:
+    """``base ** k`` mod 2^64 for ``k = 0 .. n - 1`` (cached, grown as needed)."""
+    have = _POWERS.get(int(base))
+    if have is None or len(have) < n:
+        out = np.full(max(n, 1024), base, dtype=np.uint64)
+        out[0] = 1
+        with np.errstate(over="ignore"):
+            have = _POWERS[int(base)] = np.cumprod(out, dtype=np.uint64)
+    return have[:n]
+
+
+def run_hash(prefix_i: np.ndarray, prefix_j: np.ndarray, i: np.ndarray) -> np.ndarray:
+    """The hash of the run ``s[i:j]`` from the prefix sums ``S[i]``, ``S[j]``: ``(S[j] - S[i]) * P^-i``."""
     with np.errstate(over="ignore"):
-        return np.cumprod(out, dtype=np.uint64)
+        return (prefix_j - prefix_i) * powers(P_INV, int(i.max(initial=0)) + 1)[i]
 
 
 class RunHashes:
     """Hashes of any run ``s[i:j]`` of a flat symbol array ``s`` in O(1) after O(len(s)) numpy work."""
 
     def __init__(self, sym: np.ndarray):
-        n = len(sym)
+        self.prefix = np.zeros(len(sym) + 1, dtype=np.uint64)
         with np.errstate(over="ignore"):
-            self.pinv = _powers(_P_INV, n + 1)
-            self.prefix = np.zeros(n + 1, dtype=np.uint64)
-            np.cumsum((sym.astype(np.uint64) + np.uint64(1)) * _powers(_P, n), dtype=np.uint64, out=self.prefix[1:])
+            np.cumsum(unit_values(sym) * powers(P, len(sym)), dtype=np.uint64, out=self.prefix[1:])
 
     def __call__(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        with np.errstate(over="ignore"):
-            return (self.prefix[j] - self.prefix[i]) * self.pinv[i]
+        return run_hash(self.prefix[i], self.prefix[j], i)
+
+
+def unit_values(sym: np.ndarray) -> np.ndarray:
+    """What a symbol adds to a hash (times its power of ``P``): ``sym + 1``, never 0."""
+    return sym.astype(np.uint64) + np.uint64(1)
 
 
 class VocabIndex:
-    """Every prefix of every token, hashed and sorted, with the tokens (not whitespace-only, not empty)
-    spelled exactly by each: :meth:`spelled` finds all tokens a run of text starts with.
+    """The hashes of every prefix and of every suffix of every token, sorted, each with the tokens (not
+    whitespace-only, not empty) spelled exactly by it: :meth:`spelled` finds all tokens a run of text
+    starts with (growing the run while it is a token prefix); ``suffixes`` serve a search that grows a
+    run backwards while it is a token suffix (:func:`focuskern.automaton.token_edges`).
 
     Hash collisions (64 bits) are not checked: with Q queries and K keys a false hit has probability
     about Q * K / 2^64 (1e-8 for 1e7 queries against 1e6 keys)."""
 
     def __init__(self, table: TokenTable):
         off, sym = table.off, table.sym
-        hashes = RunHashes(sym)
-        lengths = np.diff(off)
-        tok = np.repeat(np.arange(table.vocab_size), lengths)
+        self.hash = RunHashes(sym)
+        tok = np.repeat(np.arange(table.vocab_size), np.diff(off))
         pos = np.arange(len(sym))
-        prefix_keys = hashes(off[tok], pos + 1)  # every non-empty prefix of every token
-        full = hashes(off[:-1], off[1:])
+        full = self.hash(off[:-1], off[1:])
         visible = np.bincount(tok, weights=~np.isin(sym, list(WHITESPACE)), minlength=table.vocab_size)
         eligible = np.flatnonzero(visible > 0)  # not empty, not whitespace-only
-        order = np.argsort(full[eligible], kind="stable")
-        self.tokens = eligible[order]  # eligible tokens sorted by hash
-        token_keys = full[self.tokens]
-        self.keys = np.unique(np.append(prefix_keys, np.uint64(0)))  # never empty
-        self.lo = np.searchsorted(token_keys, self.keys, side="left")
-        self.hi = np.searchsorted(token_keys, self.keys, side="right")
+        self.tokens = eligible[np.argsort(full[eligible], kind="stable")]  # eligible tokens sorted by hash
+        self._token_keys = full[self.tokens]
+        self.prefixes = self._keys(self.hash(off[tok], pos + 1))
+        self.suffixes = self._keys(self.hash(pos, off[tok + 1]))
         self.max_len = table.max_len
+
+    def _keys(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sorted distinct hashes, never empty; per hash the range of ``self.tokens`` spelled by it)."""
+        keys = np.unique(np.append(hashes, np.uint64(0)))
+        return (keys, np.searchsorted(self._token_keys, keys, side="left"),
+                np.searchsorted(self._token_keys, keys, side="right"))
+
+    @staticmethod
+    def find(keys, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found, index of ``h`` in ``keys[0]``)."""
+        i = np.minimum(np.searchsorted(keys[0], h), len(keys[0]) - 1)
+        return keys[0][i] == h, i
+
+    def tokens_of(self, keys, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(p, token): every token spelled by key ``i[p]``."""
+        lo, count = keys[1][i], keys[2][i] - keys[1][i]
+        p = np.repeat(np.arange(len(i)), count)
+        return p, self.tokens[lo[p] + np.arange(len(p)) - np.repeat(np.cumsum(count) - count, count)]
 
     def spelled(self, sym: np.ndarray, start: np.ndarray, limit: np.ndarray) -> tuple[np.ndarray, ...]:
         """All ``(q, length, token)`` with ``sym[start[q]:start[q] + length] == token``'s symbols,
-        ``1 <= length <= limit[q]``: one sorted-array lookup per (query, length) while the run is still
-        a prefix of some token."""
+        ``1 <= length <= limit[q]``."""
         hashes = RunHashes(sym)
         q = np.arange(len(start))
         qs, ls, ts = [], [], []
         for length in range(1, self.max_len + 1):
             q = q[limit[q] >= length]
+            found, i = self.find(self.prefixes, hashes(start[q], start[q] + length))
+            q, i = q[found], i[found]
             if not q.size:
                 break
-            h = hashes(start[q], start[q] + length)
-            i = np.minimum(np.searchsorted(self.keys, h), len(self.keys) - 1)
-            q, i = q[self.keys[i] == h], i[self.keys[i] == h]
-            count = self.hi[i] - self.lo[i]
-            if count.sum():
-                rep = np.repeat(np.arange(len(q)), count)
-                offset = np.arange(len(rep)) - np.repeat(np.cumsum(count) - count, count)
-                qs.append(q[rep])
-                ls.append(np.full(len(rep), length))
-                ts.append(self.tokens[self.lo[i][rep] + offset])
+            p, token = self.tokens_of(self.prefixes, i)
+            qs.append(q[p])
+            ls.append(np.full(len(p), length))
+            ts.append(token)
         empty = [np.zeros(0, np.int64)]
         return tuple(np.concatenate(empty + parts) for parts in (qs, ls, ts))
