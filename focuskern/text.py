@@ -9,7 +9,7 @@ Token bytes come from the tokenizer's own data (``convert_ids_to_tokens``):
 * raw vocabularies: the token's UTF-8 text.
 
 Special tokens and ids past the tokenizer have no bytes.  A tokenizer without ``convert_ids_to_tokens``
-is read through ``decode([t])``.  Without a tokenizer every token ``t`` is the one symbol
+is read through ``decode([t])`` (none either: its tokens have no bytes).  Without a tokenizer every token ``t`` is the one symbol
 ``SYM_OPAQUE + t`` (:func:`opaque_table`), so token-id entities compile to a token-level automaton.
 """
 from __future__ import annotations
@@ -63,13 +63,14 @@ def _component_types(tokenizer) -> tuple[set[str], bool]:
 
 def token_bytes(tokenizer, vocab_size: int) -> list[bytes]:
     """The bytes of tokens ``0 .. vocab_size - 1`` (empty: special, or past the tokenizer)."""
-    n = min(vocab_size, len(tokenizer))
+    n = min(vocab_size, len(tokenizer)) if hasattr(tokenizer, "__len__") else vocab_size
     special = set(getattr(tokenizer, "all_special_ids", ()) or ())
     added = getattr(tokenizer, "added_tokens_decoder", None) or {}
     special |= {t for t, token in added.items() if getattr(token, "special", False)}
     raw = {t: token.content.encode() for t, token in added.items() if t not in special}
     if not hasattr(tokenizer, "convert_ids_to_tokens"):
-        pieces = [b"" if t in special else tokenizer.decode([t]).encode() for t in range(n)]
+        decode = getattr(tokenizer, "decode", lambda ids: "")
+        pieces = [b"" if t in special else decode([t]).encode() for t in range(n)]
         return pieces + [b""] * (vocab_size - n)
     types, fallback = _component_types(tokenizer)
     byte_level = "ByteLevel" in types
