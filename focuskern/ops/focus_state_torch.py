@@ -60,14 +60,23 @@ def _unsat_prefix(sat: torch.Tensor, ents: torch.Tensor, ent_base: torch.Tensor,
     return torch.nn.functional.pad(unsat.int().cumsum(1), (1, 0))
 
 
+def _bound(t: torch.Tensor, static: int) -> int:
+    """A loop bound: ``static`` on an accelerator (no host sync), the tight ``max(t)`` on the CPU, where
+    reading a value costs no device synchronization."""
+    return static if t.device.type != "cpu" else int(t.max()) if t.numel() else 0
+
+
 def _delta(node_table, node_base, u, sym, max_depth: int, search_steps: int):
     """``delta(u, sym)`` per row (program-local nodes ``u`` [B], symbols ``sym`` [B])."""
     chain = [u]
     for _ in range(max_depth):
+        if _bound(chain[-1], 1) == 0:  # every chain at the root (CPU only; a GPU runs max_depth steps)
+            break
         chain.append(node_table[node_base + chain[-1], N_.FAIL].long())
-    chain = torch.stack(chain, 1)  # [B, max_depth + 1], ends at the root (its fail is itself)
+    chain = torch.stack(chain, 1)  # [B, depth + 1], ends at the root (its fail is itself)
     rows = node_table[node_base[:, None] + chain].long()
     lo, hi = rows[..., N_.CHILD_LO], rows[..., N_.CHILD_HI]
+    search_steps = min(search_steps, _bound(hi - lo, search_steps).bit_length())
     target, last = sym[:, None], node_table.shape[0] - 1
 
     def sym_at(local):
@@ -94,7 +103,7 @@ def _walk(last_tokens, active, u, ctx, node_table, node_base, tok_off, tok_sym, 
     length = torch.where(fed, tok_off[t + 1].long() - start, 0)
     search_steps = max(node_table.shape[0], 1).bit_length()
     visited = []
-    for j in range(max_token_len):
+    for j in range(_bound(length, max_token_len)):
         live = j < length
         sym = tok_sym[(start + j).clamp_max(tok_sym.shape[0] - 1)].long()
         c = byte_class[sym.clamp(0, 255)].long()
