@@ -139,14 +139,14 @@ def focus_state_reference_(logits, last_tokens, prog, node, sat, step, prog_f32,
     ent_base = params_i[:, I.ENT_BASE]
     phrase, once, starts = params_i[:, I.PHRASE] != 0, params_i[:, I.ONCE] != 0, params_i[:, I.STARTS_IN_MATCH] != 0
 
-    # Padded slot view [B, max_slots]: padding and slots whose token is outside [0, V) repeat lane 0, so
-    # duplicate writes carry equal values; ``ok``: the lane is a slot with a token in [0, V).  Tokens are
-    # sorted, so a row has an ok lane only if lane 0 is one; rows without write back column 0's value.
+    # Padded slot view [B, max_slots]: padding and slots whose token is outside [0, V) repeat the row's
+    # first ``ok`` lane (a slot with a token in [0, V)), so duplicate writes carry equal values; a row
+    # without one writes column 0's own value back from every lane.
     lane = torch.arange(max_slots, device=dev).expand(B, max_slots)
     last_slot = max(slot_table.shape[0] - 1, 0)
     raw = slot_table[(slot_base[:, None] + lane).clamp_max(last_slot), S_.TOKEN].long()
     ok = (lane < n_slots[:, None]) & (raw >= 0) & (raw < V)
-    lane = torch.where(ok, lane, 0)
+    lane = torch.where(ok, lane, ok.int().argmax(1, keepdim=True))
     slots = slot_table[(slot_base[:, None] + lane).clamp_max(last_slot)].long()
     live = ok.gather(1, lane)
     tokens = torch.where(live, slots[..., S_.TOKEN], 0)
