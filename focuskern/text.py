@@ -211,7 +211,10 @@ class HashSet:
             pending, pos = pending[~first], (pos[~first] + 1) & (size - 1)
 
     def _home(self, h: np.ndarray) -> np.ndarray:
-        return (h >> np.uint64(64 - self.bits)).astype(np.int64)
+        """The top ``bits`` of ``(h ^ h >> 31) * C`` (a run of one symbol hashes to a small number)."""
+        with np.errstate(over="ignore"):
+            mixed = (h ^ (h >> np.uint64(31))) * np.uint64(0xBF58476D1CE4E5B9)
+        return (mixed >> np.uint64(64 - self.bits)).astype(np.int64)
 
     def find(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found, index into ``keys``) of each hash ``h``."""
