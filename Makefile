@@ -88,7 +88,7 @@ vllm-model: $(VLLM_MODEL)/config.json
 
 test-vllm: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
 	mkdir -p .vllm-tmp
-	$(VLLM_ENV) $(VLLM_PY) -m pytest tests/test_vllm_adapter.py tests/test_vllm_engine.py tests/test_vllm_churn.py \
+	$(VLLM_ENV) $(VLLM_PY) -m pytest tests/test_vllm_adapter.py tests/test_vllm_engine.py tests/test_vllm_churn.py tests/test_vllm_fuzz.py \
 		tests/test_vllm_http.py -q
 
 bench-vllm: $(VLLM_STAMP) $(VLLM_MODEL)/config.json

@@ -272,9 +272,6 @@ def compile_program(forms: EntityForms, table: TokenTable, phrase: bool) -> Prog
     out = _csr(chain_u[p], ent, n, n_ent)
 
     pcs, start_token, start_entity = _starts(forms, table, phrase)
-    unstartable = np.flatnonzero(np.bincount(start_entity, minlength=n_ent) == 0)
-    if unstartable.size:
-        raise ValueError(f"entities[{int(unstartable[0])}]: no token of the vocabulary starts it")
     if phrase:
         edge_u, edge_token, edge_child = token_edges(trie, table)
     else:

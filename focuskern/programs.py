@@ -24,6 +24,16 @@ from .text import token_table
 MIN_DEAD_NODES = 4096
 
 
+def check_in_vocab(variants: list[list[tuple[int, ...]]], vocab_size: int) -> None:
+    """Raise ``ValueError`` naming the first entity with a token id outside ``[0, vocab_size)``.  Checks
+    the Python ints (a tokenizer's or a caller's), before they are narrowed to the int32 tables."""
+    for i, entity in enumerate(variants):
+        for seq in entity:
+            if min(seq) < 0 or max(seq) >= vocab_size:
+                bad = next(t for t in seq if not 0 <= t < vocab_size)
+                raise ValueError(f"entities[{i}]: token id {bad} is outside [0, vocab_size={vocab_size})")
+
+
 @dataclass
 class ProgramEntry:
     key: tuple
@@ -97,6 +107,7 @@ class ProgramTable:
 
     # ------------------------------------------------------------------ build
     def _add(self, spec: FocusSpec, key: tuple) -> int:
+        check_in_vocab([() if isinstance(e, str) else e for e in spec.entities], self.vocab_size)
         forms = entity_forms(spec.entities, spec.form_policy, self.token_table, self.tokenizer,
                              tokens_mode=spec.mode == "tokens")
         program = compile_program(forms, self.token_table, phrase=spec.mode == "phrase")

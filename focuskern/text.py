@@ -8,7 +8,8 @@ Token bytes come from the tokenizer's own data (``convert_ids_to_tokens``):
 * SentencePiece: ``▁`` is a space, ``<0xNN>`` (byte fallback) is the byte ``NN``;
 * raw vocabularies: the token's UTF-8 text.
 
-Special tokens and ids past the tokenizer have no bytes.  A tokenizer without ``convert_ids_to_tokens``
+Special tokens and ids past the tokenizer have no bytes: such a token ``t`` is the one opaque symbol
+``SYM_OPAQUE + t`` (a token-id entity may still hold it; no text pattern does).  A tokenizer without ``convert_ids_to_tokens``
 is read through ``decode([t])`` (none either: its tokens have no bytes).  Without a tokenizer every token ``t`` is the one symbol
 ``SYM_OPAQUE + t`` (:func:`opaque_table`), so token-id entities compile to a token-level automaton.
 """
@@ -104,9 +105,18 @@ class TokenTable:
 
     @classmethod
     def from_bytes(cls, pieces: list[bytes]) -> "TokenTable":
+        """Token ``t`` = the bytes ``pieces[t]``, or the opaque symbol ``SYM_OPAQUE + t`` where empty."""
+        lengths = np.array([max(len(p), 1) for p in pieces], dtype=np.int64)
         off = np.zeros(len(pieces) + 1, dtype=np.int64)
-        np.cumsum([len(p) for p in pieces], out=off[1:])
-        return cls(off, np.frombuffer(b"".join(pieces), dtype=np.uint8), opaque=False)
+        np.cumsum(lengths, out=off[1:])
+        sym = np.empty(int(off[-1]), dtype=np.int64)
+        data = np.frombuffer(b"".join(pieces), dtype=np.uint8)
+        empty = np.flatnonzero(np.array([not p for p in pieces], dtype=bool))
+        is_byte = np.ones(len(sym), dtype=bool)
+        is_byte[off[empty]] = False
+        sym[is_byte] = data
+        sym[off[empty]] = SYM_OPAQUE + empty
+        return cls(off, sym, opaque=False)
 
     def units(self, token: int) -> np.ndarray:
         return self.sym[self.off[token]:self.off[token + 1]]

@@ -60,8 +60,11 @@ def vocab_of(tok) -> dict[bytes, list[int]]:
     table = token_table(tok, len(tok))
     vocab: dict[bytes, list[int]] = {}
     for t in range(table.vocab_size):
-        b = bytes(table.units(t).tolist())
-        if b and not set(b) <= WHITESPACE:
+        units = table.units(t).tolist()
+        if max(units) >= 256:  # a special token: one opaque symbol
+            continue
+        b = bytes(units)
+        if not set(b) <= WHITESPACE:
             vocab.setdefault(b, []).append(t)
     return vocab
 
