@@ -69,6 +69,16 @@ struct TokenView {
   int64_t n_tokens;
 };
 
+// The op's last_tokens, int32 or int64 (one of the two pointers, or neither): read without narrowing,
+// so an int64 id >= 2^31 cannot wrap into [0, V) -- the wrapper then needs no range pass per step.
+struct TokenIds {
+  const int32_t* i32;
+  const int64_t* i64;
+
+  FK_HOST_DEVICE bool given() const { return i32 != nullptr || i64 != nullptr; }
+  FK_HOST_DEVICE int64_t operator[](int64_t r) const { return i64 != nullptr ? i64[r] : i32[r]; }
+};
+
 // A row's state word packs its program-local node and its text context (docs/text-tracking.md §2).
 FK_HOST_DEVICE int32_t word_node(int32_t word) { return word & NODE_MASK; }
 FK_HOST_DEVICE int32_t word_ctx(int32_t word) { return static_cast<int32_t>(static_cast<uint32_t>(word) >> CTX_SHIFT); }

@@ -188,6 +188,17 @@ TORCH_LIBRARY_IMPL(focuskern, CompositeExplicitAutograd, m) {
   m.impl("focus_logits_check_cpp", &focus_logits_check_cpu);
 }
 
+}  // namespace
+
+// The pointer of last_tokens by its dtype (the ops check it is int32 or int64).
+TokenIds last_token_ids(const c10::optional<at::Tensor>& last_tokens) {
+  if (!last_tokens.has_value()) return {nullptr, nullptr};
+  if (last_tokens->scalar_type() == at::kLong) return {nullptr, last_tokens->data_ptr<int64_t>()};
+  return {last_tokens->data_ptr<int32_t>(), nullptr};
+}
+
+namespace {
+
 void focus_state_cpu(at::Tensor logits, const c10::optional<at::Tensor>& last_tokens, const at::Tensor& prog,
                      at::Tensor node, at::Tensor sat, at::Tensor step, const at::Tensor& prog_f32,
                      const at::Tensor& prog_i32, const at::Tensor& node_table, const at::Tensor& slot_table,
@@ -196,10 +207,12 @@ void focus_state_cpu(at::Tensor logits, const c10::optional<at::Tensor>& last_to
   TORCH_CHECK(logits.device().is_cpu(), "focus_state_cpp_: logits must be a CPU tensor");
   TORCH_CHECK(node.is_contiguous() && sat.is_contiguous() && step.is_contiguous() && prog.is_contiguous(),
               "focus_state_cpp_: row state must be contiguous");
-  TORCH_CHECK(!last_tokens.has_value() || last_tokens->is_contiguous(), "focus_state_cpp_: last_tokens must be contiguous");
+  TORCH_CHECK(!last_tokens.has_value() || (last_tokens->is_contiguous() && (last_tokens->scalar_type() == at::kInt ||
+                                        last_tokens->scalar_type() == at::kLong)),
+              "focus_state_cpp_: last_tokens must be contiguous int32 or int64");
   const int64_t B = logits.size(0), V = logits.size(1), W = sat.size(1);
   const int64_t s0 = logits.stride(0), s1 = logits.stride(1);
-  const int32_t* last = last_tokens.has_value() ? last_tokens->data_ptr<int32_t>() : nullptr;
+  const TokenIds last = last_token_ids(last_tokens);
   const int32_t* prog_p = prog.data_ptr<int32_t>();
   int32_t* node_p = node.data_ptr<int32_t>();
   int32_t* sat_p = sat.data_ptr<int32_t>();
@@ -222,8 +235,8 @@ void focus_state_cpu(at::Tensor logits, const c10::optional<at::Tensor>& last_to
         const float* fp = pf + p * F_WIDTH;
         const ProgramView view = program_view(ip, nodes, slots, clo, ent);
         int32_t* row_sat = sat_p + r * W;
-        if (last != nullptr && in_vocab(last[r], V)) {  // a token outside [0, V) is not fed (held rows: -1)
-          node_p[r] = step_row(view, tokens, node_p[r], last[r], ip[I_ONCE] != 0, row_sat);
+        if (last.given() && in_vocab(last[r], V)) {  // a token outside [0, V) is not fed (held rows: -1)
+          node_p[r] = step_row(view, tokens, node_p[r], static_cast<int32_t>(last[r]), ip[I_ONCE] != 0, row_sat);
           step_p[r] += 1;
         }
         const int32_t u = word_node(node_p[r]), pc = push_context(word_ctx(node_p[r]));

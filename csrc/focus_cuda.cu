@@ -21,6 +21,9 @@
 #include "focus_common.h"
 
 namespace focuskern {
+
+TokenIds last_token_ids(const c10::optional<at::Tensor>& last_tokens);  // focus_cpu.cpp
+
 namespace {
 
 constexpr int kThreads = 256;
@@ -73,7 +76,7 @@ __global__ void focus_logits_kernel(scalar_t* x, int64_t s0, int64_t s1, int64_t
 }
 
 template <typename scalar_t>
-__global__ void focus_state_kernel(scalar_t* x, int64_t s0, int64_t s1, int64_t V, const int32_t* last,
+__global__ void focus_state_kernel(scalar_t* x, int64_t s0, int64_t s1, int64_t V, TokenIds last,
                                    const int32_t* prog, int32_t* node, int32_t* sat, int32_t* step, int64_t W,
                                    const float* pf, const int32_t* pi, const int32_t* nodes, const int32_t* slots,
                                    const int32_t* clo, const int32_t* ents, TokenView tokens) {
@@ -90,8 +93,8 @@ __global__ void focus_state_kernel(scalar_t* x, int64_t s0, int64_t s1, int64_t 
   __shared__ int32_t shared_said;
   if (threadIdx.x == 0) {  // step 1, the byte walk: sequential by nature, one thread
     int32_t word = node[r];
-    if (last != nullptr && in_vocab(last[r], V)) {  // a token outside [0, V) is not fed (held rows: -1)
-      word = node[r] = step_row(view, tokens, word, last[r], ip[I_ONCE] != 0, row_sat);
+    if (last.given() && in_vocab(last[r], V)) {  // a token outside [0, V) is not fed (held rows: -1)
+      word = node[r] = step_row(view, tokens, word, static_cast<int32_t>(last[r]), ip[I_ONCE] != 0, row_sat);
       step[r] += 1;
     }
     shared_word = word;
@@ -190,12 +193,14 @@ void focus_state_cuda(at::Tensor logits, const c10::optional<at::Tensor>& last_t
                       const at::Tensor& tok_sym, const at::Tensor& byte_class, at::IntArrayRef limits, bool blend) {
   const int64_t B = logits.size(0);
   if (B == 0) return;
-  TORCH_CHECK(!last_tokens.has_value() || last_tokens->is_contiguous(), "focus_state_cuda_: last_tokens must be contiguous");
+  TORCH_CHECK(!last_tokens.has_value() || (last_tokens->is_contiguous() && (last_tokens->scalar_type() == at::kInt ||
+                                        last_tokens->scalar_type() == at::kLong)),
+              "focus_state_cuda_: last_tokens must be contiguous int32 or int64");
   const c10::cuda::CUDAGuard guard(logits.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "focus_state_cuda", [&] {
     focus_state_kernel<scalar_t><<<static_cast<unsigned>(B), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         logits.data_ptr<scalar_t>(), logits.stride(0), logits.stride(1), logits.size(1),
-        last_tokens.has_value() ? last_tokens->data_ptr<int32_t>() : nullptr, prog.data_ptr<int32_t>(),
+        last_token_ids(last_tokens), prog.data_ptr<int32_t>(),
         node.data_ptr<int32_t>(), sat.data_ptr<int32_t>(), step.data_ptr<int32_t>(), sat.size(1),
         prog_f32.data_ptr<float>(), prog_i32.data_ptr<int32_t>(), node_table.data_ptr<int32_t>(),
         slot_table.data_ptr<int32_t>(), closure.data_ptr<int32_t>(), ents.data_ptr<int32_t>(),

@@ -126,7 +126,8 @@ def run(backend, logits, last, rows, tables, limits, blend=True):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_hand_built_tables_match_reference(backend, dtype, seed):
-    """Walk, context, pushes, give-up and end-of-text on random tables with bad ids; strided logits."""
+    """Walk, context, pushes, give-up and end-of-text on random tables with bad ids (int32 and int64 last
+    tokens, read without narrowing); strided logits."""
     rng = random.Random(seed)
     for _ in range(12):
         B, V = rng.randint(1, 6), rng.choice([7, 23, 40])
@@ -134,9 +135,12 @@ def test_hand_built_tables_match_reference(backend, dtype, seed):
         rows = random_rows(rng, B, sizes)
         parent = torch.randn(B, V + 3, device=DEVICE).to(dtype)
         parent[:, :V][torch.rand(B, V, device=DEVICE) < 0.25] = float("-inf")  # banned continuations
+        # int64 ids past int32 must not wrap into the vocabulary (2^32 + 3 would be token 3).
+        wide = rng.random() < 0.5
+        bad = BAD_IDS + ((2**32 + 3, 2**40, 2**63 - 1, -2**63) if wide else ())
         last = None if rng.random() < 0.15 else torch.tensor(
-            [rng.choice([rng.randrange(V), rng.randrange(V), V - 1, V, *BAD_IDS]) for _ in range(B)],
-            dtype=torch.int32, device=DEVICE)
+            [rng.choice([rng.randrange(V), rng.randrange(V), V - 1, V, *bad]) for _ in range(B)],
+            dtype=torch.int64 if wide else torch.int32, device=DEVICE)
         want_logits = parent.clone()
         want = run("torch", want_logits[:, :V], last, rows, tables, limits)
         got_logits = parent.clone()
