@@ -16,11 +16,12 @@ outside it are neither read nor written.
 """
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
 from ._registry import define_mutating_op
-from ._triton_common import blend_range, decay_strength
+from ._triton_common import DTYPES, Launch, MockTensor, blend_range, decay_strength, dtype_name
 from .focus_state import FOCUS_STATE_SCHEMA
 from . import layout
 from .layout import C, F, I, N_, S_
@@ -290,21 +291,36 @@ def _focus_state_kernel(
                 tl.store(eos_ptr, (x_eos.to(tl.float32) - tl.load(pf + F_EOS_DAMP)).to(x_eos.dtype), mask=fresh)
 
 
-def launch_focus_state(logits, last_tokens, prog, node, sat, step, prog_f32, prog_i32, node_table, slot_table,
-                       closure, ents, tok_off, tok_sym, byte_class, limits, blend) -> None:
+def state_launch(logits, last_tokens, prog, node, sat, step, prog_f32, prog_i32, node_table, slot_table, closure,
+                 ents, tok_off, tok_sym, byte_class) -> Launch:
     B, V = logits.shape
-    if B == 0:
-        return
-    _focus_state_kernel[(B,)](
+    return Launch(_focus_state_kernel, (B,), (
         logits, logits.stride(0), logits.stride(1), V,
         last_tokens if last_tokens is not None else step,
         prog, node, sat, step,
         prog_f32, prog_i32, node_table, slot_table, closure, ents,
         tok_off, tok_sym, byte_class, tok_off.shape[0] - 1,
         sat.shape[1],
-        HAS_LAST=last_tokens is not None,
-        BLOCK_V=BLOCK_V, BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C, BLOCK_E=BLOCK_E,
-    )
+    ), dict(HAS_LAST=last_tokens is not None, BLOCK_V=BLOCK_V, BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C, BLOCK_E=BLOCK_E))
+
+
+def launch_focus_state(logits, last_tokens, prog, node, sat, step, prog_f32, prog_i32, node_table, slot_table,
+                       closure, ents, tok_off, tok_sym, byte_class, limits, blend) -> None:
+    if logits.shape[0] == 0:
+        return
+    state_launch(logits, last_tokens, prog, node, sat, step, prog_f32, prog_i32, node_table, slot_table, closure,
+                 ents, tok_off, tok_sym, byte_class)()
+
+
+def compile_launches():
+    """(label, launch) for every configuration the launcher can pick (ahead-of-time compilation): per
+    logits dtype, with int32 / int64 / no last tokens (the tiles are fixed); 8 rows of 151936 logits."""
+    i32, i64, f32 = MockTensor(torch.int32), MockTensor(torch.int64), MockTensor(torch.float32)
+    for dtype in DTYPES:
+        for last in (None, i32, i64):
+            yield f"{dtype_name(dtype)} last_tokens={None if last is None else last.dtype}", state_launch(
+                MockTensor(dtype, [8, 151936]), last, i32, i32, MockTensor(torch.int32, [8, 4]), i32, f32, i32, i32,
+                i32, i32, i32, MockTensor(torch.int32, [151937]), i32, MockTensor(torch.int32, [256]))
 
 
 focus_state_op = define_mutating_op("focus_state_triton_", FOCUS_STATE_SCHEMA, launch_focus_state)
