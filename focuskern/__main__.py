@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--note", default="", help="a sentence recorded with the results")
     cov = ev.add_argument_group("coverage")
     cov.add_argument("--split", choices=["tune", "report", "all"], default="tune", help="which half of the cases")
+    cov.add_argument("--cases", default="en",
+                     help="case set: en (built-in English, the default), zh (Chinese), quoted (summaries that quote "
+                          "their entities), or a JSON/JSONL file of cases as in focuskern/experiments/"
+                          "coverage_cases.json (id, prompt, entities, split tune|report, optional kind)")
     cov.add_argument("--policies", nargs="+", help="rows, names in focuskern.experiments.coverage.POLICIES "
                      "(default: all of DEFAULT_POLICIES there)")
     cov.add_argument("--strengths", type=float, nargs="+", default=[1.0], help="push multipliers (the plot's points)")
