@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cpu")
     demo.add_argument("--json", action="store_true", help="print the full results as JSON")
+    demo.add_argument("--rows", nargs="+", help="only the rows whose label contains one of these words "
+                      "(e.g. baseline defaults; fluency is relative to the first row run)")
     demo.add_argument("--attention", action="store_true",
                       help="instead: one key-value retrieval case without and with attention focus")
     demo.add_argument("--attention-beta", type=float, default=DEFAULT_BETA, help="with --attention: the boost")

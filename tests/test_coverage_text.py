@@ -168,3 +168,15 @@ def test_bad_case_files_name_the_problem(tmp_path, bad, match):
         case_sets.load_cases("all", str(tmp_path / "missing.json"))
     with pytest.raises(ValueError, match="split"):
         case_sets.load_cases("dev", "zh")
+
+
+def test_demo_rows_filter_names_a_missing_row():
+    from types import SimpleNamespace
+
+    from focuskern.experiments.demo import run_demo
+
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[2]), device="cpu")
+    with pytest.raises(ValueError, match="rows: none of \\['nonsense'\\]"):
+        run_demo(model, None, "写一段话", SEED_ZH, rows=["nonsense"], progress=False)
+    args = build_parser().parse_args(["demo", "--rows", "baseline", "defaults"])
+    assert args.rows == ["baseline", "defaults"]
