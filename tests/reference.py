@@ -54,19 +54,21 @@ def occurs(seq, gen):
 
 
 def brute_boosts(spec: fk.FocusSpec, gen: list[int], tokenizer=None) -> dict[int, float]:
-    """The contract, read literally: what the op adds to each id of a zero logits row after ``gen``
-    was generated (strength, budget urgency and end-of-text damping included)."""
+    """The contract (docs/text-tracking.md) read literally for token-id entities without a tokenizer
+    (every token one opaque symbol): what the op adds to each id of a zero logits row after ``gen``.
+    The row's node ``u`` is the longest suffix of ``gen`` that is a prefix of a variant; a continuation
+    is the next token of a variant of an unsaid entity extending ``u`` (``u`` not empty); starts are
+    the first tokens of unsaid entities' variants (tokens mode: all their tokens)."""
     variants = spec.token_variants(tokenizer)
     satisfied = {e for e, vs in enumerate(variants) if spec.satisfy == "once" and any(occurs(v, gen) for v in vs)}
     open_variants = [v for e, vs in enumerate(variants) if e not in satisfied for v in vs]
     if spec.mode == "tokens":
         values = {t: spec.bias for v in open_variants for t in v}
     else:
-        cont = {}
-        for v in open_variants:
-            for n in range(1, len(v)):
-                if len(gen) >= n and tuple(gen[-n:]) == v[:n]:
-                    cont[v[n]] = spec.effective_continuation_bias
+        prefixes = {v[:i] for vs in variants for v in vs for i in range(len(v) + 1)}
+        u = next(tuple(gen[i:]) for i in range(len(gen) + 1) if tuple(gen[i:]) in prefixes)
+        cont = {v[len(u)]: spec.effective_continuation_bias for v in open_variants
+                if u and len(v) > len(u) and v[:len(u)] == u}
         values = {} if (cont and not spec.boost_starts_in_match) else {v[0]: spec.bias for v in open_variants}
         for t, b in cont.items():
             values[t] = max(values.get(t, -math.inf), b)
@@ -74,9 +76,10 @@ def brute_boosts(spec: fk.FocusSpec, gen: list[int], tokenizer=None) -> dict[int
     unsaid = len(variants) - len(satisfied) if spec.satisfy == "once" and spec.max_new_tokens else 0
     urgency = min(max(1 - max(spec.max_new_tokens - len(gen), 1) / (unsaid * spec.slack), 0), 1) if unsaid else 0
     out = {t: s * v + urgency * spec.force for t, v in values.items()}
-    eos = spec.eos_token_id if spec.eos_token_id is not None else getattr(tokenizer, "eos_token_id", None)
-    if unsaid and eos is not None:
-        out[eos] = out.get(eos, 0.0) - spec.eos_damp
+    eos = spec.eos_token_ids or (getattr(tokenizer, "eos_token_id", None),)
+    for e in dict.fromkeys(e for e in eos if e is not None):
+        if unsaid:
+            out[e] = out.get(e, 0.0) - spec.eos_damp
     return {t: v for t, v in out.items() if v != 0}
 
 

@@ -40,7 +40,7 @@ def _focus_logits_kernel(
             j = chunk + tl.arange(0, BLOCK_K)
             ids = tl.load(ids_ptr + j, mask=j < last, other=-1)
             bias = tl.load(bias_ptr + j, mask=j < last, other=0.0)
-            mine = (j < last) & (ids >= lo) & (ids < hi)
+            mine = (j < last) & (ids >= lo) & (ids < hi)  # [lo, hi) lies in [0, V): bad ids are skipped
             add = tl.where(mine, tl.where(bias == float("-inf"), bias, strength * bias), 0.0)
             same = (ids[:, None] == ids[None, :]) & mine[None, :]
             total = tl.sum(tl.where(same, add[None, :], 0.0), axis=1)
