@@ -27,7 +27,8 @@ class FocusLogitsProcessor(LogitsProcessor):
     spec_or_specs : one :class:`FocusSpec` for every row, or one per prompt (``None`` = untouched).
         With ``num_return_sequences`` / ``num_beams`` = k, prompt ``i`` owns rows ``i*k .. i*k+k-1``.
     tokenizer : tokenizes string entities.
-    backend : kernel backend (``"auto"`` picks Triton on CUDA, PyTorch elsewhere).
+    backend : kernel backend (``"auto"`` picks, per device, the first available of ``cpp``, ``torch`` on
+        CPU and ``triton``, ``cuda``, ``torch`` on CUDA: :data:`focuskern.ops.dispatch.AUTO_ORDER`).
 
     Only tokens generated after the prompt feed the automata.  Beam search reorders rows between
     steps; every step the processor matches each row's generated prefix to the previous step's rows
