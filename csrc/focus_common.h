@@ -170,6 +170,14 @@ FK_HOST_DEVICE bool banned_continuation(const ProgramView& p, int32_t c, const L
   return in_vocab(token, V) && static_cast<float>(row[token * col_stride]) == -INFINITY;
 }
 
+// Step 2a: can closure entry c still continue its attempt -- alive, its token in [0, V) and not banned?
+template <typename Logit>
+FK_HOST_DEVICE bool open_continuation(const ProgramView& p, int32_t c, const Logit* row, int64_t col_stride, int64_t V,
+                                      const int32_t* sat) {
+  const int64_t token = p.slot_row(p.clo_slot(c))[S_TOKEN];
+  return in_vocab(token, V) && static_cast<float>(row[token * col_stride]) != -INFINITY && entry_alive(p, c, sat);
+}
+
 // Is slot k a continuation of an open partial match at node u (an alive entry on slot k)?
 FK_HOST_DEVICE bool is_continuation(const ProgramView& p, int32_t u, int32_t k, const int32_t* sat) {
   const int32_t hi = p.node_row(u)[N_CLO_HI];

@@ -233,10 +233,10 @@ void focus_state_cpu(at::Tensor logits, const c10::optional<at::Tensor>& last_to
         const float scale = 1.f - s * fp[F_ALPHA];
         scalar_t* row = x + r * s0;
         // Step 2a: a banned continuation aborts its attempt; the entities through the banned entries
-        // are given up only when no alive entry is left unbanned.  Reads the logits before any write.
+        // are given up only when no entry can continue.  Reads the logits before any write.
         bool open = false;
         for (int32_t c = clo_lo; c < clo_hi && !open; ++c)
-          open = !banned_continuation(view, c, row, s1, V) && entry_alive(view, c, row_sat);
+          open = open_continuation(view, c, row, s1, V, row_sat);
         for (int32_t c = clo_lo; c < clo_hi && !open; ++c)
           if (banned_continuation(view, c, row, s1, V)) {
             const int32_t* child = view.node_row(view.clo_child(c));

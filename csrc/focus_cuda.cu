@@ -108,10 +108,10 @@ __global__ void focus_state_kernel(scalar_t* x, int64_t s0, int64_t s1, int64_t 
   scalar_t* row = x + r * s0;
   if (clo_hi > clo_lo) {
     // Step 2a: a banned continuation aborts its attempt; the entities through the banned entries are
-    // given up only when no alive entry is left unbanned.  Bits only grow (atomic or): the result does
+    // given up only when no entry can continue.  Bits only grow (atomic or): the result does
     // not depend on the order of the threads.  The logits are read before the scaling below.
     for (int32_t c = clo_lo + threadIdx.x; c < clo_hi; c += blockDim.x)
-      if (!banned_continuation(view, c, row, s1, V) && entry_alive(view, c, row_sat)) shared_open = 1;
+      if (open_continuation(view, c, row, s1, V, row_sat)) shared_open = 1;
     __syncthreads();
     if (!shared_open)
       for (int32_t c = clo_lo + threadIdx.x; c < clo_hi; c += blockDim.x)

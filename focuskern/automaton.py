@@ -15,8 +15,8 @@ a kernel's work per step grow linearly with the entities.
   ``u``'s symbols in the trie;
 * token edge ``(t, c)`` of ``u``: ``u`` is pattern ``P(f)`` after the symbol of unit ``i - 1`` of ``f``,
   token ``t`` (not whitespace-only) spells ``f[i : i + L]`` and ``c`` is the node after unit
-  ``i + L - 1``; ``closure(u)`` = edges of every node on ``u``'s fail chain (root excluded) as (slot,
-  child) entries sorted by slot, deepest first within a slot;
+  ``i + L - 1``; ``closure(u)`` = ``u``'s own edges as (slot, child) entries sorted by slot (a token
+  spells one path from ``u``: one entry per slot);
 * slot ``k`` (the program's ``k``-th smallest pushed token): ``first_pc(k)`` = entities whose form pushed
   in push context ``pc`` starts with the token (phrase mode), or, in tokens mode, entities with the token
   in a tokenized pushed form (the same list for every ``pc``).
@@ -282,8 +282,8 @@ def compile_program(forms: EntityForms, table: TokenTable, phrase: bool) -> Prog
     tokens = np.unique(np.concatenate([edge_token, start_token]))
     edge_slot = np.searchsorted(tokens, edge_token)
 
-    # closure(u) = u's own token edges, by slot, deepest child first within a slot
-    order = np.lexsort((-edge_child, edge_slot, edge_u))
+    # closure(u) = u's own token edges, by slot (a token spells one path from u: one child per slot)
+    order = np.argsort(edge_u * max(len(tokens), 1) + edge_slot, kind="stable")
     closure = np.stack([edge_slot[order], edge_child[order]], axis=1).astype(np.int32).reshape(-1, C.WIDTH)
     clo_off = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(edge_u, minlength=n), out=clo_off[1:])

@@ -46,11 +46,20 @@ class ProgramTable:
         self.vocab_size = vocab_size
         self.device = device
         self.tokenizer = tokenizer
-        self.token_table = token_table(tokenizer, vocab_size)  # built once per tokenizer (cached)
+        self._token_table = None  # read from the tokenizer when the first program arrives (cached per tokenizer)
         self.entries: list[ProgramEntry] = []
         self._pid_by_key: dict[tuple, int] = {}
         self.words = 1
         self._reset_tables()
+
+    @property
+    def token_table(self):
+        if self._token_table is None:
+            self._token_table = token_table(self.tokenizer, self.vocab_size)
+            self.tables = self.tables._replace(**dict(zip(("tok_off", "tok_sym", "byte_class"),
+                                                          self._token_table.tensors(self.device))))
+            self.limits[4] = max(self._token_table.max_len, 1)
+        return self._token_table
 
     def __getitem__(self, pid: int) -> ProgramEntry:
         return self.entries[pid]
@@ -117,10 +126,10 @@ class ProgramTable:
         def empty(*shape, dtype=torch.int32):
             return torch.zeros(*shape, dtype=dtype, device=self.device)
         # One sentinel closure entry and entity keep the torch backend's padded gathers in bounds.
+        tok = (empty(1), empty(1), empty(256)) if self._token_table is None else self._token_table.tensors(self.device)
         self.tables = FocusTables(empty(0, F.WIDTH, dtype=torch.float32), empty(0, I.WIDTH), empty(0, N_.WIDTH),
-                                  empty(0, S_.WIDTH), empty(1, C.WIDTH), empty(1),
-                                  *self.token_table.tensors(self.device))
-        self.limits = [1, 1, 1, 1, max(self.token_table.max_len, 1), 1]
+                                  empty(0, S_.WIDTH), empty(1, C.WIDTH), empty(1), *tok)
+        self.limits = [1, 1, 1, 1, 1 if self._token_table is None else max(self._token_table.max_len, 1), 1]
 
     def _append_tables(self, entries: list[ProgramEntry]) -> None:
         if not entries:

@@ -189,6 +189,15 @@ class FocusState:
             self._op(scratch, ids[i:i + 1], one, self.programs.tables, self.programs.limits,
                      self.programs[pid].blends)
 
+    def said(self, row: int) -> list[int]:
+        """The entities (indices into ``spec(row).entities``) ``row`` has said or given up (a host read)."""
+        row = self._index(row)
+        pid = self._row_pid[row]
+        if pid is None:
+            return []
+        words = self._rows.sat[row].tolist()
+        return [e for e in range(self.programs[pid].program.n_entities) if words[e // 32] >> (e % 32) & 1]
+
     def boosts(self) -> list[dict[int, float]]:
         """What :meth:`apply_` would add this step, per row ``{token: s * value}`` (for inspection)."""
         probe = torch.zeros(len(self), self.vocab_size, device=self.device)

@@ -191,6 +191,48 @@ def unit_values(sym: np.ndarray) -> np.ndarray:
     return sym.astype(np.uint64) + np.uint64(1)
 
 
+class HashSet:
+    """Distinct uint64 ``keys`` in an open-addressing table (linear probing, load <= 1/4), so a batch of
+    lookups costs a few gathers instead of a binary search each."""
+
+    def __init__(self, keys: np.ndarray):
+        self.keys = keys
+        self.bits = max(int(4 * len(keys)).bit_length(), 4)
+        size = 1 << self.bits
+        self.slot_of = np.full(size, -1, dtype=np.int64)  # index into keys, -1 = empty
+        pending = np.arange(len(keys))
+        pos = self._home(keys)
+        while pending.size:  # place each key at its first free position from its home
+            free = self.slot_of[pos] < 0
+            first = np.zeros(len(pos), bool)
+            _, at = np.unique(pos[free], return_index=True)
+            first[np.flatnonzero(free)[at]] = True  # one key per free position per round
+            self.slot_of[pos[first]] = pending[first]
+            pending, pos = pending[~first], (pos[~first] + 1) & (size - 1)
+
+    def _home(self, h: np.ndarray) -> np.ndarray:
+        """The top ``bits`` of ``(h ^ h >> 31) * C`` (a run of one symbol hashes to a small number)."""
+        with np.errstate(over="ignore"):
+            mixed = (h ^ (h >> np.uint64(31))) * np.uint64(0xBF58476D1CE4E5B9)
+        return (mixed >> np.uint64(64 - self.bits)).astype(np.int64)
+
+    def find(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found, index into ``keys``) of each hash ``h``."""
+        found = np.zeros(len(h), bool)
+        index = np.zeros(len(h), dtype=np.int64)
+        todo = np.arange(len(h))
+        pos = self._home(h)
+        mask = (1 << self.bits) - 1
+        while todo.size:
+            k = self.slot_of[pos]
+            hit = k >= 0
+            hit[hit] = self.keys[k[hit]] == h[todo[hit]]
+            found[todo[hit]], index[todo[hit]] = True, k[hit]
+            go = (k >= 0) & ~hit
+            todo, pos = todo[go], (pos[go] + 1) & mask
+        return found, index
+
+
 class VocabIndex:
     """The hashes of every prefix and of every suffix of every token, sorted, each with the tokens (not
     whitespace-only, not empty) spelled exactly by it: :meth:`spelled` finds all tokens a run of text
@@ -214,17 +256,16 @@ class VocabIndex:
         self.suffixes = self._keys(self.hash(pos, off[tok + 1]))
         self.max_len = table.max_len
 
-    def _keys(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(sorted distinct hashes, never empty; per hash the range of ``self.tokens`` spelled by it)."""
-        keys = np.unique(np.append(hashes, np.uint64(0)))
-        return (keys, np.searchsorted(self._token_keys, keys, side="left"),
-                np.searchsorted(self._token_keys, keys, side="right"))
+    def _keys(self, hashes: np.ndarray) -> tuple["HashSet", np.ndarray, np.ndarray]:
+        """(distinct hashes, per hash the range of ``self.tokens`` spelled by it)."""
+        keys = HashSet(np.unique(hashes))
+        return (keys, np.searchsorted(self._token_keys, keys.keys, side="left"),
+                np.searchsorted(self._token_keys, keys.keys, side="right"))
 
     @staticmethod
     def find(keys, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(found, index of ``h`` in ``keys[0]``)."""
-        i = np.minimum(np.searchsorted(keys[0], h), len(keys[0]) - 1)
-        return keys[0][i] == h, i
+        """(found, index of ``h`` among the distinct hashes ``keys``)."""
+        return keys[0].find(h)
 
     def tokens_of(self, keys, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(p, token): every token spelled by key ``i[p]``."""

@@ -60,14 +60,23 @@ def _unsat_prefix(sat: torch.Tensor, ents: torch.Tensor, ent_base: torch.Tensor,
     return torch.nn.functional.pad(unsat.int().cumsum(1), (1, 0))
 
 
+def _bound(t: torch.Tensor, static: int) -> int:
+    """A loop bound: ``static`` on an accelerator (no host sync), the tight ``max(t)`` on the CPU, where
+    reading a value costs no device synchronization."""
+    return static if t.device.type != "cpu" else int(t.max()) if t.numel() else 0
+
+
 def _delta(node_table, node_base, u, sym, max_depth: int, search_steps: int):
     """``delta(u, sym)`` per row (program-local nodes ``u`` [B], symbols ``sym`` [B])."""
     chain = [u]
     for _ in range(max_depth):
+        if _bound(chain[-1], 1) == 0:  # every chain at the root (CPU only; a GPU runs max_depth steps)
+            break
         chain.append(node_table[node_base + chain[-1], N_.FAIL].long())
-    chain = torch.stack(chain, 1)  # [B, max_depth + 1], ends at the root (its fail is itself)
+    chain = torch.stack(chain, 1)  # [B, depth + 1], ends at the root (its fail is itself)
     rows = node_table[node_base[:, None] + chain].long()
     lo, hi = rows[..., N_.CHILD_LO], rows[..., N_.CHILD_HI]
+    search_steps = min(search_steps, _bound(hi - lo, search_steps).bit_length())
     target, last = sym[:, None], node_table.shape[0] - 1
 
     def sym_at(local):
@@ -94,7 +103,7 @@ def _walk(last_tokens, active, u, ctx, node_table, node_base, tok_off, tok_sym, 
     length = torch.where(fed, tok_off[t + 1].long() - start, 0)
     search_steps = max(node_table.shape[0], 1).bit_length()
     visited = []
-    for j in range(max_token_len):
+    for j in range(_bound(length, max_token_len)):
         live = j < length
         sym = tok_sym[(start + j).clamp_max(tok_sym.shape[0] - 1)].long()
         c = byte_class[sym.clamp(0, 255)].long()
@@ -130,14 +139,14 @@ def focus_state_reference_(logits, last_tokens, prog, node, sat, step, prog_f32,
     ent_base = params_i[:, I.ENT_BASE]
     phrase, once, starts = params_i[:, I.PHRASE] != 0, params_i[:, I.ONCE] != 0, params_i[:, I.STARTS_IN_MATCH] != 0
 
-    # Padded slot view [B, max_slots]: padding and slots whose token is outside [0, V) repeat lane 0, so
-    # duplicate writes carry equal values; ``ok``: the lane is a slot with a token in [0, V).  Tokens are
-    # sorted, so a row has an ok lane only if lane 0 is one; rows without write back column 0's value.
+    # Padded slot view [B, max_slots]: padding and slots whose token is outside [0, V) repeat the row's
+    # first ``ok`` lane (a slot with a token in [0, V)), so duplicate writes carry equal values; a row
+    # without one writes column 0's own value back from every lane.
     lane = torch.arange(max_slots, device=dev).expand(B, max_slots)
     last_slot = max(slot_table.shape[0] - 1, 0)
     raw = slot_table[(slot_base[:, None] + lane).clamp_max(last_slot), S_.TOKEN].long()
     ok = (lane < n_slots[:, None]) & (raw >= 0) & (raw < V)
-    lane = torch.where(ok, lane, 0)
+    lane = torch.where(ok, lane, ok.int().argmax(1, keepdim=True))
     slots = slot_table[(slot_base[:, None] + lane).clamp_max(last_slot)].long()
     live = ok.gather(1, lane)
     tokens = torch.where(live, slots[..., S_.TOKEN], 0)

@@ -174,13 +174,13 @@ def _give_up(node_ptr, closure_ptr, ents_ptr, sat_row_ptr, node_base, c, banned)
 
 @triton.jit
 def _banned(closure_ptr, slot_ptr, slot_base, row_ptr, stride_col, V, c, valid):
-    """Closure entries ``c`` whose token's logit is -inf (read before this step's writes); a token
-    outside ``[0, V)`` is never read, never banned."""
+    """(banned, writable) closure entries ``c``: their token's logit is -inf / is not (read before this
+    step's writes); a token outside ``[0, V)`` is never read and is neither."""
     cslot = tl.load(closure_ptr + c * C_WIDTH + C_SLOT, mask=valid, other=0)
     tok = tl.load(slot_ptr + (slot_base + cslot) * S_WIDTH + S_TOKEN, mask=valid, other=-1)
     readable = valid & (tok >= 0) & (tok < V)
     x = tl.load(row_ptr + tok.to(tl.int64) * stride_col, mask=readable, other=0.0).to(tl.float32)
-    return readable & (x == float("-inf"))
+    return readable & (x == float("-inf")), readable & (x != float("-inf"))
 
 
 @triton.jit
@@ -230,19 +230,19 @@ def _focus_state_kernel(
         c_lo = tl.load(node_ptr + (node_base + u) * N_WIDTH + N_CLO_LO)
         c_hi = tl.where(phrase != 0, tl.load(node_ptr + (node_base + u) * N_WIDTH + N_CLO_HI), c_lo)
         # Step 2a, before any write: a banned continuation aborts its attempt; the entities through the
-        # banned entries are given up only when no alive entry is left unbanned (bits only grow, so the
-        # order does not matter).  Not open: the give-up loop runs, else it has no trips.
+        # banned entries are given up only when no entry can continue (alive and writable; bits only grow,
+        # so the order does not matter).  Not open: the give-up loop runs, else it has no trips.
         open_ = 0
         for c0 in range(c_lo, c_hi, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
             valid = c < c_hi
-            banned = _banned(closure_ptr, slot_ptr, slot_base, row_ptr, stride_col, V, c, valid)
-            alive, cslot = _alive_entries(node_ptr, closure_ptr, ents_ptr, sat_row, node_base, c, valid & ~banned)
+            banned, writable = _banned(closure_ptr, slot_ptr, slot_base, row_ptr, stride_col, V, c, valid)
+            alive, cslot = _alive_entries(node_ptr, closure_ptr, ents_ptr, sat_row, node_base, c, writable)
             open_ = tl.maximum(open_, tl.max(alive))
         for c0 in range(c_lo, tl.where(open_ == 0, c_hi, c_lo), BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
             valid = c < c_hi
-            banned = _banned(closure_ptr, slot_ptr, slot_base, row_ptr, stride_col, V, c, valid)
+            banned, writable = _banned(closure_ptr, slot_ptr, slot_base, row_ptr, stride_col, V, c, valid)
             _give_up(node_ptr, closure_ptr, ents_ptr, sat_row, node_base, c, banned)
         tl.debug_barrier()  # the bits are visible to the tests below
         lo, hi = blend_range(row_ptr, stride_col, V, 0, V, 1.0 - strength * alpha, BLOCK_V)

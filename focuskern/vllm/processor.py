@@ -136,9 +136,9 @@ class FocusLogitsPlugin(FocusLogitsProcessor):
 
 
 class _LazyTokenizer:
-    """The model's tokenizer, loaded when the first string entity arrives (an engine that only sees
-    token-id entities, or no focus at all, never pays for it).  Offers what ``FocusState`` uses:
-    ``encode`` (entities to ids) and ``decode`` (whether a piece is whitespace only)."""
+    """The model's tokenizer, loaded when the first focus request arrives (an engine with no focus at
+    all never pays for it).  Offers what ``FocusState`` uses: ``encode`` and, by delegation, what its
+    token table reads (``convert_ids_to_tokens``, the special tokens, ``len``)."""
 
     def __init__(self, model_config):
         self._config = model_config
@@ -149,6 +149,14 @@ class _LazyTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self._loaded().decode(ids)
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._loaded(), name)
 
     def _loaded(self):
         if self._tokenizer is None:
