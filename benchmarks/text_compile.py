@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import random
 import sys
@@ -51,6 +52,7 @@ def main(argv=None) -> None:
     from focuskern.text import token_table
 
     torch.set_num_threads(1)
+    load_before = os.getloadavg()[0]
     tok = AutoTokenizer.from_pretrained(default_model_dir(), gguf_file=DEFAULT_GGUF)
     t0 = time.perf_counter()
     token_table(tok, len(tok)).index  # noqa: B018 - built once per tokenizer, cached
@@ -70,11 +72,14 @@ def main(argv=None) -> None:
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()} CPU, {platform.processor() or 'unknown'}, shared 2-vCPU host",
             "command": "python benchmarks/text_compile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "tokenizer": "SmolLM2-135M-Instruct (embedded), V=49152", "vocabulary_s": vocabulary_s}
+            "tokenizer": "SmolLM2-135M-Instruct (embedded), V=49152", "vocabulary_s": vocabulary_s,
+            "load_average_1min": [load_before, os.getloadavg()[0]]}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "text_compile_cpu.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
     lines = [f"# Text-tracking compile time ({meta['date']})", "",
-             f"Machine: {meta['machine']}.  Command: `{meta['command']}`.", f"Tokenizer: {meta['tokenizer']}; "
+             f"Machine: {meta['machine']}; 1-minute load average {load_before:.1f} before, "
+             f"{meta['load_average_1min'][1]:.1f} after (other jobs share the 2 vCPUs: times are upper bounds).",
+             f"Command: `{meta['command']}`.", f"Tokenizer: {meta['tokenizer']}; "
              f"its token table and vocabulary index (built once per tokenizer, cached): {vocabulary_s:.2f} s.", "",
              "| entities | FocusState build (s, best of runs) | nodes | slots | closure entries | list entries |",
              "|---:|---:|---:|---:|---:|---:|"]

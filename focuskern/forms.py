@@ -62,13 +62,13 @@ def capitalize_first(e: str) -> str:
 def text_forms(e: str) -> tuple[list[str], dict[str, int]]:
     """(counted forms, {pushed form: push-context bitmask}) of an entity string under ``"text"``."""
     e = e.strip()
-    cap = capitalize_first(e)
-    wide = len(e[:1].encode()) >= 3
-    space = "" if wide else " "
-    pushed: dict[str, int] = {}
-    for pc, form in enumerate((e, cap, space + e, space + cap)):
-        pushed[form] = pushed.get(form, 0) | (1 << pc)
-    return list(dict.fromkeys((e, flip_first(e)))), pushed
+    cap, flip = capitalize_first(e), flip_first(e)
+    counted = [e] if flip == e else [e, flip]
+    if ord(e[0]) >= 0x800:  # 3- or 4-byte UTF-8 first character: never spaced
+        return counted, ({e: 0b1111} if cap == e else {e: 0b0101, cap: 0b1010})
+    if cap == e:
+        return counted, {e: 0b0011, " " + e: 0b1100}
+    return counted, {e: 0b0001, cap: 0b0010, " " + e: 0b0100, " " + cap: 0b1000}
 
 
 def _flat_strings(forms: list[str], entity: list[int], pcs: list[int]) -> FlatForms:

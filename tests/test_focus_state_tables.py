@@ -64,8 +64,7 @@ def random_tables(rng, V, n_programs):
         row_i = [0] * I.WIDTH
         row_i[I.NODE_BASE], row_i[I.SLOT_BASE], row_i[I.N_SLOTS], row_i[I.ENT_BASE] = (
             len(nodes), len(slots), n_slots, len(ents))
-        # Negative slot tokens wait for the reference's padding fix (note in docs/text-tracking.md section 6).
-        tokens = sorted(rng.sample(range(V), n_slots - 1) + [rng.choice((V, 2**31 - 1))])
+        tokens = sorted(rng.sample(range(V), n_slots - 1) + [rng.choice(BAD_IDS + (V,))])
         for t in tokens:
             slots.append([t] + sum((entity_list(n_ent, 3) for _ in range(L.N_PUSH_CONTEXTS)), []))
         child_lo, child_hi, sym, fail = random_trie(rng, n_nodes)
