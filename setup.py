@@ -21,14 +21,17 @@ import sys
 from setuptools import setup
 
 REQUIRED = os.environ.get("FOCUSKERN_REQUIRE_EXT", "0") not in ("", "0")
+# pip runs this file for metadata too (egg_info, dist_info): say it once, where a build happens.
+BUILDING = any(cmd in sys.argv for cmd in ("build_ext", "build", "bdist_wheel", "editable_wheel", "install", "develop"))
 
 
 def skip(why: str):
     """Say (one line) why focuskern._C is not built, or fail under FOCUSKERN_REQUIRE_EXT=1."""
     if REQUIRED:
         raise SystemExit(f"focuskern: FOCUSKERN_REQUIRE_EXT=1 but {why}")
-    print(f"focuskern: {why}; installing without the C++ extension (pure Python: torch/triton backends)",
-          file=sys.stderr)
+    if BUILDING:
+        print(f"focuskern: {why}; installing without the C++ extension (pure Python: torch/triton backends)",
+              file=sys.stderr)
     return [], {}
 
 

@@ -60,7 +60,7 @@ CHECK = textwrap.dedent("""
 
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:
-    print("+", " ".join(str(c) for c in cmd), flush=True)
+    print("+", " ".join(str(c) if len(str(c)) < 200 else "<script>" for c in cmd), flush=True)
     done = subprocess.run([str(c) for c in cmd], text=True, capture_output=True, **kw)
     if done.returncode:
         sys.exit(f"failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
@@ -90,6 +90,8 @@ def fresh_env(where: Path) -> Path:
     python = where / "bin" / "python"
     site = run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
     Path(site, "shared_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # The venv's own (older) setuptools would shadow the shared one that torch's metadata asks for.
+    run([python, "-m", "pip", "uninstall", "-q", "-y", "setuptools"])
     return python
 
 
