@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: check-cuda install test test-fast test-install demo bench bench-gpu clean gpu-report gpu-report-smoke bench-scaling
 .PHONY: install-vllm vllm-model test-vllm bench-vllm bench-vllm-http
-.PHONY: eval eval-coverage eval-heads
+.PHONY: eval eval-coverage eval-heads eval-tables
 
 $(STAMP): requirements.txt constraints.txt setup.py pyproject.toml focuskern/ops/layout.py $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -94,7 +94,7 @@ vllm-model: $(VLLM_MODEL)/config.json
 
 test-vllm: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
 	mkdir -p .vllm-tmp
-	$(VLLM_ENV) $(VLLM_PY) -m pytest tests/test_vllm_adapter.py tests/test_vllm_engine.py tests/test_vllm_churn.py \
+	$(VLLM_ENV) $(VLLM_PY) -m pytest tests/test_vllm_adapter.py tests/test_vllm_engine.py tests/test_vllm_churn.py tests/test_vllm_fuzz.py \
 		tests/test_vllm_http.py -q
 
 bench-vllm: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
@@ -126,35 +126,50 @@ clean:
 	rm -rf $(VENV) build focuskern/*.so *.egg-info .pytest_cache .benchmarks
 	rm -rf $(VLLM_VENV) .vllm-tmp .vllm-cache
 
-# Lost-in-the-middle key-value retrieval with and without attention focus: the two runs whose results
-# are in benchmarks/results/ and the README (about 30 min each on 2 vCPU).
+# The evaluations behind docs/ (they write into EVAL_OUT; the CLI's own default is ./focuskern-results).
+EVAL_OUT ?= benchmarks/results
+
+# Lost-in-the-middle key-value retrieval with and without attention focus: the two runs of
+# docs/attention-lever.md.
 eval: $(STAMP)
 	$(PY) -m focuskern eval lost-in-middle --ids hex8 --k 10 20 --n 50 --beta 0.5 2 \
-		--name lost_in_middle_hex8_smollm2_cpu
-	$(PY) -m focuskern eval lost-in-middle --ids uuid --k 10 --n 50 --name lost_in_middle_uuid_smollm2_cpu
+		--out $(EVAL_OUT) --name lost_in_middle_hex8_smollm2_cpu
+	$(PY) -m focuskern eval lost-in-middle --ids uuid --k 10 --n 50 --out $(EVAL_OUT) --name lost_in_middle_uuid_smollm2_cpu
 
-# Entity coverage of the steering policies (benchmarks/results/coverage_*, README): tuning half, then
-# the report half; greedy + 3 sampled seeds, 24 cases each (about an hour per half on 2 vCPU).
+# Entity coverage of the steering policies (docs/steering-policy.md): tuning half, then the report half;
+# greedy + 3 sampled seeds, 24 cases each.
 eval-coverage: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m focuskern eval coverage --split tune --name coverage_tune_smollm2_cpu
-	OMP_NUM_THREADS=1 $(PY) -m focuskern eval coverage --split report --name coverage_report_smollm2_cpu
+	OMP_NUM_THREADS=1 $(PY) -m focuskern eval coverage --split tune --out $(EVAL_OUT) --name coverage_tune_smollm2_cpu
+	OMP_NUM_THREADS=1 $(PY) -m focuskern eval coverage --split report --out $(EVAL_OUT) --name coverage_report_smollm2_cpu
 
-# Head selection from the readout (issue 13, evaluation 3; README "Head selection from the readout"):
-# tuning runs (lost in the middle on seed 1000, coverage tuning half), then the report runs with the
-# settings chosen there (seed 0; coverage report half; seed 000's prompt).  About 2.5 hours on 2 vCPU.
+# Head selection from the readout (docs/attention-lever.md): tuning runs (lost in the middle on seed 1000,
+# coverage tuning half), then the report runs with the settings chosen there (seed 0; coverage report
+# half; the demo's prompt).
 HEADS_LIM := --ids hex8 --k 20 --beta --scope data --calibration-n 10 --calibration-seed 1000
 eval-heads: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m focuskern eval lost-in-middle $(HEADS_LIM) --n 10 --seed 1000 --target 0.1 0.3 \
-		--select-heads 9 27 --name lost_in_middle_heads_tune_hex8_smollm2_cpu
+		--select-heads 9 27 --out $(EVAL_OUT) --name lost_in_middle_heads_tune_hex8_smollm2_cpu
 	OMP_NUM_THREADS=1 $(PY) -m focuskern eval coverage --split tune --seeds --policies baseline --target 0.1 0.3 \
-		--select-heads 9 27 --name coverage_heads_tune_smollm2_cpu
+		--select-heads 9 27 --out $(EVAL_OUT) --name coverage_heads_tune_smollm2_cpu
 	OMP_NUM_THREADS=1 $(PY) -m focuskern eval lost-in-middle $(HEADS_LIM) --n 50 --seed 0 --target 0.1 --select-heads 9 \
-		--name lost_in_middle_heads_hex8_smollm2_cpu
+		--out $(EVAL_OUT) --name lost_in_middle_heads_hex8_smollm2_cpu
 	OMP_NUM_THREADS=1 $(PY) -m focuskern eval coverage --split report --policies baseline --target 0.3 \
-		--select-heads 27 --name coverage_heads_report_smollm2_cpu
+		--select-heads 27 --out $(EVAL_OUT) --name coverage_heads_report_smollm2_cpu
 	for split in tune report; do OMP_NUM_THREADS=1 $(PY) -m focuskern eval coverage --split $$split \
 		$$( [ $$split = tune ] && echo --seeds ) --policies baseline defaults --target 0.3 --select-heads 27 \
-		--with-logits --name coverage_heads_logits_$${split}_smollm2_cpu; done
+		--with-logits --out $(EVAL_OUT) --name coverage_heads_logits_$${split}_smollm2_cpu; done
 	for seed in 0 1; do OMP_NUM_THREADS=1 $(PY) -m focuskern eval attention-keywords --samples 5 --seed $$seed \
-		--target 0.3 --select-heads 27 --heads-from benchmarks/results/coverage_heads_tune_smollm2_cpu_heads.json \
-		--both 0.3 --name attention_keywords_heads_seed$${seed}_smollm2_cpu; done
+		--target 0.3 --select-heads 27 --heads-from $(EVAL_OUT)/coverage_heads_tune_smollm2_cpu_heads.json \
+		--both 0.3 --out $(EVAL_OUT) --name attention_keywords_heads_seed$${seed}_smollm2_cpu; done
+
+# The comparison tables (with their "vs baseline" bootstrap intervals) again from the committed JSON, no
+# model run: the coverage rows are all reused (--resume), lost in the middle is re-tabulated.
+eval-tables: $(STAMP)
+	$(PY) -m focuskern eval coverage --split report --policies baseline seed000 fixed defaults no_budget --resume \
+		--out $(EVAL_OUT) --name coverage_report_policy_smollm2_cpu
+	$(PY) -m focuskern eval coverage --split report --policies baseline --target 0.3 --select-heads 27 --resume \
+		--out $(EVAL_OUT) --name coverage_heads_report_smollm2_cpu
+	$(PY) -m focuskern eval coverage --split report --policies baseline defaults --target 0.3 --select-heads 27 \
+		--with-logits --resume --versus baseline defaults --out $(EVAL_OUT) --name coverage_heads_logits_report_smollm2_cpu
+	for name in hex8 uuid readout_hex8 heads_hex8 heads_tune_hex8; do $(PY) -m focuskern eval lost-in-middle \
+		--tables-only --out $(EVAL_OUT) --name lost_in_middle_$${name}_smollm2_cpu; done

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from focuskern.experiments.metadata import run_metadata
+from focuskern.metadata import run_metadata
 from focuskern.ops import focus_attention
 
 RESULTS = Path(__file__).resolve().parent / "results"

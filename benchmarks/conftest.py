@@ -15,7 +15,7 @@ import os
 import pytest
 import torch
 
-from focuskern.experiments.metadata import run_metadata
+from focuskern.metadata import run_metadata
 
 
 DEFAULT_MAX_TIME = os.environ.get("FOCUSKERN_BENCH_MAX_TIME", "0.25")

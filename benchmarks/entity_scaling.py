@@ -172,7 +172,7 @@ def main(argv=None) -> int:
         return 0
     from tqdm import tqdm
 
-    from focuskern.experiments.metadata import run_metadata
+    from focuskern.metadata import run_metadata
 
     rows, gave_up = [], set()
     cells = [(c, n, B) for B in args.batch for c in args.contenders for n in sorted(args.entities)]

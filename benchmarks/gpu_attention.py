@@ -41,7 +41,7 @@ import re
 import sys
 from pathlib import Path
 
-from focuskern.experiments.metadata import run_metadata
+from focuskern.metadata import run_metadata
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CONTENDERS = ("focus", "focus_nobias", "focus_readout", "focus_target", "sdpa_flash", "sdpa_mask", "flex")

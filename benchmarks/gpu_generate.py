@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from focuskern.experiments.metadata import run_metadata
+from focuskern.metadata import run_metadata
 
 # Published shapes (layers are set by --layers).
 CONFIGS = {

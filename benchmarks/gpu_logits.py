@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from focuskern.experiments.metadata import run_metadata
+from focuskern.metadata import run_metadata
 
 try:  # both `python benchmarks/gpu_logits.py` and `python -m benchmarks.gpu_logits`
     from . import logits_contenders as lc

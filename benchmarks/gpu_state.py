@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import focuskern as fk
-from focuskern.experiments.metadata import run_metadata
+from focuskern.metadata import run_metadata
 from focuskern.ops.dispatch import available_backends
 
 try:  # both `python benchmarks/gpu_state.py` and `python -m benchmarks.gpu_state`

@@ -10,7 +10,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from focuskern import FocusSpec
-from focuskern.experiments.metadata import run_metadata
+from focuskern.metadata import run_metadata
 from focuskern.experiments.generation import budget_of
 from focuskern.experiments.models import load_model
 from focuskern.experiments.prompts import SEED_KEYWORDS, SEED_PROMPT, chat_inputs

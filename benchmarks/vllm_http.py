@@ -33,7 +33,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the server helper the tests use
 from vllm_server import MODEL, ROOT, VLLM_ENV, VLLMServer, count_unfocused  # noqa: E402
 
-from focuskern.experiments.metadata import run_metadata  # noqa: E402
+from focuskern.metadata import run_metadata  # noqa: E402
 from vllm_throughput import TOPICS, focus_of  # noqa: E402  (the engine benchmark's prompts and specs)
 
 RESULTS = Path(__file__).parent / "results"

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_vllm_adapter import BatchUpdate  # noqa: E402  (vLLM's, or its mirror)
 from vllm_server import MODEL, ROOT  # noqa: E402
 
-from focuskern.experiments.metadata import run_metadata  # noqa: E402
+from focuskern.metadata import run_metadata  # noqa: E402
 from focuskern.vllm.rows import BatchFocus  # noqa: E402
 from vllm_throughput import TOPICS, focus_of  # noqa: E402
 

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from focuskern.experiments.metadata import run_metadata
+from focuskern.metadata import run_metadata
 
 CONFIGS = ("vllm", "focus")
 TOPICS = {  # prompt topic -> the entities its focused request asks for

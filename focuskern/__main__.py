@@ -6,8 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .metadata import result_name
+
 # Attention focus of `eval lost-in-middle` and `demo --attention`: the least harmful of a sweep on
 # seed 1000 (benchmarks/results/lost_in_middle_sweep_hex8_smollm2_cpu.md), not on the reported seeds.
+# Results go to a folder in the current directory (never into the installed package).
+DEFAULT_OUT = "focuskern-results"
 DEFAULT_BETA = 0.5
 DEFAULT_LAYERS = "all"
 DEFAULT_SCOPE = "all"
@@ -43,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--long", type=int, default=0, help="also one prefill of this many tokens: peak memory")
     ins.add_argument("--seed", type=int, default=0)
     ins.add_argument("--device", default="cpu")
-    ins.add_argument("--out", default="benchmarks/results")
-    ins.add_argument("--name", default="inspect_smollm2_cpu")
+    ins.add_argument("--out", default=DEFAULT_OUT, help=f"folder of the .json/.png (default: ./{DEFAULT_OUT})")
+    ins.add_argument("--name", help="file name stem (default: inspect_<model>_<device>)")
+    ins.add_argument("--overwrite", action="store_true", help="replace existing files of the same name")
     ev = sub.add_parser("eval", help="evaluations")
     ev.add_argument("what", choices=["lost-in-middle", "coverage", "attention-keywords"])
     ev.add_argument("--model", help="HF model folder/id or a .gguf path (default: embedded SmolLM2-135M-Instruct)")
@@ -72,8 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=int,
                     help="answer budget (default: 40 for uuid, 12 for hex8; coverage: 200)")
     ev.add_argument("--device", default="cpu")
-    ev.add_argument("--out", default="benchmarks/results", help="folder of the .json/.md/.png")
-    ev.add_argument("--name", help="file name of the results (default: <evaluation>_smollm2_cpu)")
+    ev.add_argument("--out", default=DEFAULT_OUT, help=f"folder of the .json/.md/.png (default: ./{DEFAULT_OUT})")
+    ev.add_argument("--name", help="file name stem of the results (default: <evaluation>_<model>_<device>)")
+    ev.add_argument("--tables-only", action="store_true",
+                    help="lost-in-middle: write the table and plot again from <out>/<name>.json (no model)")
     ev.add_argument("--note", default="", help="a sentence recorded with the results")
     cov = ev.add_argument_group("coverage")
     cov.add_argument("--split", choices=["tune", "report", "all"], default="tune", help="which half of the cases")
@@ -87,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     cov.add_argument("--with-logits", action="store_true",
                      help="the --target rows on selected heads (all heads without --select-heads) also together "
                      "with the logits lever (the defaults policy)")
-    cov.add_argument("--resume", action="store_true", help="reuse rows of an earlier run with the same settings")
+    cov.add_argument("--resume", action="store_true", help="reuse rows of an earlier run with the same settings "
+                     "(all reused: only the tables are written again)")
+    cov.add_argument("--versus", nargs="+", default=["baseline"], help="rows the 'vs' columns compare with "
+                     "(policy or attention row names; two columns each)")
     ak = ev.add_argument_group("attention-keywords (seed 000's task; --target: masses p, default 0.03 0.1)")
     ak.add_argument("--samples", type=int, default=5, help="sampled answers per row (one batch, seed --seed)")
     ak.add_argument("--heads-from", help="with --select-heads: a head profile (<name>_heads.json of eval coverage)")
@@ -109,17 +119,18 @@ def main(argv: list[str] | None = None) -> int:
         from .experiments.demo import main as demo_main
         return demo_main(args)
     if args.command == "inspect":
+        args.name = args.name or result_name("inspect", args.model, args.device)
         from .experiments.inspect import main as inspect_main
         return inspect_main(args)
     if args.command == "eval":
-        args.name = args.name or args.what.replace("-", "_") + "_smollm2_cpu"
+        args.name = args.name or result_name(args.what.replace("-", "_"), args.model, args.device)
         if args.what == "coverage":
             from .experiments.coverage import main as coverage_main
             return coverage_main(args)
         if args.what == "attention-keywords":
             from .experiments.attention_keywords import main as keywords_main
             return keywords_main(args)
-        from .experiments.lost_in_middle import main as eval_main
+        from .experiments.lost_in_middle_run import main as eval_main
         return eval_main(args)
     return 2
 

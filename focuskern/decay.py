@@ -25,16 +25,20 @@ import torch
 
 CONSTANT, LINEAR, EXPONENTIAL, COSINE, CUTOFF, RAMP = range(6)
 KIND_NAMES = ("constant", "linear", "exponential", "cosine", "cutoff", "ramp")
+MIN_HORIZON, MAX_HORIZON = 1e-6, 1e12
 
 
 def check_decay_triple(kind: float, horizon: float, floor: float, name: str = "decay") -> None:
-    """Raise ``ValueError`` naming ``name`` unless (kind, horizon, floor) is a valid schedule."""
-    if kind != int(kind) or not 0 <= kind < len(KIND_NAMES):
+    """Raise ``ValueError`` naming ``name`` unless (kind, horizon, floor) is a valid schedule: a known
+    kind, a floor in [0, 1], a finite horizon, in ``[MIN_HORIZON, MAX_HORIZON]`` for kinds 1-5 (float32
+    keeps ``t / H`` finite there)."""
+    if not (0 <= kind < len(KIND_NAMES) and kind == int(kind)):  # NaN and inf fail the range first
         raise ValueError(f"{name}: unknown decay kind {kind!r}; expected 0..5 ({', '.join(KIND_NAMES)})")
-    if not math.isfinite(floor) or not 0.0 <= floor <= 1.0:
+    if not 0.0 <= floor <= 1.0:
         raise ValueError(f"{name}: floor must be in [0, 1], got {floor!r}")
-    if kind != CONSTANT and not (math.isfinite(horizon) and horizon > 0):
-        raise ValueError(f"{name}: horizon H must be > 0 for {KIND_NAMES[int(kind)]}, got {horizon!r}")
+    if not math.isfinite(horizon) or (kind != CONSTANT and not MIN_HORIZON <= horizon <= MAX_HORIZON):
+        raise ValueError(f"{name}: horizon H must be finite, in [{MIN_HORIZON:g}, {MAX_HORIZON:g}] for "
+                         f"{KIND_NAMES[int(kind)]}, got {horizon!r}")
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,11 @@ class Decay:
     floor: float = 1.0
 
     def __post_init__(self):
-        check_decay_triple(float(self.kind), float(self.horizon), float(self.floor))
+        try:
+            triple = self.as_triple()
+        except OverflowError:  # an int past float's range
+            raise ValueError(f"decay: kind, horizon and floor must be finite numbers, got {self!r}") from None
+        check_decay_triple(*triple)
 
     @classmethod
     def constant(cls) -> "Decay":

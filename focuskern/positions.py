@@ -169,6 +169,13 @@ def positions_to_key_bias(
     return bias if device is None else bias.to(device)
 
 
+def entity_span(tokenizer, texts: Sequence[str], entities: Sequence, seq_len: int) -> torch.Tensor:
+    """[B, seq_len] bool: the tokens of any occurrence of any entity in a left-padded batch
+    (``entities``: one list for every row, or one list per row, as for :func:`entity_positions`)."""
+    pos = entity_positions(tokenizer, list(texts), entities, padding_side="left")
+    return positions_to_key_bias(pos, seq_len, 1.0) != 0
+
+
 def pasta_head_scale(heads: HeadSet, num_layers: int, num_heads: int,
                      device: Optional[Union[str, torch.device]] = None) -> dict[int, torch.Tensor]:
     """PASTA's head set as per-layer ``head_scale`` vectors: 1 on chosen heads, 0 elsewhere.

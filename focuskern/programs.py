@@ -22,6 +22,16 @@ from .spec import FocusSpec
 MIN_DEAD_NODES = 4096
 
 
+def check_in_vocab(variants: list[list[tuple[int, ...]]], vocab_size: int) -> None:
+    """Raise ``ValueError`` naming the first entity with a token id outside ``[0, vocab_size)``.  Checks
+    the Python ints (a tokenizer's or a caller's), before they are narrowed to the int32 tables."""
+    for i, entity in enumerate(variants):
+        for seq in entity:
+            if min(seq) < 0 or max(seq) >= vocab_size:
+                bad = next(t for t in seq if not 0 <= t < vocab_size)
+                raise ValueError(f"entities[{i}]: token id {bad} is outside [0, vocab_size={vocab_size})")
+
+
 @dataclass
 class ProgramEntry:
     key: tuple
@@ -86,9 +96,8 @@ class ProgramTable:
     # ------------------------------------------------------------------ build
     def _add(self, spec: FocusSpec, key: tuple) -> int:
         variants = spec.token_variants(self.tokenizer)
+        check_in_vocab(variants, self.vocab_size)
         program = compile_program(variants, phrase=spec.mode == "phrase")
-        if program.n_slots and program.slot[-1, S_.TOKEN] >= self.vocab_size:  # slot tokens are sorted
-            self._name_token_outside_vocab(variants)
         self._never_start_blank_pieces(program, spec)
         entry = ProgramEntry(key, spec, program, blends=spec.alpha > 0, eos=self._eos_token(spec))
         self.words = max(self.words, words_for(program.n_entities))
@@ -108,12 +117,6 @@ class ProgramTable:
         elif eos >= self.vocab_size:
             raise ValueError(f"eos_token_id {eos} is outside [0, vocab_size={self.vocab_size})")
         return eos
-
-    def _name_token_outside_vocab(self, variants: list[list[tuple[int, ...]]]) -> None:
-        for i, entity in enumerate(variants):
-            bad = [t for seq in entity for t in seq if t >= self.vocab_size]
-            if bad:
-                raise ValueError(f"entities[{i}]: token id {bad[0]} is outside [0, vocab_size={self.vocab_size})")
 
     def _never_start_blank_pieces(self, program: Program, spec: FocusSpec) -> None:
         """A whitespace-only piece (SmolLM2's lone ``Ġ`` before a digit: ``" 3 billion"`` is ``Ġ 3

@@ -1,7 +1,6 @@
 """What users touch: :class:`FocusSpec`, one request's entities and how hard to push toward them."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, Union
 
@@ -10,6 +9,11 @@ from .decay import Decay
 Entity = Union[str, Sequence[Sequence[int]]]
 MODES = ("phrase", "tokens")
 SATISFY = ("once", "never")
+# Token ids are narrowed to int32 on the way to the kernels: larger ones are refused here, before that.
+MAX_TOKEN_ID = 2**31 - 1
+# Logit shifts (bias, continuation_bias, force, eos_damp) are float32 and added together; the bound keeps
+# every sum finite, even in float16 logits.
+MAX_SHIFT = 1e4
 
 
 def default_variants(text: str) -> list[str]:
@@ -108,7 +112,7 @@ class FocusSpec:
         _check_finite("bias", self.bias)
         if self.continuation_bias is not None:
             _check_finite("continuation_bias", self.continuation_bias)
-        if not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1], got {self.alpha!r}")
         if not isinstance(self.decay, Decay):
             raise TypeError(f"decay must be a focuskern.Decay, got {type(self.decay).__name__}")
@@ -117,11 +121,11 @@ class FocusSpec:
         if self.satisfy not in SATISFY:
             raise ValueError(f"satisfy must be one of {SATISFY}, got {self.satisfy!r}")
         if self.max_new_tokens is not None and (isinstance(self.max_new_tokens, bool) or not isinstance(
-                self.max_new_tokens, int) or self.max_new_tokens <= 0):
-            raise ValueError(f"max_new_tokens must be a positive int or None, got {self.max_new_tokens!r}")
+                self.max_new_tokens, int) or not 0 < self.max_new_tokens <= MAX_TOKEN_ID):
+            raise ValueError(f"max_new_tokens must be a positive int (< 2**31) or None, got {self.max_new_tokens!r}")
         _check_finite("slack", self.slack)
-        if self.slack <= 0:
-            raise ValueError(f"slack must be > 0, got {self.slack!r}")
+        if self.slack < 1e-6:
+            raise ValueError(f"slack must be >= 1e-6, got {self.slack!r}")
         for name in ("force", "eos_damp"):
             _check_finite(name, getattr(self, name))
             if getattr(self, name) < 0:
@@ -182,14 +186,19 @@ class FocusSpec:
 
 
 def _check_finite(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    """A finite int or float within ``[-MAX_SHIFT, MAX_SHIFT]`` (an int too large for a float too)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -MAX_SHIFT <= value <= MAX_SHIFT:
+        raise ValueError(f"{name} must be a finite number in [-{MAX_SHIFT:g}, {MAX_SHIFT:g}], got {value!r}")
 
 
 def _check_entity(i: int, entity) -> None:
     if isinstance(entity, str):
         if not entity.strip():
             raise ValueError(f"entities[{i}] is empty")
+        try:
+            entity.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate (JSON "\ud800"): no tokenizer takes it
+            raise ValueError(f"entities[{i}] is not valid Unicode text ({e.reason} at {e.start})") from None
         return
     if not isinstance(entity, Sequence) or len(entity) == 0:
         raise TypeError(f"entities[{i}] must be a string or a non-empty list of token-id sequences")
@@ -197,5 +206,7 @@ def _check_entity(i: int, entity) -> None:
         if isinstance(seq, (str, bytes)) or not isinstance(seq, Sequence) or len(seq) == 0:
             raise TypeError(f"entities[{i}] must hold non-empty token-id sequences, got {seq!r}")
         for t in seq:
-            if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+            if isinstance(t, bool) or not isinstance(t, int):
                 raise ValueError(f"entities[{i}] holds an invalid token id {t!r}")
+            if not 0 <= t <= MAX_TOKEN_ID:  # checked on the Python int, before any narrowing
+                raise ValueError(f"entities[{i}]: token id {t} is outside [0, 2**31)")

@@ -12,7 +12,7 @@ from transformers.masking_utils import sdpa_mask, sliding_window_causal_mask_fun
 import focuskern as fk
 from focuskern.ops.dispatch import available_backends
 from reference import pasta_eq2_reference
-from focuskern.hf.attention import _STATE, FocusBias, LayerFocus, focus_attention_forward, focus_mask
+from focuskern.hf.attention import _STATE, KeyRow, LayerFocus, focus_attention_forward, focus_mask
 from focuskern.experiments.models import DEFAULT_GGUF, default_model_dir
 from focuskern.ops import focus_attention
 from conftest import DEVICE
@@ -155,7 +155,7 @@ def test_focus_mask_returns_small_masks_when_it_can():
 
 def test_focus_bias_grows_with_the_cache_and_follows_beams():
     key_bias = torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, -1.0]])
-    zero = FocusBias(key_bias, torch.zeros(2, 1))
+    zero = KeyRow(key_bias, torch.zeros(2, 1))
     assert zero(2, 5).tolist() == [[0, 2, 0, 0, 0], [1, 0, -1, 0, 0]]
     beams = zero(6, 4)  # num_beams * num_return_sequences = 3: prompt p owns rows 3p .. 3p + 2
     assert torch.equal(beams, torch.tensor([[0.0, 2, 0, 0]] * 3 + [[1.0, 0, -1, 0]] * 3))
@@ -178,7 +178,7 @@ def test_attention_function_equals_the_op(causal, Lq):
     head_scale = torch.tensor([1.0, 0.0, 2.0, 1.0, -0.5, 1.0])
     key_start = torch.tensor([0, 3, 6], dtype=torch.int32)
     module = types.SimpleNamespace(is_causal=causal)
-    setattr(module, _STATE, LayerFocus(FocusBias(key_bias, torch.zeros(B, 1)), head_scale, None, None))
+    setattr(module, _STATE, LayerFocus(KeyRow(key_bias, torch.zeros(B, 1)), head_scale, None, None))
     pad = torch.arange(Lk)[None, :] >= key_start[:, None]
     if causal:
         dense = sdpa_mask(B, Lq, Lk, q_offset=Lk - Lq, attention_mask=pad, allow_is_causal_skip=False)

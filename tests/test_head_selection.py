@@ -8,9 +8,8 @@ import torch
 
 from focuskern.experiments import lost_in_middle as lim
 from focuskern.experiments.coverage import AttentionRow, load_cases
-from focuskern.experiments.head_selection import (as_map, as_pairs, copy_response, entity_starts,
-                                                  retrieval_response, top_heads)
-from focuskern.experiments.lost_in_middle_readout import pair_groups
+from focuskern.experiments.groups import as_map, as_pairs, pair_groups, top_heads
+from focuskern.experiments.head_selection import copy_response, entity_starts, retrieval_response
 
 
 @pytest.mark.parametrize("layers,heads,count", [(30, 9, 1), (30, 9, 27), (4, 3, 12), (1, 1, 1)])

@@ -77,14 +77,20 @@ def test_accuracy_table_and_plot(tmp_path):
     rng = random.Random()
     cells = [{"k": k, "position": p, "setting": s.label, "correct": [rng.random() < 0.5 for _ in range(8)]}
              for k in (3, 5) for p in lim.LABELS for s in settings]
-    table = lim.accuracy_table({"cells": cells}, [3, 5], settings).splitlines()
+    labels = [s.label for s in settings]
+    table = lim.accuracy_table({"cells": cells}, [3, 5], labels).splitlines()
     assert len(table) == 2 + 4
     row = table[2 + 3].split(" | ")  # k=5, focused
     assert row[1] == "focus beta=2, layers 0-2, all occurrences" == settings[1].label
     want = [100 * sum(c["correct"]) / 8 for c in cells if c["k"] == 5 and c["setting"] == settings[1].label]
     assert [float(x) for x in row[2:7]] == [float(f"{a:.0f}") for a in want]
-    assert float(row[7].rstrip(" |")) == pytest.approx(sum(want) / 5, abs=0.05)
-    lim.plot({"cells": cells}, [3, 5], settings, str(tmp_path / "p.png"), "title")
+    assert float(row[7]) == pytest.approx(sum(want) / 5, abs=0.05)
+    base = [c["correct"] for c in cells if c["k"] == 5 and c["setting"] == "baseline"]
+    focused = [c["correct"] for c in cells if c["k"] == 5 and c["setting"] == settings[1].label]
+    diff = 100 * (sum(map(sum, focused)) - sum(map(sum, base))) / 40
+    assert float(row[8].split(" [")[0]) == pytest.approx(diff, abs=0.05)  # vs baseline, in points
+    assert table[2].split(" | ")[8].rstrip(" |") == "–"  # the baseline row itself
+    lim.plot({"cells": cells}, [3, 5], labels, str(tmp_path / "p.png"), "title")
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

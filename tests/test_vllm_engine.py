@@ -156,8 +156,13 @@ def test_malformed_focus_is_rejected_while_the_others_complete(engine):
     for i, (p, s) in enumerate(good):
         llm.llm_engine.add_request(f"good{i}", TokensPrompt(prompt_token_ids=p), s)
     llm.llm_engine.step()
+    # Issue 21: 2**31 crashed the C++ kernel, 2**64 - 1 the automaton's build, an id past the vocabulary
+    # was served unfocused: all refused at admission now.
     for bad, field in [({"entities": ["x"], "bias": "high"}, "focus.bias"), ({"entities": "x"}, "focus.entities"),
-                       ({"entities": ["x"], "decay": {"kind": "sigmoid"}}, "focus.decay.kind")]:
+                       ({"entities": ["x"], "decay": {"kind": "sigmoid"}}, "focus.decay.kind"),
+                       ({"entities": [[[2**31]]]}, r"focus.entities\[0\]: token id 2147483648 is outside \[0, 2\*\*31\)"),
+                       ({"entities": [[[2**64 - 1]]]}, r"focus.entities\[0\]: token id 18446744073709551615"),
+                       ({"entities": ["x", [[49152]]]}, r"focus: entities\[1\]: token id 49152 is outside \[0, vocab_size=49152\)")]:
         with pytest.raises(VLLMValidationError, match=field):
             llm.llm_engine.add_request("bad", TokensPrompt(prompt_token_ids=prompts["a cat"]), params(bad))
     got = {}

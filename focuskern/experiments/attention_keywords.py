@@ -1,4 +1,4 @@
-"""``focuskern eval attention-keywords``: seed 000's task with the attention lever (issue 13, evaluation 2).
+"""``focuskern eval attention-keywords``: the demo's prompt and keywords with the attention lever.
 
 Rows: the unmodified model; target mass ``p`` on the prompt's keyword spans in every head of every layer
 (``attention_focus(target_mass=p)``) and, with ``--select-heads K --heads-from FILE``, on the top-K heads of
@@ -18,15 +18,17 @@ import statistics
 import time
 
 import torch
+from tqdm import tqdm
 
 from ..hf.logits import FocusLogitsProcessor
 from ..spec import FocusSpec
+from ..metadata import run_metadata
 from .coverage import AttentionRow
 from .demo import _measure
-from .head_selection import as_pairs
-from .generation import Decoding, budget_of, generate, mean_logprobs
-from .metadata import run_metadata
-from .prompts import chat_inputs
+from .generation import Decoding, budget_of, generate, unmodified_logprobs
+from .groups import as_pairs
+from .models import load_model
+from .prompts import SEED_KEYWORDS, SEED_PROMPT, chat_inputs
 
 
 def check_targets(targets) -> list[float]:
@@ -54,21 +56,7 @@ def rows_of(targets: list[float], both: float | None, response: torch.Tensor | N
     return rows
 
 
-@torch.no_grad()
-def unmodified_logprobs(model, inputs, out: torch.Tensor, pad_id: int) -> list[float]:
-    """Per answer row, its mean log-prob under the model without any focus (one forward pass)."""
-    n = out.shape[0]
-    ids, mask = inputs["input_ids"].expand(n, -1), inputs["attention_mask"].expand(n, -1)
-    answer = out != pad_id
-    logits = model(input_ids=torch.cat([ids, out], 1), attention_mask=torch.cat([mask, answer.long()], 1)).logits
-    L = ids.shape[1]
-    lp = torch.log_softmax(logits[:, L - 1:-1].float(), -1).gather(2, out[..., None]).squeeze(2)
-    return mean_logprobs(lp, answer)
-
-
 def run(model, tok, prompt, keywords, rows, *, samples, max_new_tokens, seed=0, log=print) -> list[dict]:
-    from tqdm import tqdm
-
     inputs = chat_inputs(tok, [prompt], model.device)
     variants = FocusSpec(keywords).token_variants(tok)
     decoding, budget = Decoding(max_new_tokens=max_new_tokens), budget_of(model, max_new_tokens)
@@ -134,9 +122,6 @@ def markdown(report: dict) -> str:
 
 
 def main(args) -> int:
-    from .models import load_model
-    from .prompts import SEED_KEYWORDS, SEED_PROMPT
-
     targets = check_targets(args.target or [0.03, 0.1])
     both = check_targets([args.both])[0] if args.both else None
     response = None

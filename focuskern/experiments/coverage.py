@@ -22,11 +22,18 @@ from typing import Callable
 import torch
 from transformers import LogitsProcessor, SequenceBiasLogitsProcessor
 
+from tqdm import tqdm
+
+from ..hf.attention import attention_focus
 from ..hf.logits import FocusLogitsProcessor
+from ..metadata import run_metadata
+from ..positions import entity_span
 from ..spec import FocusSpec
-from .generation import Decoding, budget_of, generate
-from .metadata import run_metadata
-from .metrics import forbidden_entities, score_output
+from .generation import Decoding, budget_of, generate, unmodified_logprobs
+from .groups import as_pairs, top_heads
+from .head_selection import copy_response, plot_response, save_profile
+from .metrics import forbidden_entities, format_difference, paired_bootstrap, score_output
+from .models import load_model
 from .prompts import chat_inputs, chat_texts
 
 CASES_FILE = os.path.join(os.path.dirname(__file__), "coverage_cases.json")
@@ -114,14 +121,9 @@ class AttentionRow:
                 + (f" top-{self.count}" if self.count else ""))
 
     def with_heads(self, response: torch.Tensor) -> "AttentionRow":
-        from .head_selection import top_heads
-
         return dataclasses.replace(self, heads=top_heads(response, self.count)) if self.count else self
 
     def focus(self, model, tok, batch: list[dict], seq_len: int):
-        from ..hf.attention import attention_focus
-        from .inspect import entity_span
-
         if self.count and self.heads is None:
             raise ValueError(f"{self.name}: the heads were not selected (with_heads)")
         span = entity_span(tok, chat_texts(tok, [c["prompt"] for c in batch]), [c["entities"] for c in batch],
@@ -147,8 +149,6 @@ def run_policy(model, tok, cases, policy: str, strength: float, decoding: Decodi
             if attention is None:
                 out, lps = generate(model, tok, inputs, procs, decoding, seed, bar=bar)
             else:
-                from .attention_keywords import unmodified_logprobs
-
                 with attention.focus(model, tok, batch, inputs["input_ids"].shape[1]):
                     out, _ = generate(model, tok, inputs, procs, decoding, seed, bar=bar)
                 lps = unmodified_logprobs(model, inputs, out, tok.pad_token_id)
@@ -191,24 +191,52 @@ def summarize(policy: str, strength: float, runs: list[dict], baseline_lp: float
             "mean_tokens": statistics.fmean(o["tokens"] for o in every)}
 
 
+def per_case(runs: list[dict], greedy_only: bool = False) -> dict[str, tuple[int, int]]:
+    """``{case id: (entities said, entities asked)}`` summed over the case's outputs (greedy only, or all)."""
+    out: dict[str, tuple[int, int]] = {}
+    for run in runs:
+        if greedy_only and run["mode"] != "greedy":
+            continue
+        for o in run["outputs"]:
+            said, asked = out.get(o["case"], (0, 0))
+            out[o["case"]] = (said + o["said"], asked + o["n_entities"])
+    return out
+
+
+def versus_baseline(runs: list[dict], base_runs: list[dict], greedy_only: bool = False) -> list[float]:
+    """Entity-weighted coverage difference from the baseline over the same cases and its 95% paired
+    bootstrap interval, resampling cases (:func:`.metrics.paired_bootstrap`, seed 0): ``[d, low, high]``."""
+    row, base = per_case(runs, greedy_only), per_case(base_runs, greedy_only)
+    if row.keys() != base.keys():
+        raise ValueError("runs: the row and the baseline were not run on the same cases")
+    ids = sorted(base)
+    return list(paired_bootstrap([row[i][0] for i in ids], [base[i][0] for i in ids], [base[i][1] for i in ids]))
+
+
 def _pct(x) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1%}"
 
 
-def markdown_table(summary: list[dict], cases: int, seeds) -> str:
-    """The report's table: one row per policy and strength."""
+def markdown_table(summary: list[dict], cases: int, seeds, versus=("baseline",)) -> str:
+    """The report's table: one row per policy and strength, two columns (all outputs, greedy) against
+    each row named in ``versus``."""
     lines = ["| policy | strength | greedy coverage | sampled coverage | allowed: greedy / sampled "
              "| fluency vs baseline | doubled words | degenerate outputs | over-focused entities "
-             "| mean length (tokens) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| mean length (tokens) |" + "".join(f" vs {v}: all outputs | vs {v}: greedy |" for v in versus),
+             "|" + " --- |" * (10 + 2 * len(versus))]
     for r in summary:
         allowed = f"{_pct(r.get('allowed_greedy_coverage'))} / {_pct(r.get('allowed_sampled_coverage'))}"
         lines.append(f"| {r['policy']} | {r['strength']:g} | {_pct(r['greedy_coverage'])} | "
                      f"{_pct(r['sampled_coverage'])} | {allowed} | {_pct(r['fluency'])} | {r['doubled_words']} | "
-                     f"{r['degenerate_outputs']} of {r['outputs']} | {r['over_focused']} | {r['mean_tokens']:.0f} |")
+                     f"{r['degenerate_outputs']} of {r['outputs']} | {r['over_focused']} | {r['mean_tokens']:.0f} |"
+                     + "".join(f" {format_difference(r.get('versus', {}).get(v, {}).get(part))} |"
+                               for v in versus for part in ("all", "greedy")))
     lines.append(f"\n{cases} cases; greedy + sampled seeds {list(seeds)} (temperature 0.7, top-p 0.9); "
                  "counts are over all outputs of the row. *Allowed*: coverage of the entities the decoding "
-                 "does not forbid outright (no_repeat_ngram_size: every form holds an n-gram of the prompt).")
+                 "does not forbid outright (no_repeat_ngram_size: every form holds an n-gram of the prompt). "
+                 "*vs X*: coverage difference from row X in points (entities said / asked over "
+                 "the case's outputs, summed over cases), 95% paired bootstrap interval over the cases "
+                 "(10,000 resamples, seed 0).")
     return "\n".join(lines)
 
 
@@ -245,28 +273,24 @@ def _config(args, decoding: Decoding) -> dict:
             "seeds": list(args.seeds), "limit": args.limit, "decoding": dataclasses.asdict(decoding)}
 
 
-def _previous(path: str, config: dict, cases: list[dict]) -> dict:
-    """Results of an earlier run with the same config, by (policy, strength); the texts are scored
-    again, so that a changed metric applies to them too."""
+def _previous(path: str, config: dict, cases: list[dict]) -> tuple[dict, dict | None]:
+    """Results of an earlier run with the same config, by (policy, strength), and that run's metadata;
+    the texts are scored again, so that a changed metric applies to them too."""
     if not os.path.exists(path):
-        return {}
+        return {}, None
     with open(path) as f:
         old = json.load(f)
     if old.get("config") != config:
-        return {}
+        return {}, None
     entities = {c["id"]: c["entities"] for c in cases}
     for r in old["results"]:
         for run in r["runs"]:
             for o in run["outputs"]:
                 o.update(score_output(o["text"], entities[o["case"]]))
-    return {(r["policy"], r["strength"]): r for r in old["results"]}
+    return {(r["policy"], r["strength"]): r for r in old["results"]}, old["metadata"]
 
 
 def main(args) -> int:
-    from tqdm import tqdm
-
-    from .models import load_model
-
     args.policies = args.policies or list(DEFAULT_POLICIES)
     args.max_new_tokens = args.max_new_tokens or Decoding.max_new_tokens
     unknown = [p for p in args.policies if p not in POLICIES]
@@ -278,7 +302,7 @@ def main(args) -> int:
     config = _config(args, decoding)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, args.name)
-    previous = _previous(stem + ".json", config, cases) if args.resume else {}
+    previous, old_meta = _previous(stem + ".json", config, cases) if args.resume else ({}, None)
     # The baseline pushes nothing: one strength is enough.
     todo = [(p, 1.0 if p == "baseline" else s) for p in args.policies for s in args.strengths]
     rows = [AttentionRow(p, K) for p in args.target for K in [None, *args.select_heads]]
@@ -309,8 +333,10 @@ def main(args) -> int:
         results.append({"policy": policy, "strength": strength, "runs": runs})
         _write(stem, args, config, cases, results, partial=True)
     bar.close()
-    summary = _write(stem, args, config, cases, results, partial=False)
-    print(markdown_table(summary, len(cases), args.seeds))
+    # Every row reused: only the tables were made now; the JSON keeps the generating run's metadata.
+    summary = _write(stem, args, config, cases, results, partial=False,
+                     tabulated=None if fresh else {**old_meta, "tabulated": run_metadata(args.device)})
+    print(markdown_table(summary, len(cases), args.seeds, args.versus))
     print(f"wrote {stem}.json, .md, .png")
     return 0
 
@@ -318,8 +344,6 @@ def main(args) -> int:
 def profile_heads(model, tok, args, decoding: Decoding) -> torch.Tensor:
     """The copy response of every head (:func:`.head_selection.copy_response`) on the tuning half's
     greedy answers -- whatever ``--split`` is -- written to ``<out>/<name>_heads.{json,png}``."""
-    from .head_selection import as_pairs, copy_response, plot_response, save_profile, top_heads
-
     profile = copy_response(model, tok, load_cases("tune"), decoding.max_new_tokens, args.batch_size)
     stem = os.path.join(args.out, args.name + "_heads")
     meta = run_metadata(args.device, cases="tune", starts=profile["starts"], steps=profile["steps"],
@@ -331,19 +355,29 @@ def profile_heads(model, tok, args, decoding: Decoding) -> torch.Tensor:
     return profile["response"]
 
 
-def _write(stem: str, args, config: dict, cases: list[dict], results: list[dict], partial: bool) -> list[dict]:
-    """JSON (every output) always; the markdown table and the plot once the run is complete."""
+def _write(stem: str, args, config: dict, cases: list[dict], results: list[dict], partial: bool,
+           tabulated: dict | None = None) -> list[dict]:
+    """JSON (every output) always; the markdown table and the plot once the run is complete.  ``tabulated``:
+    the metadata to keep when nothing was generated (the earlier run's, with this run's as ``tabulated``)."""
     base = next((r for r in results if r["policy"] == "baseline"), None)
     base_lp = summarize("baseline", 1.0, base["runs"], None)["mean_logprob"] if base else None
     summary = [summarize(r["policy"], r["strength"], r["runs"], base_lp) for r in results]
-    meta = run_metadata(args.device, cases=len(cases), split=args.split, partial=partial, note=args.note)
+    for name in args.versus:
+        ref = next((r for r in results if r["policy"] == name), None)
+        for row, r in zip(summary, results):
+            if ref is not None and r is not ref:
+                row.setdefault("versus", {})[name] = {"all": versus_baseline(r["runs"], ref["runs"]),
+                                                      "greedy": versus_baseline(r["runs"], ref["runs"], True)}
+    meta = tabulated or run_metadata(args.device, cases=len(cases), split=args.split, partial=partial, note=args.note)
     with open(stem + ".json", "w") as f:
         json.dump({"metadata": meta, "config": config, "cases": [c["id"] for c in cases], "summary": summary,
                    "results": results}, f, indent=1)
     if not partial:
         title = f"{args.name}: {len(cases)} cases ({args.split}), greedy + seeds {list(args.seeds)}"
         with open(stem + ".md", "w") as f:
-            f.write(f"# {title}\n\n{markdown_table(summary, len(cases), args.seeds)}\n\n"
-                    f"Device: {meta['device']}; date: {meta['date_utc']}; command: `{meta['command']}`\n")
+            f.write(f"# {title}\n\n{markdown_table(summary, len(cases), args.seeds, args.versus)}\n\n"
+                    f"Device: {meta['device']}; date: {meta['date_utc']}; command: `{meta['command']}`\n"
+                    + (f"\nTables written again from this JSON ({meta['tabulated']['date_utc']}): "
+                       f"`{meta['tabulated']['command']}`\n" if "tabulated" in meta else ""))
         plot(summary, stem + ".png", title)
     return summary

@@ -11,11 +11,12 @@ import statistics
 import time
 
 from ..decay import Decay
+from ..hf.logits import FocusLogitsProcessor
+from ..spec import FocusSpec
 from .generation import Decoding, budget_of, generate
 from .metrics import broken_fragments, score_text
-from ..hf.logits import FocusLogitsProcessor
-from .prompts import chat_inputs
-from ..spec import FocusSpec
+from .models import load_model
+from .prompts import SEED_KEYWORDS, SEED_PROMPT, chat_inputs
 
 
 def demo_rows(keywords: list[str], budget: dict) -> list[tuple[str, FocusSpec | None]]:
@@ -85,9 +86,6 @@ def summary_table(results: list[dict], n_keywords: int) -> str:
 
 
 def main(args) -> int:
-    from .models import load_model
-    from .prompts import SEED_KEYWORDS, SEED_PROMPT
-
     keywords = args.keywords or SEED_KEYWORDS
     prompt = args.prompt or SEED_PROMPT
     log = (lambda *a, **k: None) if args.json else print

@@ -67,6 +67,18 @@ def mean_logprobs(token_logprobs: torch.Tensor, mask: torch.Tensor) -> list[floa
     return [float(m) if c else float("nan") for m, c in zip(means, n)]
 
 
+@torch.no_grad()
+def unmodified_logprobs(model, inputs, out: torch.Tensor, pad_id: int) -> list[float]:
+    """Per answer row, its mean log-prob under the model without any focus (one forward pass)."""
+    n = out.shape[0]
+    ids, mask = inputs["input_ids"].expand(n, -1), inputs["attention_mask"].expand(n, -1)
+    answer = out != pad_id
+    logits = model(input_ids=torch.cat([ids, out], 1), attention_mask=torch.cat([mask, answer.long()], 1)).logits
+    L = ids.shape[1]
+    lp = torch.log_softmax(logits[:, L - 1:-1].float(), -1).gather(2, out[..., None]).squeeze(2)
+    return mean_logprobs(lp, answer)
+
+
 def budget_of(model, max_new_tokens: int) -> dict:
     """FocusSpec's budget arguments for a generation: its length and the model's (first) end-of-text id
     (not the tokenizer's: SmolLM2's .gguf tokenizer names <|im_start|> as eos, answers end on <|im_end|>)."""

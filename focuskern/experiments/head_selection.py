@@ -1,4 +1,4 @@
-"""Head selection from the readout (issue 13, evaluation 3): the heads whose share on a span responds
+"""Head selection from the readout: the heads whose share on a span responds
 most to the span mattering, measured with ``attention_readout`` on tuning cases, then target mass on
 those heads only (every other head left alone), against target mass on all heads.
 
@@ -17,22 +17,27 @@ keywords); :func:`top_heads` keeps the ``K`` largest.  ``focuskern eval lost-in-
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import textwrap
 
 import torch
+from tqdm import tqdm
 
+from ..hf.attention import attention_focus
 from ..hf.readout import attention_readout
+from ..positions import entity_span
+from ..spec import FocusSpec
 from . import lost_in_middle as lim
-from .lost_in_middle_readout import pair_groups
+from .generation import Decoding
+from .groups import as_pairs, pair_groups, top_heads
+from .prompts import chat_inputs, chat_texts
 
 
 def retrieval_response(model, tok, k: int, n: int, seed: int, ids: str, batch_size: int = 10) -> torch.Tensor:
     """[layers, heads] float32: the queried key's share minus the other keys' mean share at the last
     prompt query, averaged over ``n`` cases per gold position (cases of ``seed + k``)."""
-    from tqdm import tqdm
-
     cases = lim.make_cases(k, n, seed + k, ids)
     total, count = 0.0, 0
     bar = tqdm(total=n * len(lim.LABELS), unit="case", desc="profile heads", file=sys.stderr)
@@ -61,10 +66,6 @@ def steering_effect(model, tok, k: int, n: int, seed: int, ids: str, heads: dict
     per gold position (``n`` cases of ``seed + k``), without -> with it: the selected heads' mean share on
     the queried key's tokens, every head's mean share on the gold value's tokens, and the probability of
     the value's first token.  ``{label: {"key": [base, steered], "value": [...], "p_first": [...]}}``."""
-    import contextlib
-
-    from ..hf.attention import attention_focus
-
     chosen = torch.zeros(model.config.num_hidden_layers, model.config.num_attention_heads, dtype=torch.bool)
     for layer, hs in heads.items():
         chosen[layer, hs] = True
@@ -115,13 +116,6 @@ def copy_response(model, tok, cases: list[dict], max_new_tokens: int, batch_size
     """``{"response": [layers, heads] float32, "starts": steps that start an entity, "steps": all steps}``:
     mean share on the case's entity spans (its prompt's occurrences) at steps whose next token starts an
     entity, minus the mean at the other steps, pooled over the greedy answers of ``cases``."""
-    from tqdm import tqdm
-
-    from ..spec import FocusSpec
-    from .generation import Decoding
-    from .inspect import entity_span
-    from .prompts import chat_inputs, chat_texts
-
     decoding = Decoding(max_new_tokens=max_new_tokens)
     start_sum = other_sum = 0.0
     starts = others = 0
@@ -152,30 +146,6 @@ def copy_response(model, tok, cases: list[dict], max_new_tokens: int, batch_size
     if not starts or not others:
         raise ValueError("cases: the greedy answers never (or only) start an entity; no response to measure")
     return {"response": start_sum / starts - other_sum / others, "starts": starts, "steps": starts + others}
-
-
-def top_heads(response: torch.Tensor, count: int) -> dict[int, list[int]]:
-    """``{layer: [heads]}`` of the ``count`` largest entries of ``response`` [layers, heads]."""
-    layers, heads = response.shape
-    if not 1 <= count <= layers * heads:
-        raise ValueError(f"count: expected 1..{layers * heads} heads, got {count}")
-    chosen: dict[int, list[int]] = {}
-    for flat in response.flatten().topk(count).indices.tolist():
-        chosen.setdefault(flat // heads, []).append(flat % heads)
-    return {layer: sorted(hs) for layer, hs in sorted(chosen.items())}
-
-
-def as_pairs(chosen: dict[int, list[int]]) -> tuple[tuple[int, int], ...]:
-    """``{layer: [heads]}`` -> sorted ``((layer, head), ...)`` (hashable, for settings and JSON)."""
-    return tuple((layer, h) for layer, hs in sorted(chosen.items()) for h in hs)
-
-
-def as_map(pairs) -> dict[int, list[int]]:
-    """Inverse of :func:`as_pairs`."""
-    chosen: dict[int, list[int]] = {}
-    for layer, h in pairs:
-        chosen.setdefault(int(layer), []).append(int(h))
-    return chosen
 
 
 def plot_response(response: torch.Tensor, counts: list[int], path: str, title: str) -> None:

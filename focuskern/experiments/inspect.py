@@ -23,15 +23,13 @@ import torch
 
 from ..hf.attention import attention_focus
 from ..hf.readout import attention_readout
-from ..positions import entity_positions, positions_to_key_bias
-from .metadata import run_metadata
+from ..metadata import run_metadata
+from ..positions import entity_span
+from . import lost_in_middle_readout as lr
+from .models import load_model
 from .prompts import chat_texts
 
-
-def entity_span(tok, texts: list[str], entities: list[str], seq_len: int) -> torch.Tensor:
-    """[B, seq_len] bool: tokens of any occurrence of any entity (left-padded batch)."""
-    pos = entity_positions(tok, texts, entities, padding_side="left")
-    return positions_to_key_bias(pos, seq_len, 1.0) != 0
+SUFFIXES = (".json", "_heads.png", "_strip.png", "_pairs.png")
 
 
 def eager_map_bytes(config, L: int) -> int:
@@ -153,12 +151,14 @@ def long_prompt_memory(model, tok, prompt: str, entities: list[str], L: int) -> 
 
 
 def main(args) -> int:
-    from .models import load_model
-    from . import lost_in_middle_readout as lr
-
+    """Write ``<out>/<name>{.json,_heads.png,_strip.png[,_pairs.png]}``; existing files are kept (a
+    ``ValueError`` names them) unless ``args.overwrite``."""
+    base = os.path.join(args.out, args.name)
+    existing = [base + s for s in SUFFIXES if os.path.exists(base + s)]
+    if existing and not args.overwrite:
+        raise ValueError(f"--name/--out: {existing} exist; choose another --name or --out, or pass --overwrite")
     model, tok = load_model(args.model, device=args.device, attn_implementation="focus")
     os.makedirs(args.out, exist_ok=True)
-    base = os.path.join(args.out, args.name)
     report = {**run_metadata(args.device), "prompt": args.prompt, "entities": args.entities,
               "target": args.target, "eager_limit_tokens_24gib": eager_limit(model.config, 24 * 2**30)}
     runs = [generate_with_readout(model, tok, args.prompt, args.entities, t, args.max_new_tokens)

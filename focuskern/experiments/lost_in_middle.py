@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import sys
 import textwrap
@@ -27,10 +26,13 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from tqdm import tqdm
 
-from ..positions import entity_positions, positions_to_key_bias
-from .metadata import run_metadata
 from ..hf.attention import attention_focus
+from ..positions import entity_positions, positions_to_key_bias
+from .groups import as_map, pair_groups
+from .metrics import format_difference, paired_bootstrap
+from .models import load_model
 from .prompts import chat_texts
 
 FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -153,15 +155,11 @@ def focus_block(model, tok, texts, keys, setting: Setting, seq_len: int, pairs=N
     if setting.target is not None:
         span = key_bias(tok, texts, keys, setting, seq_len, beta=1.0) != 0
         if setting.heads:
-            from .head_selection import as_map
-
             return attention_focus(model, target_mass=setting.target, target_keys=span.to(model.device),
                                    heads=as_map(setting.heads))
         return attention_focus(model, target_mass=setting.target, target_keys=span.to(model.device),
                                layers=setting.layers)
     if setting.calibrate is not None:
-        from .lost_in_middle_readout import pair_groups
-
         groups = pair_groups(tok, texts, pairs, seq_len)
         per_position = torch.tensor(setting.calibration) * setting.calibrate
         bias = torch.where(groups >= 0, per_position[groups.long().clamp_min(0)], 0.0)
@@ -188,8 +186,6 @@ def evaluate(model, tok, ks: list[int], n: int, seed: int, settings: list[Settin
              batch_size: int = 10, max_new_tokens: Optional[int] = None, log=print, checkpoint=None) -> dict:
     """``{"cells": [{"k", "position", "setting", "correct": [bool] * n}], "examples": [...]}``;
     ``checkpoint(results_so_far)`` is called after every (k, position) cell (runs take hours on CPU)."""
-    from tqdm import tqdm
-
     cells, examples = [], []
     budget = max_new_tokens or ANSWER_TOKENS[ids]
     bar = tqdm(total=len(ks) * len(LABELS) * n * len(settings), unit="answer", file=sys.stderr)
@@ -226,20 +222,34 @@ def accuracies(results: dict) -> dict[tuple[int, str, str], float]:
             for c in results["cells"]}
 
 
-def accuracy_table(results: dict, ks: list[int], settings: list[Setting]) -> str:
-    """Markdown: one row per (k, setting), accuracy (%) per gold position and the mean."""
+def accuracy_table(results: dict, ks: list[int], labels: list[str], seed: int = 0) -> str:
+    """Markdown: one row per (k, setting label), accuracy (%) per gold position, the mean, and the mean's
+    paired difference from the ``"baseline"`` row (when there is one) in points with its 95% bootstrap
+    interval over the cases (:func:`.metrics.paired_bootstrap`, seeded by ``seed``)."""
     acc = accuracies(results)
-    lines = ["| k | setting | " + " | ".join(LABELS) + " | mean |", "|---" * (len(LABELS) + 3) + "|"]
+    hits = {(c["k"], c["setting"]): [] for c in results["cells"]}
+    for c in results["cells"]:
+        hits[c["k"], c["setting"]].append(c["correct"])
+    lines = ["| k | setting | " + " | ".join(LABELS) + " | mean | vs baseline |", "|---" * (len(LABELS) + 4) + "|"]
     for k in ks:
-        for s in settings:
-            row = [acc[k, p, s.label] for p in LABELS]
-            lines.append(f"| {k} | {s.label} | " + " | ".join(f"{a:.0f}" for a in row)
-                         + f" | {sum(row) / len(row):.1f} |")
+        base = per_case_hits(hits.get((k, "baseline")))
+        for label in labels:
+            row = [acc[k, p, label] for p in LABELS]
+            diff = None
+            if base is not None and label != "baseline":
+                diff = paired_bootstrap(per_case_hits(hits[k, label]), base, [len(LABELS)] * len(base), seed=seed)
+            lines.append(f"| {k} | {label} | " + " | ".join(f"{a:.0f}" for a in row)
+                         + f" | {sum(row) / len(row):.1f} | {format_difference(diff)} |")
     return "\n".join(lines)
 
 
-def plot(results: dict, ks: list[int], settings: list[Setting], path: str, title: str) -> None:
-    """Accuracy by gold position, one panel per k, one line per setting."""
+def per_case_hits(positions: list[list[bool]] | None) -> list[int] | None:
+    """Correct answers per case over the gold positions (``positions``: one ``correct`` list per position)."""
+    return None if positions is None else [sum(case) for case in zip(*positions)]
+
+
+def plot(results: dict, ks: list[int], labels: list[str], path: str, title: str) -> None:
+    """Accuracy by gold position, one panel per k, one line per setting label."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,8 +258,8 @@ def plot(results: dict, ks: list[int], settings: list[Setting], path: str, title
     acc = accuracies(results)
     fig, axes = plt.subplots(1, len(ks), figsize=(5 * len(ks), 4), sharey=True, squeeze=False)
     for ax, k in zip(axes[0], ks):
-        for s in settings:
-            ax.plot(LABELS, [acc[k, p, s.label] for p in LABELS], marker="o", label=s.label)
+        for label in labels:
+            ax.plot(LABELS, [acc[k, p, label] for p in LABELS], marker="o", label=label)
         ax.set_title(f"k = {k} pairs")
         ax.set_xlabel("position of the gold pair")
         ax.grid(alpha=0.3)
@@ -262,51 +272,9 @@ def plot(results: dict, ks: list[int], settings: list[Setting], path: str, title
     plt.close(fig)
 
 
-def main(args) -> int:
-    """Run the evaluation and write ``<out>/<name>.{json,md,png}``."""
-    from .models import load_model
-
-    settings = [Setting()] * (not args.skip_baseline) + [Setting(beta, parse_layers(spec), scope)
-                              for scope in args.scope for spec in args.layers for beta in args.beta]
-    t0 = time.perf_counter()
-    model, tok = load_model(args.model, device=args.device, attn_implementation="focus")
-    if args.target or args.calibrate or args.select_heads:
-        from .lost_in_middle_readout import readout_settings
-
-        settings += readout_settings(model, tok, args)
-    print(f"k={args.k} n={args.n} seed={args.seed}; settings: " + "; ".join(s.label for s in settings))
-    os.makedirs(args.out, exist_ok=True)
-    base = os.path.join(args.out, args.name)
-
-    def checkpoint(partial: dict) -> None:
-        with open(base + ".partial.json", "w") as f:
-            json.dump({"args": vars(args), **partial}, f)
-
-    results = evaluate(model, tok, args.k, args.n, args.seed, settings, ids=args.ids, batch_size=args.batch_size,
-                       max_new_tokens=args.max_new_tokens, checkpoint=checkpoint)
-    os.remove(base + ".partial.json")
-    seconds = time.perf_counter() - t0
-    command = "focuskern " + " ".join(sys.argv[1:])
-    meta = {**run_metadata(args.device), "model": args.model or "SmolLM2-135M-Instruct (embedded .gguf)",
-            "command": command, "ids": args.ids, "k": args.k, "n": args.n, "seed": args.seed, "seconds": round(seconds),
-            "settings": [s.label for s in settings], "note": args.note}
-    table = accuracy_table(results, args.k, settings)
-    with open(base + ".json", "w") as f:
-        json.dump({**meta, **results}, f, indent=1)
-    with open(base + ".md", "w") as f:
-        f.write(f"# Lost in the middle: key-value retrieval, accuracy (%) by gold position\n\n{table}\n\n")
-        f.write("\n".join(f"- {key}: {meta[key]}" for key in meta if key not in ("settings",)) + "\n")
-    plot(results, args.k, settings, base + ".png",
-         f"{meta['model']}, {args.ids} ids, greedy, n={args.n} per point, seed {args.seed} ({meta['device']})")
-    print(f"\n{table}\n\n{seconds:.0f} s; wrote {base}.{{json,md,png}}")
-    return 0
-
-
 def demo_attention(args) -> int:
     """``focuskern demo --attention``: one case (seed 0, k = 20, gold pair in the middle) answered
     without and with focus on the queried key, side by side."""
-    from .models import load_model
-
     model, tok = load_model(args.model, device=args.device, attn_implementation="focus")
     k, beta, layers = 20, args.attention_beta, parse_layers(args.attention_layers)
     pairs = make_cases(k, 1, args.seed, args.ids)[0]

@@ -1,6 +1,6 @@
 """The readout's view of lost in the middle: how much attention each key-value pair gets by its position
-(the U curve, measured with ``attention_readout`` -- no attention maps), and the two readout-based
-levers of ``focuskern eval lost-in-middle``: target mass on the queried key and the position calibration.
+(the U curve, measured with ``attention_readout`` -- no attention maps), and the position calibration
+derived from it (one of the readout-based levers of ``focuskern eval lost-in-middle``).
 
 Share of pair ``t`` at layer ``l``: ``mass[l, b, h, -1, t]``, the attention the last prompt query (the one
 that writes the first token of the value) pays to the tokens of the pair's JSON line, averaged over heads
@@ -11,37 +11,19 @@ would receive if position did not matter, measured on tuning cases, never on the
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
 
 import torch
+from tqdm import tqdm
 
-from ..positions import entity_positions
 from ..hf.readout import attention_readout
 from . import lost_in_middle as lim
-from .metadata import run_metadata
-
-
-def pair_groups(tok, texts: list[str], pairs: list[list[tuple[str, str]]], seq_len: int,
-                keys_only: bool = False) -> torch.Tensor:
-    """[B, seq_len] int32: pair index ``t`` on the tokens of the ``t``-th JSON line of each row (only its
-    key's tokens with ``keys_only``), -1 elsewhere (left-padded batch)."""
-    lines = [[f'"{key}"' if keys_only else f'"{key}": "{value}"' for key, value in row] for row in pairs]
-    groups = torch.full((len(texts), seq_len), -1, dtype=torch.int32)
-    for b, (text, row) in enumerate(zip(texts, lines)):
-        pos = entity_positions(tok, [text], [row], padding_side="left", per_occurrence=True)[0]
-        pad = seq_len - len(tok(text)["input_ids"])
-        for t, occurrences in enumerate(pos):
-            groups[b, [pad + j for j in occurrences[0]]] = t
-    return groups
+from .groups import pair_groups
 
 
 def pair_shares(model, tok, k: int, n: int, seed: int, ids: str, batch_size: int = 10) -> dict:
     """``{"by_position": [layers, k] mean share per pair position, "gold": {label: [layers] share of the
     gold pair}}`` over ``n`` cases per gold position (the last prompt query, mean over heads and cases)."""
-    from tqdm import tqdm
-
     cases = lim.make_cases(k, n, seed + k, ids)
     total, count, gold = 0.0, 0, {}
     bar = tqdm(total=n * len(lim.LABELS), unit="case", desc="readout", file=sys.stderr)
@@ -99,58 +81,3 @@ def plot_shares(shares: dict, path: str, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def readout_settings(model, tok, args) -> list:
-    """Target-mass and calibrated settings for ``main``; the calibration comes from the readout on
-    ``args.calibration_seed`` cases (written to ``<out>/<name>_readout.{json,png}``)."""
-    settings = [lim.Setting(layers=lim.parse_layers(spec), scope=scope, target=p)
-                for p in args.target for scope in args.scope for spec in args.layers]
-    if args.select_heads:
-        settings += selected_head_settings(model, tok, args)
-    if not args.calibrate:
-        return settings
-    k = max(args.k)
-    shares = pair_shares(model, tok, k, args.calibration_n, args.calibration_seed, args.ids)
-    curve = calibration(shares["by_position"])
-    base = os.path.join(args.out, f"{args.name}_readout")
-    meta = run_metadata(args.device, k=k, n=args.calibration_n, seed=args.calibration_seed, ids=args.ids)
-    with open(base + ".json", "w") as f:
-        json.dump({**meta, **shares, "calibration": curve}, f, indent=1)
-    plot_shares(shares, base + ".png", f"readout, k={k} {args.ids} pairs, n={args.calibration_n} per gold "
-                f"position, seed {args.calibration_seed} + k (tuning cases)")
-    settings += [lim.Setting(layers=lim.parse_layers(spec), calibrate=lam, calibration=curve)
-                 for lam in args.calibrate for spec in args.layers]
-    return settings
-
-
-def selected_head_settings(model, tok, args) -> list:
-    """Target mass on the top-K heads of the readout's retrieval response (``--select-heads K``), measured
-    on ``args.calibration_seed`` cases (written to ``<out>/<name>_heads.{json,png}``, with the
-    :func:`~.head_selection.steering_effect` of each p and K on the same cases in ``<name>_heads_effect.*``):
-    one row per ``--target`` p, scope and K, besides the rows of ``--target`` on ``--layers``."""
-    from .head_selection import (as_pairs, effect_table, plot_response, retrieval_response, save_profile,
-                                 steering_effect, top_heads)
-
-    k = max(args.k)
-    response = retrieval_response(model, tok, k, args.calibration_n, args.calibration_seed, args.ids)
-    base = os.path.join(args.out, f"{args.name}_heads")
-    meta = run_metadata(args.device, k=k, n=args.calibration_n, seed=args.calibration_seed, ids=args.ids,
-                        selected={K: as_pairs(top_heads(response, K)) for K in args.select_heads})
-    save_profile(base + ".json", response, meta)
-    plot_response(response, args.select_heads, base + ".png",
-                  f"retrieval response (queried key - other keys), k={k} {args.ids}, n={args.calibration_n} per "
-                  f"position, seed {args.calibration_seed} + k")
-    effects = {f"p={p:g} top-{K}": steering_effect(model, tok, k, args.calibration_n, args.calibration_seed, args.ids,
-                                                   top_heads(response, K), p)
-               for p in args.target for K in args.select_heads}
-    with open(base + "_effect.json", "w") as f:
-        json.dump({**meta, "effects": effects}, f, indent=1)
-    with open(base + "_effect.md", "w") as f:
-        f.write(f"# What target mass on the selected heads does at the query that writes the value\n\n"
-                f"Tuning cases (k={k} {args.ids}, n={args.calibration_n} per gold position, seed "
-                f"{args.calibration_seed} + k), without -> with focus; {meta['date_utc']}, {meta['device']}.\n")
-        for name, effect in effects.items():
-            f.write(f"\n## {name}\n\n{effect_table(effect)}\n")
-    return [lim.Setting(scope=scope, target=p, heads=as_pairs(top_heads(response, K)))
-            for p in args.target for scope in args.scope for K in args.select_heads]

@@ -1,10 +1,13 @@
-"""Metrics of the demo and of ``focuskern eval coverage``: entity coverage, doubled words, degenerate
-text (double-space runs, glued pieces), and over-focus (fluency:
-:func:`.generation.generate`)."""
+"""Metrics of the demo and of the evaluations: entity coverage, doubled words, degenerate text
+(double-space runs, glued pieces), over-focus (fluency: :func:`.generation.generate`), and the paired
+bootstrap interval of a difference from the baseline (:func:`paired_bootstrap`)."""
 from __future__ import annotations
 
+import math
 import re
 from typing import Sequence
+
+import numpy as np
 
 from ..spec import VARIANT_POLICIES
 from .prompts import keyword_counts
@@ -124,3 +127,44 @@ def score_text(text: str, keywords: list[str]) -> dict:
     """Seed 000's scoring of the demo: its keyword counter (substrings), coverage and doubled words."""
     counts = keyword_counts(text, keywords)
     return {"counts": counts, "coverage": sum(c > 0 for c in counts.values()), "doubled": doubled_words(text)}
+
+
+def paired_bootstrap(treated: Sequence[float], baseline: Sequence[float], weights: Sequence[float], *,
+                     resamples: int = 10_000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """``(difference, low, high)``: the weighted difference of a row from the baseline on the same cases,
+    ``sum_i (treated_i - baseline_i) / sum_i weights_i``, and its percentile interval at ``level`` over
+    ``resamples`` resamplings of the cases with replacement (the pairs stay together), drawn from
+    ``numpy.random.default_rng(seed)``.
+
+    Per case ``i``: ``treated_i`` and ``baseline_i`` count what was hit (entities said over all of the
+    case's outputs, or correct answers over the gold positions), ``weights_i`` what could be hit
+    (entities asked, positions): the difference is then one of entity-weighted coverage (or of mean
+    accuracy), as a fraction."""
+    t, b, w = (np.asarray(x, dtype=np.float64) for x in (treated, baseline, weights))
+    if t.ndim != 1 or not len(t):
+        raise ValueError(f"treated: expected a non-empty list of per-case values, got shape {t.shape}")
+    for name, x in (("baseline", b), ("weights", w)):
+        if x.shape != t.shape:
+            raise ValueError(f"{name}: expected {len(t)} per-case values like treated, got shape {x.shape}")
+    if not (np.isfinite(t).all() and np.isfinite(b).all()):
+        raise ValueError("treated, baseline: values must be finite")
+    if not (np.isfinite(w).all() and (w > 0).all()):
+        raise ValueError("weights: every case needs a finite weight > 0")
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise ValueError(f"resamples must be an int >= 1, got {resamples!r}")
+    if not (isinstance(level, float) and 0 < level < 1):
+        raise ValueError(f"level must be a float in (0, 1), got {level!r}")
+    diff = t - b
+    idx = np.random.default_rng(seed).integers(0, len(t), size=(resamples, len(t)))
+    draws = diff[idx].sum(1) / w[idx].sum(1)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return float(diff.sum() / w.sum()), float(low), float(high)
+
+
+def format_difference(diff: tuple[float, float, float] | None, scale: float = 100.0) -> str:
+    """``"+5.8 [+1.9, +10.6]"`` (points, for fractions); ``"–"`` for the baseline row (None)."""
+    if diff is None or any(math.isnan(x) for x in diff):
+        return "–"
+    d, lo, hi = (scale * x for x in diff)
+    return f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"

@@ -66,43 +66,45 @@ UNSUPPORTED_KWARGS = ("softcap", "s_aux")  # score soft-capping (Gemma 2), atten
 class LayerFocus(NamedTuple):
     """What an :func:`attention_focus` block sets on one layer: the bias and its head scale, and the
     target (``target`` [Hq] float32 or None) with its span (key group 0, as a grown int32 row)."""
-    bias: Optional["FocusBias"]
+    bias: Optional["KeyRow"]
     head_scale: Optional[torch.Tensor]
-    span: Optional["FocusBias"]
+    span: Optional["KeyRow"]
     target: Optional[torch.Tensor]
 
 
-class FocusBias:
-    """The ``key_bias`` of one :func:`attention_focus` block (or any per-key row: a readout's or a target's
-    int32 key groups), grown to the keys a layer sees.
+class KeyRow:
+    """One value per prompt key, grown to the keys a layer sees: an :func:`attention_focus` block's
+    ``key_bias`` (float32), its target span or a readout's key groups (int32).
 
     Parameters
     ----------
-    key_bias : [B0, L0] on the model's device, one row per prompt.
-    generated : [B0, 1] of key_bias's dtype, the value of every key at position ``>= L0`` (generated tokens).
+    prompt : [B0, L0] on the model's device, one row per prompt.
+    generated : [B0, 1] of prompt's dtype, the value of every key at position ``>= L0`` (generated tokens).
+    name : the user's argument it came from (``key_bias``, ``target_keys``, ``key_group``), for errors.
 
     ``num_beams`` / ``num_return_sequences`` = n turn prompt ``p`` into rows ``p*n .. p*n+n-1``; all rows
     of one prompt get the prompt's bias.  Beam search reorders rows only within a prompt's group, and the
     bias of a generated key does not depend on the token, so the rows of a group stay interchangeable.
     """
 
-    def __init__(self, key_bias: torch.Tensor, generated: torch.Tensor):
-        self.key_bias = key_bias
+    def __init__(self, prompt: torch.Tensor, generated: torch.Tensor, name: str = "key_bias"):
+        self.prompt = prompt
         self.generated = generated
+        self.name = name
         self._cached: Optional[tuple[int, int, torch.Tensor]] = None
 
     def __call__(self, rows: int, num_keys: int) -> torch.Tensor:
-        """[rows, num_keys] float32; built once per decoding step (shapes are host ints: no sync)."""
+        """[rows, num_keys] of prompt's dtype; built once per decoding step (shapes are host ints: no sync)."""
         if self._cached is not None and self._cached[:2] == (rows, num_keys):
             return self._cached[2]
-        prompts, prompt_len = self.key_bias.shape
+        prompts, prompt_len = self.prompt.shape
         if num_keys < prompt_len:
-            raise ValueError(f"key_bias: covers {prompt_len} positions but the model sees {num_keys} keys; "
+            raise ValueError(f"{self.name}: covers {prompt_len} positions but the model sees {num_keys} keys; "
                              "it must have the padded prompt's length (input_ids.shape[1])")
         if rows % prompts:
-            raise ValueError(f"key_bias: {prompts} rows do not divide the batch of {rows} rows (expected one "
+            raise ValueError(f"{self.name}: {prompts} rows do not divide the batch of {rows} rows (expected one "
                              "row per prompt; beams/return sequences are expanded automatically)")
-        bias = torch.cat([self.key_bias, self.generated.expand(prompts, num_keys - prompt_len)], dim=1)
+        bias = torch.cat([self.prompt, self.generated.expand(prompts, num_keys - prompt_len)], dim=1)
         if rows != prompts:
             bias = bias.repeat_interleave(rows // prompts, dim=0)
         self._cached = (rows, num_keys, bias)
@@ -215,8 +217,8 @@ def focus_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
             readout.record(module.layer_idx, mass)
         return out.transpose(1, 2).contiguous(), None
     if small and query.device.type == "cpu" and Lq > 1:
-        # CPU prefill: SDPA's fused CPU kernel with the bias in a float mask is 2.5-4x faster than the
-        # op's torch backend (a reference that materializes the scores in several passes); same formula.
+        # CPU prefill: SDPA's fused CPU kernel with the bias in a float mask, rather than the op's torch
+        # backend (a reference that materializes the scores in several passes); same formula.
         attention_mask = visible_mask(B, Lq, key.shape[2], 0, Lq, causal, attention_mask, query.device)[:, 0]
         small = False
     if small:
@@ -273,7 +275,7 @@ def focus_layers(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
     return modules
 
 
-def _target(target_mass, target_keys, key_bias, num_heads: int, device) -> tuple[FocusBias, torch.Tensor]:
+def _target(target_mass, target_keys, key_bias, num_heads: int, device) -> tuple[KeyRow, torch.Tensor]:
     """(span as grown int32 groups: 0 on the span, -1 elsewhere and on generated keys; [num_heads] target)."""
     if target_keys is None:
         if key_bias is None:
@@ -295,7 +297,7 @@ def _target(target_mass, target_keys, key_bias, num_heads: int, device) -> tuple
     if not bool(((target >= 0) & (target < 1)).all()):
         raise ValueError("target_mass: must lie in [0, 1)")
     groups = torch.where(target_keys.to(device), 0, -1).to(torch.int32)
-    return FocusBias(groups, groups.new_full((groups.shape[0], 1), -1)), target
+    return KeyRow(groups, groups.new_full((groups.shape[0], 1), -1), "target_keys"), target
 
 
 def check_compatible(module: torch.nn.Module) -> None:
@@ -304,7 +306,7 @@ def check_compatible(module: torch.nn.Module) -> None:
     focus, readout = getattr(module, _STATE, None), getattr(module, READOUT, None)
     if focus is None or focus.target is None or readout is None:
         return
-    span, groups = focus.span.key_bias, readout.groups.key_bias
+    span, groups = focus.span.prompt, readout.groups.prompt
     if span.shape != groups.shape or not bool(((span == 0) == (groups == 0)).all()):
         raise ValueError("key_group: with target_mass active, the readout's group 0 must be the target's "
                          "span (target_keys) exactly")
@@ -373,7 +375,7 @@ def attention_focus(model: torch.nn.Module, key_bias: Optional[torch.Tensor] = N
     bias = span = targets = None
     if key_bias is not None:
         key_bias = key_bias.to(device=device, dtype=torch.float32)
-        bias = FocusBias(key_bias, _generated_value(key_bias, generated))
+        bias = KeyRow(key_bias, _generated_value(key_bias, generated))
     if target_mass is not None:
         span, target = _target(target_mass, target_keys, key_bias, num_heads, device)
         targets = {idx: (target * scales[idx].to(device)) for idx in scales}

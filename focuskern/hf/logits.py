@@ -49,7 +49,8 @@ class FocusLogitsProcessor(LogitsProcessor):
     spec_or_specs : one :class:`FocusSpec` for every row, or one per prompt (``None`` = untouched).
         With ``num_return_sequences`` / ``num_beams`` = k, prompt ``i`` owns rows ``i*k .. i*k+k-1``.
     tokenizer : tokenizes string entities.
-    backend : kernel backend (``"auto"`` picks Triton on CUDA, PyTorch elsewhere).
+    backend : kernel backend (``"auto"`` picks, per device, the first available of ``cpp``, ``torch`` on
+        CPU and ``triton``, ``cuda``, ``torch`` on CUDA: :data:`focuskern.ops.dispatch.AUTO_ORDER`).
     generation_config : the model's ``GenerationConfig`` (``model.generation_config``), or anything with
         an ``eos_token_id``: specs without an ``eos_token_id`` take its end-of-text id(s), an int or a
         list (Qwen2.5 and Llama 3 list several); a spec's own ``eos_token_id`` wins.

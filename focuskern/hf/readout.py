@@ -21,7 +21,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from .attention import READOUT, FocusBias, check_compatible, focus_layers
+from .attention import READOUT, KeyRow, check_compatible, focus_layers
 
 PROMPT_ROWS = ("all", "last", "none")
 
@@ -33,7 +33,7 @@ class Readout:
     -1); ``steps[layer]`` holds one [B, Hq, rows, G] float32 tensor per forward pass (prefill first)."""
 
     def __init__(self, key_group: torch.Tensor, num_groups: int, layers: list[int], prompt_rows: str, heads: int):
-        self.groups = FocusBias(key_group, key_group.new_full((key_group.shape[0], 1), -1))
+        self.groups = KeyRow(key_group, key_group.new_full((key_group.shape[0], 1), -1), "key_group")
         self.num_groups = num_groups
         self.heads = heads
         self.prompt_rows = prompt_rows
@@ -62,7 +62,7 @@ class Readout:
         """[B, Hq, T, G]: one row per decoding step (the tokens fed back after the prompt)."""
         steps = self.steps[layer][0 if self.prompt_rows == "none" else 1:]
         if not steps:  # the answer ended at its first token: no step was fed back
-            return torch.zeros(self.groups.key_bias.shape[0], self.heads, 0, self.num_groups)
+            return torch.zeros(self.groups.prompt.shape[0], self.heads, 0, self.num_groups)
         return torch.cat(steps, dim=2)
 
     def stacked(self, part: str = "generated") -> torch.Tensor:

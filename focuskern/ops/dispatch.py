@@ -2,7 +2,8 @@
 
 Backends: ``torch`` (reference, any device), ``triton`` (CUDA tensors; CPU tensors only under
 ``TRITON_INTERPRET=1``), ``cpp`` (CPU tensors) and ``cuda`` (CUDA tensors) from the ``focuskern._C``
-extension built from ``csrc/`` (logits ops only).  ``auto`` takes, for the tensor's device, the first
+extension built from ``csrc/`` (``focus_logits`` and ``focus_state``; ``focus_attention`` has ``torch``
+and ``triton`` only).  ``auto`` takes, for the tensor's device, the first
 backend of ``AUTO_ORDER`` that is available and implements the op; ``FOCUSKERN_BACKEND`` overrides
 that choice for the ops it implements.  Nothing here touches CUDA at import time.
 """

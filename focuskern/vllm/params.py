@@ -44,8 +44,10 @@ def focus_spec(focus: Any) -> FocusSpec:
     if isinstance(focus, str):
         try:
             focus = json.loads(focus)
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # JSONDecodeError, or an integer of more than 4300 digits
             raise ValueError(f"focus is a string but not JSON ({e})") from e
+        except RecursionError:
+            raise ValueError("focus is a string but not JSON (nested too deeply)") from None
     if not isinstance(focus, Mapping):
         raise TypeError(f"focus must be a JSON object (dict), got {type(focus).__name__}")
     unknown = sorted(set(focus) - set(_FIELDS), key=str)
@@ -103,6 +105,6 @@ def _decay(value: Any) -> Decay:
         if isinstance(number, bool) or not isinstance(number, (int, float)):
             raise TypeError(f"focus.decay.{name} must be a number, got {number!r}")
     try:
-        return Decay(code, float(numbers["horizon"]), float(numbers["floor"]))
-    except ValueError as e:  # "decay: horizon H must be > 0 ..."
+        return Decay(code, numbers["horizon"], numbers["floor"])
+    except ValueError as e:  # "decay: horizon H must be finite, ..."
         raise ValueError(f"focus.{e}") from e

@@ -1,6 +1,7 @@
 """``FocusLogitsProcessor``: the vLLM logits processor (imports vLLM; see :mod:`focuskern.vllm`)."""
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Optional
 
 import torch
@@ -8,7 +9,7 @@ from vllm.logger import init_logger
 from vllm.tokenizers import cached_tokenizer_from_config
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
-from .params import spec_from_params
+from .admission import Limits, ModelFacts, admit
 from .rows import BatchFocus, SlotFocus
 
 try:  # Model Runner V2 (vLLM >= 0.3x); without it the processor is a V1 processor only
@@ -44,6 +45,7 @@ class FocusLogitsProcessor(*_BASES):
     """
 
     def __init__(self, vllm_config: "VllmConfig", device_or_req_states, is_pin_memory: bool = False):
+        Limits.from_env()  # a malformed FOCUSKERN_MAX_* variable stops the engine at start, by name
         model = vllm_config.model_config
         tokenizer = _LazyTokenizer(model)
         vocab = model.get_vocab_size()
@@ -65,18 +67,17 @@ class FocusLogitsProcessor(*_BASES):
 
     @classmethod
     def validate_params(cls, sampling_params: "SamplingParams") -> None:
-        """Reject a malformed ``extra_args["focus"]`` at admission (that request fails, HTTP 400; the
-        engine keeps serving).  vLLM converts ``ValueError`` only, so type errors are re-raised as one.
+        """Reject at admission every focus the engine could fail on (that request fails, HTTP 400; the
+        engine keeps serving): over the operator's limits, malformed, or -- with the model's vocabulary
+        and tokenizer, found on vLLM's admitting ``InputProcessor`` -- an entity that tokenizes to
+        nothing or a token id outside the vocabulary (:func:`~focuskern.vllm.admission.admit`).
 
         Raises
         ------
         ValueError
-            naming the field, e.g. ``focus.bias must be a finite number, got 'high'``.
+            naming ``focus`` and the field or limit, e.g. ``focus.bias must be a finite number ...``.
         """
-        try:
-            spec_from_params(sampling_params)
-        except TypeError as e:
-            raise ValueError(str(e)) from e
+        admit(sampling_params, Limits.from_env(), _admitting_model())
 
     def is_argmax_invariant(self) -> bool:
         return False
@@ -96,7 +97,7 @@ class FocusLogitsProcessor(*_BASES):
     # ------------------------------------------------------------------ V2
     def add_request(self, req_idx: int, sampling_params: "SamplingParams") -> bool:
         if self._speculative:
-            if spec_from_params(sampling_params) is not None:
+            if self._slots.spec(sampling_params) is not None:
                 logger.warning("focuskern: speculative decoding is not supported; request served unfocused")
             return self._slots.add(req_idx, None, 0, 0)
         states = self._req_states
@@ -157,6 +158,31 @@ class _LazyTokenizer:
                 raise ValueError("focus.entities: strings need the model's tokenizer, which this engine "
                                  "skips (skip_tokenizer_init); give token ids")
         return self._tokenizer
+
+
+_WARNED_NO_MODEL = False
+
+
+def _admitting_model(depth: int = 8) -> Optional[ModelFacts]:
+    """The vocabulary and tokenizer of the vLLM ``InputProcessor`` whose admission called
+    ``validate_params``: vLLM (0.32) hands the hook the ``SamplingParams`` only, so the caller's frames
+    are searched for it (``process_inputs`` -> ``_validate_params`` -> the validator -> here).  ``None``
+    (logged once) where it is not found: then ids past the vocabulary are caught in the engine."""
+    frame = sys._getframe(2)
+    for _ in range(depth):
+        if frame is None:
+            break
+        owner = frame.f_locals.get("self")
+        model = getattr(owner, "model_config", None)
+        if hasattr(model, "get_vocab_size") and hasattr(owner, "renderer"):
+            return ModelFacts(model.get_vocab_size(), owner.tokenizer)
+        frame = frame.f_back
+    global _WARNED_NO_MODEL
+    if not _WARNED_NO_MODEL:
+        _WARNED_NO_MODEL = True
+        logger.warning("focuskern: admission could not find vLLM's model config; a focus is checked for "
+                       "the model only in the engine (one that does not fit is logged and served unfocused)")
+    return None
 
 
 def _listed(processors) -> bool:

@@ -34,22 +34,24 @@ class _Rows:
         self.pin_memory = pin_memory and self.device.type == "cuda"
 
     def spec(self, params: Any) -> Optional[FocusSpec]:
-        """The request's focus; ``None`` without one.  ``validate_params`` rejected malformed ones at
-        admission, so what fails here needs the model (a string that tokenizes to nothing, an id past the
-        vocabulary): the request is served unfocused rather than failing the engine."""
+        """The request's focus; ``None`` without one.  Admission (``validate_params``) refuses every
+        focus that can fail here; should one still fail, an exception inside the engine's step would stop
+        the engine for every request, and vLLM offers a logits processor no way to fail one request: the
+        request is served unfocused, logged as an error."""
         try:
             return spec_from_params(params)
-        except (TypeError, ValueError) as e:
-            log.warning("focuskern: request served without focus: %s", e)
+        except Exception as e:  # noqa: BLE001 -- nothing a request sends may stop the engine
+            _unfocused(e)
             return None
 
     def set_row(self, row: int, spec: Optional[FocusSpec]) -> bool:
-        """Give ``row`` ``spec`` (a fresh state); ``False`` if the spec does not fit this model."""
+        """Give ``row`` ``spec`` (a fresh state); ``False`` (the row untouched, logged as an error) if the
+        spec does not fit this model -- which admission checks, where it finds the model."""
         try:
             self.state.set_row(row, spec)  # tokenizes the entities of a spec it has not seen before
             return spec is not None
-        except ValueError as e:  # nothing left after tokenizing, an id >= vocab_size: row untouched
-            log.warning("focuskern: request served without focus: %s", e)
+        except Exception as e:  # noqa: BLE001 -- nothing left after tokenizing, an id >= vocab_size, ...
+            _unfocused(e)
             self.state.set_row(row, None)
             return False
 
@@ -60,6 +62,11 @@ class _Rows:
         if self.device.type == "cpu":
             return host
         return (host.pin_memory() if self.pin_memory else host).to(self.device, non_blocking=True)
+
+
+def _unfocused(error: Exception) -> None:
+    log.error("focuskern: request served without focus (admission should have refused it): %s: %s",
+              type(error).__name__, str(error)[:400])
 
 
 class BatchFocus(_Rows):
