@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.logits_contenders import Case, flush_denormal, make_contender, make_inputs  # noqa: E402
 from benchmarks.test_bench_logits_cpu import CASES  # noqa: E402
-from focuskern.experiments.metadata import run_metadata  # noqa: E402
+from focuskern.metadata import run_metadata  # noqa: E402
 
 CONTENDERS = ("focuskern_default", "focuskern_cpp", "eager_scatter_add")
 BLOCK_S = 1e-3  # each contender runs ~1 ms per round (short: fewer preemptions inside a block)
