@@ -118,12 +118,18 @@ void focus_logits_cpu(const at::Tensor& logits, const at::Tensor& row_offsets, c
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "focus_logits_cpu", [&] {
     scalar_t* x = logits.data_ptr<scalar_t>();
     const bool any_blend = std::any_of(al_p, al_p + B, [](float a) { return a != 0.f; });
+    if (!any_blend) {  // entries only: the strengths first, so that the entry loop's cache misses overlap
+      std::vector<float> strength(B);
+      for (int64_t r = 0; r < B; ++r) strength[r] = decay_strength(dc_p + 3 * r, st_p[r]);
+      for (int64_t r = 0; r < B; ++r) add_entries(x + r * s0, s1, strength[r], ids_p, bias_p, ro_p[r], ro_p[r + 1]);
+      return;
+    }
     // A task takes whole rows (scaled, then its entries while the row is in cache) when every thread
     // gets >= 4 rows; with fewer rows (B = 1 on 2 threads) the blended rows are cut into column tiles,
     // so that every thread streams, and the entries follow in a second pass.
-    const int64_t tiles = any_blend && B < 4 * at::get_num_threads() ? (V + kBlendTile - 1) / kBlendTile : 1;
+    const int64_t tiles = B < 4 * at::get_num_threads() ? (V + kBlendTile - 1) / kBlendTile : 1;
     const int64_t width = tiles == 1 ? V : kBlendTile;
-    at::parallel_for(0, B * tiles, rows_per_task(any_blend), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t r = i / tiles, c0 = i % tiles * width;
         const float s = decay_strength(dc_p + 3 * r, st_p[r]);
