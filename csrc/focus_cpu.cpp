@@ -99,22 +99,25 @@ inline void add_entries(scalar_t* row, int64_t col_stride, float s, const int32_
   }
 }
 
-void focus_logits_cpu(const at::Tensor& logits, const at::Tensor& row_offsets, const at::Tensor& token_ids,
-                      const at::Tensor& token_bias, const at::Tensor& alpha, const at::Tensor& decay,
-                      const at::Tensor& step) {
-  TORCH_CHECK(logits.device().is_cpu(), "focus_logits_cpp_: logits must be a CPU tensor");
+// The small arguments of focus_logits, contiguous: borrowed where they already are (no new tensor
+// handle: a handle's refcount can take the GIL), copied where not.
+struct SmallArgs {
+  c10::MaybeOwned<at::Tensor> ro, ids, bias, al, dc, st;
+  const int32_t *ro_p, *ids_p, *st_p;
+  const float *bias_p, *al_p, *dc_p;
+  SmallArgs(const at::Tensor& row_offsets, const at::Tensor& token_ids, const at::Tensor& token_bias,
+            const at::Tensor& alpha, const at::Tensor& decay, const at::Tensor& step)
+      : ro(row_offsets.expect_contiguous()), ids(token_ids.expect_contiguous()), bias(token_bias.expect_contiguous()),
+        al(alpha.expect_contiguous()), dc(decay.expect_contiguous()), st(step.expect_contiguous()),
+        ro_p(ro->data_ptr<int32_t>()), ids_p(ids->data_ptr<int32_t>()), st_p(st->data_ptr<int32_t>()),
+        bias_p(bias->data_ptr<float>()), al_p(al->data_ptr<float>()), dc_p(dc->data_ptr<float>()) {}
+};
+
+void apply_focus_logits(const at::Tensor& logits, const SmallArgs& a) {
   const int64_t B = logits.size(0), V = logits.size(1);
   const int64_t s0 = logits.stride(0), s1 = logits.stride(1);
-  // Borrowed where already contiguous: no new tensor handle (a handle's refcount can take the GIL).
-  const auto ro = row_offsets.expect_contiguous(), ids = token_ids.expect_contiguous();
-  const auto bias = token_bias.expect_contiguous(), al = alpha.expect_contiguous();
-  const auto dc = decay.expect_contiguous(), st = step.expect_contiguous();
-  const int32_t* ro_p = ro->data_ptr<int32_t>();
-  const int32_t* ids_p = ids->data_ptr<int32_t>();
-  const float* bias_p = bias->data_ptr<float>();
-  const float* al_p = al->data_ptr<float>();
-  const float* dc_p = dc->data_ptr<float>();
-  const int32_t* st_p = st->data_ptr<int32_t>();
+  const int32_t *ro_p = a.ro_p, *ids_p = a.ids_p, *st_p = a.st_p;
+  const float *bias_p = a.bias_p, *al_p = a.al_p, *dc_p = a.dc_p;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "focus_logits_cpu", [&] {
     scalar_t* x = logits.data_ptr<scalar_t>();
     const bool any_blend = std::any_of(al_p, al_p + B, [](float a) { return a != 0.f; });
@@ -143,6 +146,13 @@ void focus_logits_cpu(const at::Tensor& logits, const at::Tensor& row_offsets, c
       for (int64_t r = 0; r < B; ++r)
         add_entries(x + r * s0, s1, decay_strength(dc_p + 3 * r, st_p[r]), ids_p, bias_p, ro_p[r], ro_p[r + 1]);
   });
+}
+
+void focus_logits_cpu(const at::Tensor& logits, const at::Tensor& row_offsets, const at::Tensor& token_ids,
+                      const at::Tensor& token_bias, const at::Tensor& alpha, const at::Tensor& decay,
+                      const at::Tensor& step) {
+  TORCH_CHECK(logits.device().is_cpu(), "focus_logits_cpp_: logits must be a CPU tensor");
+  apply_focus_logits(logits, SmallArgs(row_offsets, token_ids, token_bias, alpha, decay, step));
 }
 
 bool has_layout(const at::Tensor& t, at::ScalarType dtype, std::initializer_list<int64_t> shape) {
@@ -178,16 +188,9 @@ int64_t focus_logits_check_cpu(const at::Tensor& logits, const at::Tensor& row_o
   if (!has_layout(alpha, at::kFloat, {B})) return 5;
   if (!has_layout(decay, at::kFloat, {B, 3})) return 6;
   if (!has_layout(step, at::kInt, {B})) return 7;
-  // Borrowed where already contiguous: no new tensor handle (a handle's refcount can take the GIL).
-  const auto ro = row_offsets.expect_contiguous(), ids = token_ids.expect_contiguous();
-  const auto bias = token_bias.expect_contiguous(), al = alpha.expect_contiguous();
-  const auto dc = decay.expect_contiguous(), st = step.expect_contiguous();
-  const int32_t* ro_p = ro->data_ptr<int32_t>();
-  const int32_t* ids_p = ids->data_ptr<int32_t>();
-  const float* bias_p = bias->data_ptr<float>();
-  const float* al_p = al->data_ptr<float>();
-  const float* dc_p = dc->data_ptr<float>();
-  const int32_t* st_p = st->data_ptr<int32_t>();
+  const SmallArgs a(row_offsets, token_ids, token_bias, alpha, decay, step);
+  const int32_t *ro_p = a.ro_p, *ids_p = a.ids_p, *st_p = a.st_p;
+  const float *bias_p = a.bias_p, *al_p = a.al_p, *dc_p = a.dc_p;
   // Branch-free reductions (one flag per argument) so that the loops vectorize: nnz can be ~10^5.
   bool bad = ro_p[0] != 0 || ro_p[B] != nnz;
   for (int64_t r = 0; r < B; ++r) bad |= ro_p[r + 1] < ro_p[r];
@@ -210,7 +213,7 @@ int64_t focus_logits_check_cpu(const at::Tensor& logits, const at::Tensor& row_o
   if (bad) return 6;
   for (int64_t r = 0; r < B; ++r) bad |= st_p[r] < 0;
   if (bad) return 7;
-  if (apply) focus_logits_cpu(logits, *ro, *ids, *bias, *al, *dc, *st);
+  if (apply) apply_focus_logits(logits, a);
   return 0;
 }
 
