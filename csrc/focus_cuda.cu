@@ -4,9 +4,10 @@
 // that B = 1 fills the GPU; each block scales its range with 16-byte vector loads, syncs, then adds
 // the row's entries that fall in its range (gpuAtomicAdd: duplicated ids add up).  An unblended row
 // is handled by its first block alone and touches only its entries.
-// focus_state_cuda_: grid (B,), 256 threads: thread 0 advances the row's automaton (the state is
-// updated in place, so a row is never split across blocks), the block scales the row if it blends,
-// then every thread takes slots of the row's program.
+// focus_state_cuda_: grid (B,), 256 threads: thread 0 walks the bytes of the row's last token through
+// its automaton (the state is updated in place, so a row is never split across blocks), the block
+// gives up banned attempts, scales the row if it blends, then every thread takes slots of the row's
+// program.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/Atomic.cuh>
@@ -20,6 +21,9 @@
 #include "focus_common.h"
 
 namespace focuskern {
+
+TokenIds last_token_ids(const c10::optional<at::Tensor>& last_tokens);  // focus_cpu.cpp
+
 namespace {
 
 constexpr int kThreads = 256;
@@ -65,17 +69,17 @@ __global__ void focus_logits_kernel(scalar_t* x, int64_t s0, int64_t s1, int64_t
   if (hi <= lo) return;
   for (int32_t j = row_offsets[r] + threadIdx.x; j < row_offsets[r + 1]; j += blockDim.x) {
     const int64_t v = ids[j];
-    if (v < lo || v >= hi) continue;
+    if (v < lo || v >= hi) continue;  // [lo, hi) lies in [0, V): an id outside it is skipped (issue 21)
     const float b = bias[j];
     gpuAtomicAdd(row + v * s1, static_cast<scalar_t>(b == -INFINITY ? -INFINITY : s * b));
   }
 }
 
 template <typename scalar_t>
-__global__ void focus_state_kernel(scalar_t* x, int64_t s0, int64_t s1, int64_t V, const int32_t* last,
+__global__ void focus_state_kernel(scalar_t* x, int64_t s0, int64_t s1, int64_t V, TokenIds last,
                                    const int32_t* prog, int32_t* node, int32_t* sat, int32_t* step, int64_t W,
                                    const float* pf, const int32_t* pi, const int32_t* nodes, const int32_t* slots,
-                                   const int32_t* clo, const int32_t* ents) {
+                                   const int32_t* clo, const int32_t* ents, TokenView tokens) {
   const int64_t r = blockIdx.x;
   const int32_t p = prog[r];
   if (p < 0) return;
@@ -83,38 +87,47 @@ __global__ void focus_state_kernel(scalar_t* x, int64_t s0, int64_t s1, int64_t 
   const float* fp = pf + p * F_WIDTH;
   const ProgramView view = program_view(ip, nodes, slots, clo, ents);
   int32_t* row_sat = sat + r * W;
-  __shared__ int32_t shared_u;
+  __shared__ int32_t shared_word;
+  __shared__ int shared_open;
   __shared__ int shared_in_match;
   __shared__ int32_t shared_said;
-  if (threadIdx.x == 0) {
-    int32_t u = node[r];
-    if (last != nullptr) {
-      u = node[r] = step_row(view, u, last[r], ip[I_ONCE] != 0, row_sat);
+  if (threadIdx.x == 0) {  // step 1, the byte walk: sequential by nature, one thread
+    int32_t word = node[r];
+    if (last.given() && in_vocab(last[r], V)) {  // a token outside [0, V) is not fed (held rows: -1)
+      word = node[r] = step_row(view, tokens, word, static_cast<int32_t>(last[r]), ip[I_ONCE] != 0, row_sat);
       step[r] += 1;
     }
-    shared_u = u;
+    shared_word = word;
+    shared_open = 0;
     shared_in_match = 0;
     shared_said = 0;
   }
   __syncthreads();
-  const int32_t u = shared_u;
+  const int32_t u = word_node(shared_word), pc = push_context(word_ctx(shared_word));
+  const int32_t clo_lo = view.node_row(u)[N_CLO_LO];
+  const int32_t clo_hi = ip[I_PHRASE] ? view.node_row(u)[N_CLO_HI] : clo_lo;
   const float s = decay_strength(fp + F_KIND, step[r]);
   const float scale = 1.f - s * fp[F_ALPHA];
   scalar_t* row = x + r * s0;
-  if (ip[I_PHRASE]) {  // step 2a: give up the entities of banned continuations
-    // Bits only grow (atomic or): the result does not depend on the order of the threads.
-    for (int32_t c = view.node_row(u)[N_CLO_LO] + threadIdx.x; c < view.node_row(u)[N_CLO_HI]; c += blockDim.x)
-      if (banned_continuation(view, c, row, s1)) {
-        const int32_t* child = view.node_row(view.clo_child(c));
-        for (int32_t j = child[N_THROUGH_LO]; j < child[N_THROUGH_HI]; ++j)
-          atomicOr(row_sat + (ents[j] >> 5), 1 << (ents[j] & 31));
-      }
-    __syncthreads();  // the logits were read before the scaling below; the bits are visible
+  if (clo_hi > clo_lo) {
+    // Step 2a: a banned continuation aborts its attempt; the entities through the banned entries are
+    // given up only when no entry can continue.  Bits only grow (atomic or): the result does
+    // not depend on the order of the threads.  The logits are read before the scaling below.
+    for (int32_t c = clo_lo + threadIdx.x; c < clo_hi; c += blockDim.x)
+      if (open_continuation(view, c, row, s1, V, row_sat)) shared_open = 1;
+    __syncthreads();
+    if (!shared_open)
+      for (int32_t c = clo_lo + threadIdx.x; c < clo_hi; c += blockDim.x)
+        if (banned_continuation(view, c, row, s1, V)) {
+          const int32_t* child = view.node_row(view.clo_child(c));
+          for (int32_t j = child[N_THROUGH_LO]; j < child[N_THROUGH_HI]; ++j)
+            atomicOr(row_sat + (ents[j] >> 5), 1 << (ents[j] & 31));
+        }
+    __syncthreads();  // the bits are visible; every thread has read its logits
   }
   if (scale != 1.f) scale_columns(row, s1, 0, V, scale);
-  if (ip[I_PHRASE])
-    for (int32_t c = view.node_row(u)[N_CLO_LO] + threadIdx.x; c < view.node_row(u)[N_CLO_HI]; c += blockDim.x)
-      if (entry_alive(view, c, row_sat)) shared_in_match = 1;
+  for (int32_t c = clo_lo + threadIdx.x; c < clo_hi; c += blockDim.x)
+    if (entry_alive(view, c, row_sat)) shared_in_match = 1;
   const bool budgeted = ip[I_ONCE] && fp[F_BUDGET] > 0.f;
   if (budgeted) {  // entities said = set bits of the row's satisfied set, summed over the block
     int32_t said = 0;
@@ -127,16 +140,21 @@ __global__ void focus_state_kernel(scalar_t* x, int64_t s0, int64_t s1, int64_t 
   const int32_t unsaid = budgeted ? ip[I_N_ENTITIES] - shared_said : 0;
   const float push = budget_urgency(fp, step[r], unsaid) * fp[F_FORCE];
   for (int32_t k = threadIdx.x; k < view.n_slots; k += blockDim.x) {
-    const float val = slot_value(view, u, k, row_sat, in_match, starts, fp[F_BIAS], fp[F_CONT]);
+    const int64_t token = view.slot_row(k)[S_TOKEN];
+    if (!in_vocab(token, V)) continue;
+    const float val = slot_value(view, u, pc, k, row_sat, in_match, starts, fp[F_BIAS], fp[F_CONT]);
     if (val == -INFINITY) continue;
-    scalar_t& out = row[static_cast<int64_t>(view.slot_row(k)[S_TOKEN]) * s1];
+    scalar_t& out = row[token * s1];
     out = static_cast<scalar_t>(static_cast<float>(out) + s * val + push);
   }
-  if (unsaid > 0 && ip[I_EOS] >= 0) {  // end-of-text damped after the slots (it may be one)
+  if (unsaid > 0) {  // end-of-text damped after the slots (it may be one)
     __syncthreads();
-    if (threadIdx.x == 0) {
-      scalar_t& eos = row[static_cast<int64_t>(ip[I_EOS]) * s1];
-      eos = static_cast<scalar_t>(static_cast<float>(eos) - fp[F_EOS_DAMP]);
+    if (threadIdx.x < MAX_EOS) {  // distinct ids (eos_to_damp): no two threads write the same logit
+      const int64_t eos = eos_to_damp(ip, threadIdx.x, V);
+      if (eos >= 0) {
+        scalar_t& out = row[eos * s1];
+        out = static_cast<scalar_t>(static_cast<float>(out) - fp[F_EOS_DAMP]);
+      }
     }
   }
 }
@@ -171,18 +189,23 @@ void focus_logits_cuda(at::Tensor logits, const at::Tensor& row_offsets, const a
 void focus_state_cuda(at::Tensor logits, const c10::optional<at::Tensor>& last_tokens, const at::Tensor& prog,
                       at::Tensor node, at::Tensor sat, at::Tensor step, const at::Tensor& prog_f32,
                       const at::Tensor& prog_i32, const at::Tensor& node_table, const at::Tensor& slot_table,
-                      const at::Tensor& closure, const at::Tensor& ents, at::IntArrayRef limits, bool blend) {
+                      const at::Tensor& closure, const at::Tensor& ents, const at::Tensor& tok_off,
+                      const at::Tensor& tok_sym, const at::Tensor& byte_class, at::IntArrayRef limits, bool blend) {
   const int64_t B = logits.size(0);
   if (B == 0) return;
-  TORCH_CHECK(!last_tokens.has_value() || last_tokens->is_contiguous(), "focus_state_cuda_: last_tokens must be contiguous");
+  TORCH_CHECK(!last_tokens.has_value() || (last_tokens->is_contiguous() && (last_tokens->scalar_type() == at::kInt ||
+                                        last_tokens->scalar_type() == at::kLong)),
+              "focus_state_cuda_: last_tokens must be contiguous int32 or int64");
   const c10::cuda::CUDAGuard guard(logits.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "focus_state_cuda", [&] {
     focus_state_kernel<scalar_t><<<static_cast<unsigned>(B), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         logits.data_ptr<scalar_t>(), logits.stride(0), logits.stride(1), logits.size(1),
-        last_tokens.has_value() ? last_tokens->data_ptr<int32_t>() : nullptr, prog.data_ptr<int32_t>(),
+        last_token_ids(last_tokens), prog.data_ptr<int32_t>(),
         node.data_ptr<int32_t>(), sat.data_ptr<int32_t>(), step.data_ptr<int32_t>(), sat.size(1),
         prog_f32.data_ptr<float>(), prog_i32.data_ptr<int32_t>(), node_table.data_ptr<int32_t>(),
-        slot_table.data_ptr<int32_t>(), closure.data_ptr<int32_t>(), ents.data_ptr<int32_t>());
+        slot_table.data_ptr<int32_t>(), closure.data_ptr<int32_t>(), ents.data_ptr<int32_t>(),
+        TokenView{tok_off.data_ptr<int32_t>(), tok_sym.data_ptr<int32_t>(), byte_class.data_ptr<int32_t>(),
+                  tok_off.numel() - 1});
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cpu")
     demo.add_argument("--json", action="store_true", help="print the full results as JSON")
+    demo.add_argument("--rows", nargs="+", help="only the rows whose label contains one of these words "
+                      "(e.g. baseline defaults; fluency is relative to the first row run)")
     demo.add_argument("--attention", action="store_true",
                       help="instead: one key-value retrieval case without and with attention focus")
     demo.add_argument("--attention-beta", type=float, default=DEFAULT_BETA, help="with --attention: the boost")
@@ -84,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--note", default="", help="a sentence recorded with the results")
     cov = ev.add_argument_group("coverage")
     cov.add_argument("--split", choices=["tune", "report", "all"], default="tune", help="which half of the cases")
+    cov.add_argument("--cases", default="en",
+                     help="case set: en (built-in English, the default), zh (Chinese), quoted (summaries that quote "
+                          "their entities), or a JSON/JSONL file of cases as in focuskern/experiments/"
+                          "coverage_cases.json (id, prompt, entities, split tune|report, optional kind)")
     cov.add_argument("--policies", nargs="+", help="rows, names in focuskern.experiments.coverage.POLICIES "
                      "(default: all of DEFAULT_POLICIES there)")
     cov.add_argument("--strengths", type=float, nargs="+", default=[1.0], help="push multipliers (the plot's points)")

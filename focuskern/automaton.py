@@ -1,34 +1,41 @@
-"""Compile one spec's entity variants into the flat Aho-Corasick tables the kernels walk.
+"""Compile a spec's entity forms into the symbol-level Aho-Corasick tables the kernels walk
+(design: ``docs/text-tracking.md``; columns: :mod:`focuskern.ops.layout`).
 
 A *program* is the compiled form of one :class:`~focuskern.FocusSpec` (rows with the same spec share
 it).  Node 0 is the root; node, slot, closure and entity indices are local to the program.  Entity
 sets are sorted lists of entity ids in one array (``ents``), so a program's size, its compile time and
-a kernel's work per step grow linearly with the number of entities (a bitset per node would grow with
-nodes x entities).  Column meanings: :mod:`focuskern.ops.layout`.
+a kernel's work per step grow linearly with the entities.
 
-* node ``u``: ``through(u)`` = entities with a variant passing through ``u``; ``out(u)`` = entities one
-  of whose variants ends at ``u`` or at a node on its fail chain (reaching ``u`` completes them);
-  ``closure(u)`` = the children of every node on ``u``'s fail chain (root excluded) as (slot, child)
-  entries sorted by slot, deepest first within a slot: the first entry with slot ``k`` is the AC
-  transition on ``k``, and every entry is a possible continuation of a partial match; ``parent(u)`` and
-  ``edge(u)``, the trie parent and the token from it (root: 0 and -1), step a state back by one token.
-* slot ``k`` (the program's ``k``-th smallest distinct token id): ``first(k)`` = entities boosted by
-  ``bias`` when they own the slot (phrase mode: variants that start with it, i.e. ``through`` of the
-  root's child on it; tokens mode: variants containing it) and the root's child on it (0 = none).
+* pattern ``P(f)`` of a counted form ``f`` (:func:`patterns`): the symbols of feeding ``f``'s units to a
+  row with ``ctx = 0``: ``B`` before a word byte that does not follow one, ``D`` before a class-bearing
+  non-digit after a digit, and a trailing ``D`` when ``f`` ends in a digit;
+* node ``u`` (trie of the patterns, numbered by depth, children contiguous and sorted by symbol):
+  ``through(u)`` = entities with a pattern passing through ``u``; ``out(u)`` = entities with a pattern
+  ending at ``u`` or at a node on its fail chain; ``fail(u)`` = the node of the longest proper suffix of
+  ``u``'s symbols in the trie;
+* token edge ``(t, c)`` of ``u``: ``u`` is pattern ``P(f)`` after the symbol of unit ``i - 1`` of ``f``,
+  token ``t`` (not whitespace-only) spells ``f[i : i + L]`` and ``c`` is the node after unit
+  ``i + L - 1``; ``closure(u)`` = ``u``'s own edges as (slot, child) entries sorted by slot (a token
+  spells one path from ``u``: one entry per slot);
+* slot ``k`` (the program's ``k``-th smallest pushed token): ``first_pc(k)`` = entities whose form pushed
+  in push context ``pc`` starts with the token (phrase mode), or, in tokens mode, entities with the token
+  in a tokenized pushed form (the same list for every ``pc``).
 
-Nodes are numbered by depth, children in slot order.  The compiler is vectorized (numpy) and loops
-only over depth, never over nodes or entities (100k entities compile in well under a second).
+Vectorized (numpy): loops run over depth and token length, never over nodes or entities.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import chain
 
 import numpy as np
 
-from .ops.layout import C, N_, S_
+from .forms import EntityForms, FlatForms
+from .ops.layout import (BC_CONT, BC_DIGIT, BC_WORD, BYTE_CLASS, N_PUSH_CONTEXTS, NODE_MASK, SYM_DIGITS_END,
+                         SYM_WORD_START, C, N_, S_)
+from .text import P, TokenTable, powers, run_hash, unit_values
 
 WORD_BITS = 32
+_CLASS = np.asarray(BYTE_CLASS, dtype=np.int64)
 
 
 def words_for(n_entities: int) -> int:
@@ -43,6 +50,7 @@ class Program:
     slot: np.ndarray  # [S, S_.WIDTH] int32
     closure: np.ndarray  # [E, C.WIDTH] int32
     ents: np.ndarray  # [M] int32
+    max_depth: int
 
     @property
     def n_nodes(self) -> int:
@@ -81,70 +89,112 @@ def _expand(offsets: np.ndarray, items: np.ndarray, owners: np.ndarray) -> tuple
     return p, items[np.arange(int(counts.sum())) - starts[p] + lo[p]]
 
 
+def patterns(forms: FlatForms) -> tuple[np.ndarray, np.ndarray]:
+    """``(sym, off)``: pattern ``f`` is ``sym[off[f]:off[f + 1]]`` (docs/text-tracking.md section 3, the
+    walk of section 2 from ``ctx = 0``)."""
+    u, n = forms.units, len(forms.units)
+    form = np.repeat(np.arange(len(forms.off) - 1), forms.lengths)
+    cls = np.where(u < 256, _CLASS[np.minimum(u, 255)], 0)
+    bearing = (u < 256) & (cls & BC_CONT == 0)
+    last = np.maximum.accumulate(np.where(bearing, np.arange(n), -1)) if n else np.zeros(0, np.int64)
+    prev = np.concatenate([[-1], last[:-1]]).astype(np.int64)
+    prev_cls = np.where(prev >= forms.off[form], cls[prev], 0)
+    word_start = bearing & (cls & BC_WORD != 0) & (prev_cls & BC_WORD == 0)
+    digits_end = bearing & (prev_cls & BC_DIGIT != 0) & (cls & BC_DIGIT == 0)
+    ends = forms.off[1:] - 1
+    tail = last[ends] >= forms.off[:-1]
+    tail &= cls[np.where(tail, last[ends], 0)] & BC_DIGIT != 0  # the form ends in a digit
+    count = 1 + word_start + digits_end
+    count[ends[tail]] += 1
+    end = np.cumsum(count)
+    unit_at = end - count + word_start + digits_end
+    sym = np.empty(int(end[-1]) if n else 0, dtype=np.int64)
+    pre = word_start | digits_end
+    sym[unit_at[pre] - 1] = np.where(word_start[pre], SYM_WORD_START, SYM_DIGITS_END)
+    sym[unit_at] = u
+    sym[unit_at[ends[tail]] + 1] = SYM_DIGITS_END
+    off = np.concatenate([[0], end[ends]]).astype(np.int64)
+    return sym, off
+
+
 class _Trie:
-    """The trie of all variants, nodes numbered by depth (root 0), children in token order.
+    """The trie of all patterns, nodes numbered by depth (root 0), children sorted by symbol.
 
-    Because nodes are created depth by depth from sorted ``(parent, slot)`` keys, the key
-    ``parent * S + slot`` of nodes ``1 .. N-1`` is strictly increasing: a child lookup is one
-    ``searchsorted``.  ``level[d]:level[d + 1]`` are the nodes at depth ``d``."""
+    Nodes are created depth by depth from sorted ``(parent, symbol)`` keys, so the key ``parent * K +
+    k`` (``k`` the symbol's rank) of nodes ``1 .. N-1`` is strictly increasing: a child lookup is one
+    ``searchsorted``.  ``at[s]`` = the node after pattern symbol ``s``."""
 
-    def __init__(self, entity_variants: list[list[tuple[int, ...]]]):
-        per_entity = [len(vs) for vs in entity_variants]
-        lengths = np.fromiter((len(v) for vs in entity_variants for v in vs), dtype=np.int64,
-                              count=sum(per_entity))
-        tokens = np.fromiter(chain.from_iterable(chain.from_iterable(entity_variants)), dtype=np.int64,
-                             count=int(lengths.sum()))
-        self.tokens, token_slot = np.unique(tokens, return_inverse=True)  # slot k = k-th smallest token
-        self.n_slots = n_slots = len(self.tokens)
-        starts = np.cumsum(lengths) - lengths
-        order = np.argsort(-lengths, kind="stable")  # longest first: the variants alive at depth d lead
-        entity = np.repeat(np.arange(len(entity_variants)), per_entity)[order]
-        lengths, starts = lengths[order], starts[order]
+    def __init__(self, sym: np.ndarray, off: np.ndarray, entity: np.ndarray, n_entities: int):
+        self.symbols, rank = np.unique(sym, return_inverse=True)
+        self.n_sym = n_sym = max(len(self.symbols), 1)
+        lengths, starts = np.diff(off), off[:-1]
+        through_entity = np.repeat(entity, lengths)  # the entity of each pattern symbol
+        order = np.argsort(-lengths, kind="stable")  # longest first: the patterns alive at depth d lead
+        lengths, starts, entity = lengths[order], starts[order], entity[order]
         alive = np.searchsorted(-lengths, -np.arange(int(lengths.max(initial=0))), side="left")
-
-        at = np.zeros(len(lengths), dtype=np.int64)  # each variant's node at the current depth
-        parents, slots, through_nodes, through_ents = [np.zeros(1, np.int64)], [np.full(1, -1)], [], []
-        self.level = [0, 1]
+        node = np.zeros(len(lengths), dtype=np.int64)
+        self.at = np.zeros(len(sym), dtype=np.int64)
+        parents, ranks, self.level = [np.zeros(1, np.int64)], [np.full(1, -1)], [0, 1]
         for depth, a in enumerate(alive):
-            keys, inverse = np.unique(at[:a] * n_slots + token_slot[starts[:a] + depth], return_inverse=True)
-            at[:a] = self.level[-1] + inverse.reshape(-1)
-            parent, slot = np.divmod(keys, n_slots)
+            pos = starts[:a] + depth
+            keys, inverse = np.unique(node[:a] * n_sym + rank[pos], return_inverse=True)
+            node[:a] = self.level[-1] + inverse.reshape(-1)
+            self.at[pos] = node[:a]
+            parent, r = np.divmod(keys, n_sym)
             parents.append(parent)
-            slots.append(slot)
-            through_nodes.append(at[:a].copy())
-            through_ents.append(entity[:a])
+            ranks.append(r)
             self.level.append(self.level[-1] + len(keys))
-        self.parent, self.slot = np.concatenate(parents), np.concatenate(slots)
-        self.n_nodes, self.n_entities = self.level[-1], len(entity_variants)
-        self.keys = self.parent[1:] * n_slots + self.slot[1:]
-        self.through = _csr(np.concatenate([np.zeros(0, np.int64)] + through_nodes),
-                            np.concatenate([np.zeros(0, np.int64)] + through_ents), self.n_nodes, self.n_entities)
-        self.ends = _csr(at, entity, self.n_nodes, self.n_entities)  # empty variants end at the root
-        # children of w: nodes child_lo[w] .. child_lo[w + 1] - 1 (nodes are sorted by parent)
-        self.children = (np.searchsorted(self.parent[1:], np.arange(self.n_nodes + 1)) + 1,
-                         np.arange(self.n_nodes, dtype=np.int64))
+        self.parent, self.rank = np.concatenate(parents), np.concatenate(ranks)
+        self.n_nodes, self.n_entities = self.level[-1], n_entities
+        if self.n_nodes > NODE_MASK + 1:
+            raise ValueError(f"entities compile to {self.n_nodes} automaton nodes, more than {NODE_MASK + 1}")
+        self.keys = self.parent[1:] * n_sym + self.rank[1:]
+        self.sym = np.append(self.symbols, -1)[self.rank]  # the root's rank -1 picks the appended -1
+        self.through = _csr(self.at, through_entity, self.n_nodes, n_entities)
+        self.ends = _csr(self.at[starts + lengths - 1], entity, self.n_nodes, n_entities)
+        self.child_lo = np.searchsorted(self.parent[1:], np.arange(self.n_nodes + 1)) + 1
+        self._unit_paths()
 
-    def child(self, node: np.ndarray, slot: np.ndarray) -> np.ndarray:
-        """The child of each ``node`` on ``slot`` (0 = none)."""
-        query = node * self.n_slots + slot
+    def _unit_paths(self) -> None:
+        """Per node: ``resting`` (the root, or entered on a unit, not on B/D), ``rest`` (its nearest
+        resting proper ancestor), ``unit_depth`` (units on its root path) and ``prefix_hash`` (their
+        hash, :class:`focuskern.text.RunHashes`'s polynomial)."""
+        sym = self.sym
+        unit = (sym >= 0) & (sym != SYM_WORD_START) & (sym != SYM_DIGITS_END)
+        self.resting = unit.copy()
+        self.resting[0] = True
+        self.rest = np.zeros(self.n_nodes, dtype=np.int64)
+        self.unit_depth = np.zeros(self.n_nodes, dtype=np.int64)
+        self.prefix_hash = np.zeros(self.n_nodes, dtype=np.uint64)
+        power = powers(P, len(self.level))
+        for lo, hi in zip(self.level[1:], self.level[2:]):
+            v = np.arange(lo, hi)
+            par = self.parent[v]
+            self.unit_depth[v] = self.unit_depth[par] + unit[v]
+            with np.errstate(over="ignore"):
+                add = unit_values(np.maximum(sym[v], 0)) * power[self.unit_depth[par]]
+                self.prefix_hash[v] = self.prefix_hash[par] + np.where(unit[v], add, np.uint64(0))
+            self.rest[v] = np.where(self.resting[par], par, self.rest[par])
+
+    def child(self, node: np.ndarray, rank: np.ndarray) -> np.ndarray:
+        """The child of each ``node`` on the symbol of rank ``rank`` (0 = none)."""
+        query = node * self.n_sym + rank
         i = np.minimum(np.searchsorted(self.keys, query), max(len(self.keys) - 1, 0))
         hit = self.keys[i] == query if len(self.keys) else np.zeros(len(query), bool)
         return np.where(hit, i + 1, 0)
 
     def fail_links(self) -> np.ndarray:
-        """``fail[u]``: the node of the longest proper suffix of ``u``'s string that is in the trie.
-
-        Depth by depth (a fail link points to a shallower node): follow the parent's fail chain until a
-        node has a child on ``u``'s token, at most ``depth`` steps, for all nodes of the depth at once."""
+        """``fail[u]``, depth by depth (a fail link points to a shallower node): follow the parent's
+        fail chain until a node has a child on ``u``'s symbol, for all nodes of the depth at once."""
         fail = np.zeros(self.n_nodes, dtype=np.int64)
         for lo, hi in zip(self.level[2:], self.level[3:]):
             pending = np.arange(lo, hi)
-            at, slot = fail[self.parent[pending]], self.slot[pending]
+            at, rank = fail[self.parent[pending]], self.rank[pending]
             while pending.size:
-                found = self.child(at, slot)
+                found = self.child(at, rank)
                 fail[pending] = found  # final where found or at the root; overwritten otherwise
                 go = (found == 0) & (at != 0)
-                pending, at, slot = pending[go], fail[at[go]], slot[go]
+                pending, at, rank = pending[go], fail[at[go]], rank[go]
         return fail
 
 
@@ -163,52 +213,98 @@ def _fail_chains(fail: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return tuple(np.concatenate([np.zeros(0, np.int64)] + parts) for parts in (us, ws, js))
 
 
-def compile_program(entity_variants: list[list[tuple[int, ...]]], phrase: bool) -> Program:
-    """Build the tables for entities given as lists of token-id variants.
+def token_edges(trie: "_Trie", table: TokenTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every token edge ``(u, t, c)``: ``u != root`` and ``c`` are resting nodes (after a unit symbol)
+    and ``t`` spells the units on the trie path from ``u`` down to ``c``.
 
-    Vectorized (numpy), looping only over depth: time and memory are linear in the total variant
-    length times the depth of the fail chains (the longest variant)."""
-    trie = _Trie(entity_variants)
+    Bottom-up from every resting ``c``: the run of the last ``L`` units above ``c`` is grown one unit at
+    a time while it is a token suffix; its hash is ``(S(c) - S(a)) * P^-d(a)`` with ``S`` the prefix
+    hash of the units on a node's root path and ``d`` their number (one lookup per (node, length))."""
+    index, rest = table.index, trie.rest
+    c = np.flatnonzero(trie.resting)[1:]
+    a = c
+    cs, us, ts = [], [], []
+    for _ in range(index.max_len):
+        a = rest[a]
+        found, i = index.find(index.suffixes, run_hash(trie.prefix_hash[a], trie.prefix_hash[c], trie.unit_depth[a]))
+        emit = found & (a != 0)
+        p, token = index.tokens_of(index.suffixes, i[emit])
+        cs.append(c[emit][p])
+        us.append(a[emit][p])
+        ts.append(token)
+        keep = found & (a != 0)
+        a, c = a[keep], c[keep]
+        if not a.size:
+            break
+    empty = [np.zeros(0, np.int64)]
+    return tuple(np.concatenate(empty + parts) for parts in (us, ts, cs))
+
+
+def _starts(forms: EntityForms, table: TokenTable, phrase: bool):
+    """``(pc, token, entity)`` of every start (module docstring, slot ``first_pc``)."""
+    if not phrase:
+        token = np.asarray([t for seqs in forms.canonical for seq in seqs for t in seq], np.int64)
+        entity = np.repeat(np.arange(len(forms.canonical)), [sum(map(len, seqs)) for seqs in forms.canonical])
+        pcs = np.arange(N_PUSH_CONTEXTS)
+        return np.repeat(pcs, len(token)), np.tile(token, len(pcs)), np.tile(entity, len(pcs))
+    pushed = forms.pushed
+    f, _, token = table.index.spelled(pushed.units, pushed.off[:-1], pushed.lengths)
+    pc = np.arange(N_PUSH_CONTEXTS)[None, :]
+    has = (pushed.pcs[f][:, None] >> pc) & 1 == 1
+    rows, pcs = np.nonzero(has)
+    return pcs, token[rows], pushed.entity[f][rows]
+
+
+def compile_program(forms: EntityForms, table: TokenTable, phrase: bool) -> Program:
+    """Build the tables of a spec's entity forms against a tokenizer's :class:`TokenTable`.
+
+    Vectorized (numpy), looping only over depth and token length: time and memory are linear in the
+    total form length times the depth of the fail chains (the longest pattern)."""
+    sym, off = patterns(forms.counted)
+    trie = _Trie(sym, off, forms.counted.entity, forms.n_entities)
     n, n_ent = trie.n_nodes, trie.n_entities
     fail = trie.fail_links()
-    u, w, j = _fail_chains(fail)
+    u, w, _ = _fail_chains(fail)
 
-    # out(u) = ends of every node on the chain, the root's included (only an empty variant ends there)
+    # out(u) = ends of every node on the chain, the root's included (only an empty pattern ends there)
     chain_u = np.concatenate([u, np.arange(n)])
     p, ent = _expand(*trie.ends, np.concatenate([w, np.zeros(n, np.int64)]))
     out = _csr(chain_u[p], ent, n, n_ent)
 
-    # closure(u) = children of every chain node but the root, by slot, deepest (smallest j) first
-    p, child = _expand(*trie.children, w)
-    cu, cslot = u[p], trie.slot[child]
-    order = np.lexsort((j[p], cslot, cu))
-    closure = np.stack([cslot[order], child[order]], axis=1).astype(np.int32).reshape(-1, C.WIDTH)
+    pcs, start_token, start_entity = _starts(forms, table, phrase)
+    if phrase:
+        edge_u, edge_token, edge_child = token_edges(trie, table)
+    else:
+        edge_u = edge_token = edge_child = np.zeros(0, np.int64)
+    tokens = np.unique(np.concatenate([edge_token, start_token]))
+    edge_slot = np.searchsorted(tokens, edge_token)
+
+    # closure(u) = u's own token edges, by slot (a token spells one path from u: one child per slot)
+    order = np.argsort(edge_u * max(len(tokens), 1) + edge_slot, kind="stable")
+    closure = np.stack([edge_slot[order], edge_child[order]], axis=1).astype(np.int32).reshape(-1, C.WIDTH)
     clo_off = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(cu, minlength=n), out=clo_off[1:])
+    np.cumsum(np.bincount(edge_u, minlength=n), out=clo_off[1:])
 
     through_off, through = trie.through
-    out_off = out[0] + len(through)
     node = np.zeros((n, N_.WIDTH), dtype=np.int32)
     node[:, N_.CLO_LO], node[:, N_.CLO_HI] = clo_off[:-1], clo_off[1:]
     node[:, N_.THROUGH_LO], node[:, N_.THROUGH_HI] = through_off[:-1], through_off[1:]
+    out_off = out[0] + len(through)
     node[:, N_.OUT_LO], node[:, N_.OUT_HI] = out_off[:-1], out_off[1:]
-    node[:, N_.PARENT] = trie.parent
-    node[:, N_.EDGE] = np.append(trie.tokens, -1)[trie.slot]  # the root's slot -1 picks the appended -1
+    node[:, N_.FAIL] = fail
+    node[:, N_.CHILD_LO], node[:, N_.CHILD_HI] = trie.child_lo[:-1], trie.child_lo[1:]
+    node[:, N_.SYM] = trie.sym
     ents = [through, out[1]]
 
-    slot = np.zeros((trie.n_slots, S_.WIDTH), dtype=np.int32)
-    slot[:, S_.TOKEN] = trie.tokens
-    root_children = np.arange(trie.children[0][0], trie.children[0][1])
-    slot[trie.slot[root_children], S_.ROOT_CHILD] = root_children
-    if phrase:  # first(k) = through(root's child on k): the node's list, not a copy
-        root_child = slot[:, S_.ROOT_CHILD]
-        has = root_child > 0
-        slot[has, S_.FIRST_LO] = node[root_child[has], N_.THROUGH_LO]
-        slot[has, S_.FIRST_HI] = node[root_child[has], N_.THROUGH_HI]
-    else:  # first(k) = union of through(v) over the nodes v entered by token k
-        p, ent = _expand(through_off, through, np.arange(1, n))
-        first_off, first = _csr(trie.slot[1 + p], ent, trie.n_slots, n_ent)
-        first_off = first_off + len(through) + len(out[1])
-        slot[:, S_.FIRST_LO], slot[:, S_.FIRST_HI] = first_off[:-1], first_off[1:]
+    slot = np.zeros((len(tokens), S_.WIDTH), dtype=np.int32)
+    slot[:, S_.TOKEN] = tokens
+    start_slot = np.searchsorted(tokens, start_token)
+    base = len(through) + len(out[1])
+    for pc in range(N_PUSH_CONTEXTS):
+        mine = pcs == pc
+        first_off, first = _csr(start_slot[mine], start_entity[mine], len(tokens), n_ent)
+        lo = getattr(S_, f"FIRST_LO{pc}")
+        slot[:, lo], slot[:, lo + 1] = base + first_off[:-1], base + first_off[1:]
         ents.append(first)
-    return Program(n_ent, node, slot, closure, np.concatenate(ents).astype(np.int32))
+        base += len(first)
+    return Program(n_ent, node, slot, closure, np.concatenate(ents).astype(np.int32), len(trie.level) - 2)

@@ -14,9 +14,11 @@ import numpy as np
 import torch
 
 from .automaton import Program, compile_program, words_for
+from .forms import entity_forms
 from .ops.focus_state import FocusTables
-from .ops.layout import C, F, I, N_, S_
+from .ops.layout import MAX_EOS, C, F, I, N_, S_
 from .spec import FocusSpec
+from .text import token_table
 
 # Compaction never runs below this many dead nodes (a few small specs are cheaper to keep than rebuild).
 MIN_DEAD_NODES = 4096
@@ -38,26 +40,36 @@ class ProgramEntry:
     spec: FocusSpec
     program: Program
     blends: bool
-    eos: int  # end-of-text token id, -1 for none
+    eos: tuple[int, ...]  # distinct end-of-text token ids (at most MAX_EOS)
     refs: int = 0
 
 
 class ProgramTable:
     """Programs keyed by :meth:`FocusSpec.key`, reference-counted, with their device tables.
 
-    ``limits`` = (max_slots, max_closure, max_ents, max_out) over the programs ever added since the
-    last compaction (the torch backend pads to them); ``words`` = int32 words of the widest program's
+    ``limits`` = (max_slots, max_closure, max_ents, max_out, max_token_len, max_depth) over the programs
+    ever added since the last compaction and the tokenizer's :class:`~focuskern.text.TokenTable` (the
+    torch backend pads and loops to them); ``words`` = int32 words of the widest program's
     satisfied-entity bitset."""
 
     def __init__(self, vocab_size: int, device: torch.device, tokenizer=None):
         self.vocab_size = vocab_size
         self.device = device
         self.tokenizer = tokenizer
+        self._token_table = None  # read from the tokenizer when the first program arrives (cached per tokenizer)
         self.entries: list[ProgramEntry] = []
         self._pid_by_key: dict[tuple, int] = {}
         self.words = 1
-        self._blank: dict[int, bool] = {}  # token id -> decodes to whitespace only (cache)
         self._reset_tables()
+
+    @property
+    def token_table(self):
+        if self._token_table is None:
+            self._token_table = token_table(self.tokenizer, self.vocab_size)
+            self.tables = self.tables._replace(**dict(zip(("tok_off", "tok_sym", "byte_class"),
+                                                          self._token_table.tensors(self.device))))
+            self.limits[4] = max(self._token_table.max_len, 1)
+        return self._token_table
 
     def __getitem__(self, pid: int) -> ProgramEntry:
         return self.entries[pid]
@@ -95,57 +107,48 @@ class ProgramTable:
 
     # ------------------------------------------------------------------ build
     def _add(self, spec: FocusSpec, key: tuple) -> int:
-        variants = spec.token_variants(self.tokenizer)
-        check_in_vocab(variants, self.vocab_size)
-        program = compile_program(variants, phrase=spec.mode == "phrase")
-        self._never_start_blank_pieces(program, spec)
-        entry = ProgramEntry(key, spec, program, blends=spec.alpha > 0, eos=self._eos_token(spec))
+        check_in_vocab([() if isinstance(e, str) else e for e in spec.entities], self.vocab_size)
+        forms = entity_forms(spec.entities, spec.form_policy, self.token_table, self.tokenizer,
+                             tokens_mode=spec.mode == "tokens")
+        program = compile_program(forms, self.token_table, phrase=spec.mode == "phrase")
+        entry = ProgramEntry(key, spec, program, blends=spec.alpha > 0, eos=self._eos_tokens(spec))
         self.words = max(self.words, words_for(program.n_entities))
         self.entries.append(entry)
         self._pid_by_key[key] = len(self.entries) - 1
         self._append_tables([entry])
         return len(self.entries) - 1
 
-    def _eos_token(self, spec: FocusSpec) -> int:
-        """The spec's end-of-text token, else the tokenizer's, else -1 (no damping; none without a budget)."""
-        eos = spec.eos_token_id
+    def _eos_tokens(self, spec: FocusSpec) -> tuple[int, ...]:
+        """The spec's end-of-text ids, else the tokenizer's (those in the vocabulary), else none (no
+        damping; none without a budget).  The spec's are checked against ``vocab_size`` here."""
         if spec.max_new_tokens is None:
-            return -1
-        if eos is None:
+            return ()
+        if spec.eos_token_id is None:
             eos = getattr(self.tokenizer, "eos_token_id", None)
-            eos = eos if isinstance(eos, int) and 0 <= eos < self.vocab_size else -1
-        elif eos >= self.vocab_size:
-            raise ValueError(f"eos_token_id {eos} is outside [0, vocab_size={self.vocab_size})")
-        return eos
-
-    def _never_start_blank_pieces(self, program: Program, spec: FocusSpec) -> None:
-        """A whitespace-only piece (SmolLM2's lone ``Ġ`` before a digit: ``" 3 billion"`` is ``Ġ 3
-        Ġbillion``) never gets the start bias: pushed on its own it drifts the text into double spaces
-        when the digit does not follow.  It still matches, and once the model writes it the rest of the
-        entity is pushed as a continuation.  Needs the tokenizer (string entities)."""
-        if self.tokenizer is None or all(not isinstance(e, str) for e in spec.entities):
-            return
-        for k, token in enumerate(program.slot[:, S_.TOKEN].tolist()):
-            blank = self._blank.get(token)
-            if blank is None:
-                blank = self._blank[token] = not self.tokenizer.decode([token]).strip()
-            if blank:
-                program.slot[k, S_.FIRST_HI] = program.slot[k, S_.FIRST_LO]
+            eos = eos if isinstance(eos, (list, tuple)) else [eos]
+            eos = [e for e in eos if isinstance(e, int) and not isinstance(e, bool) and 0 <= e < self.vocab_size]
+            return tuple(dict.fromkeys(eos))[:MAX_EOS]
+        for e in spec.eos_token_ids:
+            if e >= self.vocab_size:
+                raise ValueError(f"eos_token_id {e} is outside [0, vocab_size={self.vocab_size})")
+        return tuple(dict.fromkeys(spec.eos_token_ids))
 
     def _reset_tables(self) -> None:
         def empty(*shape, dtype=torch.int32):
             return torch.zeros(*shape, dtype=dtype, device=self.device)
         # One sentinel closure entry and entity keep the torch backend's padded gathers in bounds.
+        tok = (empty(1), empty(1), empty(256)) if self._token_table is None else self._token_table.tensors(self.device)
         self.tables = FocusTables(empty(0, F.WIDTH, dtype=torch.float32), empty(0, I.WIDTH), empty(0, N_.WIDTH),
-                                  empty(0, S_.WIDTH), empty(1, C.WIDTH), empty(1))
-        self.limits = [1, 1, 1, 1]
+                                  empty(0, S_.WIDTH), empty(1, C.WIDTH), empty(1), *tok)
+        self.limits = [1, 1, 1, 1, 1 if self._token_table is None else max(self._token_table.max_len, 1), 1]
 
     def _append_tables(self, entries: list[ProgramEntry]) -> None:
         if not entries:
             return
         t = self.tables
         n_nodes, n_slots, n_clo, n_ents = (t.node.shape[0], t.slot.shape[0], t.closure.shape[0], t.ents.shape[0])
-        parts: dict[str, list[np.ndarray]] = {name: [] for name in FocusTables._fields}
+        grown = FocusTables._fields[:6]  # the token table does not grow with programs
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in grown}
         for e in entries:
             prog, spec = e.program, e.spec
             f32 = np.zeros((1, F.WIDTH), dtype=np.float32)
@@ -157,17 +160,15 @@ class ProgramTable:
             i32 = np.zeros((1, I.WIDTH), dtype=np.int32)
             i32[0, [I.NODE_BASE, I.SLOT_BASE, I.N_SLOTS, I.ENT_BASE, I.ENT_COUNT]] = (
                 n_nodes, n_slots, prog.n_slots, n_ents, len(prog.ents))
-            i32[0, [I.PHRASE, I.ONCE, I.STARTS_IN_MATCH, I.N_ENTITIES, I.EOS]] = (
-                spec.mode == "phrase", spec.satisfy == "once", spec.boost_starts_in_match, prog.n_entities,
-                e.eos)
+            i32[0, [I.PHRASE, I.ONCE, I.STARTS_IN_MATCH, I.N_ENTITIES]] = (
+                spec.mode == "phrase", spec.satisfy == "once", spec.boost_starts_in_match, prog.n_entities)
+            i32[0, I.EOS0:I.EOS0 + MAX_EOS] = (list(e.eos) + [-1] * MAX_EOS)[:MAX_EOS]
             parts["prog_i32"].append(i32)
             node = prog.node.copy()
             node[:, [N_.CLO_LO, N_.CLO_HI]] += n_clo
             node[:, [N_.THROUGH_LO, N_.THROUGH_HI, N_.OUT_LO, N_.OUT_HI]] += n_ents
-            # The root's edge (-1) becomes vocab_size: no program holds it (see FocusState._rewind_).
-            node[node[:, N_.EDGE] < 0, N_.EDGE] = self.vocab_size
             slot = prog.slot.copy()
-            slot[:, [S_.FIRST_LO, S_.FIRST_HI]] += n_ents
+            slot[:, S_.FIRST_LO0:] += n_ents
             parts["node"].append(node)
             parts["slot"].append(slot)
             parts["closure"].append(prog.closure)
@@ -175,7 +176,8 @@ class ProgramTable:
             n_nodes, n_slots = n_nodes + prog.n_nodes, n_slots + prog.n_slots
             n_clo, n_ents = n_clo + prog.closure.shape[0], n_ents + len(prog.ents)
             self.limits = [max(self.limits[0], prog.n_slots), max(self.limits[1], prog.max_closure),
-                           max(self.limits[2], len(prog.ents)), max(self.limits[3], prog.max_out)]
-        self.tables = FocusTables(*(
-            torch.cat([getattr(t, name), torch.from_numpy(np.concatenate(parts[name])).to(self.device)])
-            for name in FocusTables._fields))
+                           max(self.limits[2], len(prog.ents)), max(self.limits[3], prog.max_out),
+                           self.limits[4], max(self.limits[5], prog.max_depth)]
+        self.tables = t._replace(**{
+            name: torch.cat([getattr(t, name), torch.from_numpy(np.concatenate(parts[name])).to(self.device)])
+            for name in grown})

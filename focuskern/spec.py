@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence, Union
 
 from .decay import Decay
+from .forms import text_forms
+from .ops.layout import MAX_EOS
 
 Entity = Union[str, Sequence[Sequence[int]]]
 MODES = ("phrase", "tokens")
@@ -16,6 +18,14 @@ MAX_TOKEN_ID = 2**31 - 1
 MAX_SHIFT = 1e4
 
 
+def text_variants(text: str) -> list[str]:
+    """The text policy's forms: the counted ones (as written, first letter's case flipped), then the
+    pushed ones (capitalized at a sentence start, with a leading space after a word); see
+    :mod:`focuskern.forms`."""
+    counted, pushed = text_forms(text)
+    return list(dict.fromkeys(counted + list(pushed)))
+
+
 def default_variants(text: str) -> list[str]:
     """As written, first letter upper/lower case, each with and without a leading space."""
     core = text.lstrip(" ")
@@ -25,7 +35,7 @@ def default_variants(text: str) -> list[str]:
 
 
 def as_written(text: str) -> list[str]:
-    """Only the string itself (seed 000's tokenization)."""
+    """Only the string itself (seed 000's method): counted and pushed exactly as given."""
     return [text]
 
 
@@ -38,7 +48,7 @@ def spaced_variants(text: str) -> list[str]:
 
 
 VARIANT_POLICIES: dict[str, Callable[[str], list[str]]] = {
-    "default": default_variants, "as_written": as_written, "spaced": spaced_variants}
+    "text": text_variants, "as_written": as_written, "spaced": spaced_variants, "default": default_variants}
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,8 +57,9 @@ class FocusSpec:
 
     The defaults are the steering policy (README: coverage evaluation): a start push ``bias`` that
     ramps in over the first 100 steps from a 0.1 floor, a strong continuation so that a started phrase
-    is finished, no re-push of entity starts while a phrase is open, mid-sentence (spaced) variants,
-    each entity released once said -- and, given a token budget ``max_new_tokens``, an urgency that
+    is finished, no re-push of entity starts while a phrase is open, text tracking (an entity is said
+    when its text occurs, whatever the tokenization; it is pushed in the form that fits where the text
+    is: docs/text-tracking.md), each entity released once said -- and, given a token budget ``max_new_tokens``, an urgency that
     grows as the budget per unsaid entity shrinks, and damped end-of-text while entities are unsaid.
     With ``m`` unsaid entities and ``left = max(max_new_tokens - step, 1)`` tokens to go::
 
@@ -68,13 +79,17 @@ class FocusSpec:
         (tokens mode).
     alpha : blend, ``out = (1 - s*alpha) * x + s * bias``.
     decay : :class:`~focuskern.Decay` schedule of the strength ``s`` over generated steps.
-    mode : ``"phrase"`` (Aho-Corasick over generated tokens; first tokens and continuations of partial
-        matches) or ``"tokens"`` (every token of every variant, seed 000's method).
+    mode : ``"phrase"`` (Aho-Corasick over the generated text's bytes; first tokens and continuations
+        of partial matches) or ``"tokens"`` (every token of every pushed form, tokenized, seed 000's
+        method).
     satisfy : ``"once"`` (stop boosting an entity once generated in full) or ``"never"``.
     continuation_bias : boost of the next token of a partial match (``None``: ``bias``).
-    variants : ``"spaced"`` (leading-space forms: as written, first letter upper/lower case, Title
-        Case; never a piece that glues onto the previous word), ``"default"`` (as written, first
-        letter upper/lower case, each with and without a leading space), ``"as_written"`` or a
+    variants : ``"text"`` (counted as written with the first letter in either case, with a word
+        boundary in scripts written with spaces; pushed as written, capitalized at a sentence start,
+        with a leading space after a word, never a space before CJK), ``"as_written"`` (counted and
+        pushed exactly as given), or a list of forms each counted and pushed as given: ``"spaced"``
+        (leading-space forms: as written, first letter upper/lower case, Title Case), ``"default"``
+        (as written, first letter upper/lower case, each with and without a leading space) or a
         callable ``str -> list[str]``.
     boost_starts_in_match : also boost first tokens while a partial match is open; ``False`` (default)
         pushes only the continuation, which avoids "autonomous autonomous".
@@ -84,7 +99,8 @@ class FocusSpec:
     slack : tokens per unsaid entity below which the urgency starts to grow.
     force : extra push of boosted tokens at full urgency (``u = 1``).
     eos_damp : subtracted from the end-of-text logit while entities are unsaid (given a budget).
-    eos_token_id : the end-of-text token (``None``: the tokenizer's ``eos_token_id``, if any).
+    eos_token_id : the end-of-text token, or a list of at most 4 (``None``: the tokenizer's
+        ``eos_token_id``, if any).
     """
 
     entities: Sequence[Entity]
@@ -94,13 +110,13 @@ class FocusSpec:
     mode: str = "phrase"
     satisfy: str = "once"
     continuation_bias: float | None = 8.0
-    variants: Union[str, Callable[[str], list[str]]] = "spaced"
+    variants: Union[str, Callable[[str], list[str]]] = "text"
     boost_starts_in_match: bool = False
     max_new_tokens: int | None = None
     slack: float = 24.0
     force: float = 12.0
     eos_damp: float = 10.0
-    eos_token_id: int | None = None
+    eos_token_id: int | Sequence[int] | None = None
 
     def __post_init__(self):
         if isinstance(self.entities, (str, bytes)) or not isinstance(self.entities, Sequence):
@@ -130,9 +146,11 @@ class FocusSpec:
             _check_finite(name, getattr(self, name))
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.eos_token_id is not None and (isinstance(self.eos_token_id, bool) or not isinstance(
-                self.eos_token_id, int) or self.eos_token_id < 0):
-            raise ValueError(f"eos_token_id must be a non-negative int or None, got {self.eos_token_id!r}")
+        if self.eos_token_id is not None:
+            ids = self.eos_token_id if isinstance(self.eos_token_id, (list, tuple)) else [self.eos_token_id]
+            if not 1 <= len(ids) <= MAX_EOS or any(isinstance(e, bool) or not isinstance(e, int) or e < 0 for e in ids):
+                raise ValueError(f"eos_token_id must be a non-negative int, a list of 1 to {MAX_EOS} of them, "
+                                 f"or None, got {self.eos_token_id!r}")
         if isinstance(self.variants, str) and self.variants not in VARIANT_POLICIES:
             raise ValueError(f"variants must be one of {tuple(VARIANT_POLICIES)} or a callable, got {self.variants!r}")
 
@@ -150,11 +168,25 @@ class FocusSpec:
         return cls(entities, bias=bias, **{**settings, **kwargs})
 
     @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """``eos_token_id`` as a tuple (empty: ``None``)."""
+        eos = self.eos_token_id
+        return () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
+
+    @property
+    def form_policy(self):
+        """What :func:`focuskern.forms.entity_forms` takes: ``"text"``, ``"as_written"`` or a callable."""
+        if self.variants in ("text", "as_written"):
+            return self.variants
+        return VARIANT_POLICIES[self.variants] if isinstance(self.variants, str) else self.variants
+
+    @property
     def effective_continuation_bias(self) -> float:
         return self.bias if self.continuation_bias is None else self.continuation_bias
 
     def token_variants(self, tokenizer=None) -> list[list[tuple[int, ...]]]:
-        """Per entity its distinct, non-empty token-id variants."""
+        """Per entity its distinct, non-empty token-id variants: its forms (``VARIANT_POLICIES``),
+        each tokenized (for inspection and the experiments; the automaton follows the text)."""
         policy = VARIANT_POLICIES.get(self.variants) if isinstance(self.variants, str) else self.variants
         result = []
         for i, entity in enumerate(self.entities):
@@ -182,7 +214,7 @@ class FocusSpec:
         ents = tuple(e if isinstance(e, str) else tuple(tuple(int(t) for t in s) for s in e) for e in self.entities)
         return (ents, float(self.bias), float(self.alpha), self.decay, self.mode, self.satisfy,
                 self.continuation_bias, self.variants, self.boost_starts_in_match, self.max_new_tokens,
-                float(self.slack), float(self.force), float(self.eos_damp), self.eos_token_id)
+                float(self.slack), float(self.force), float(self.eos_damp), self.eos_token_ids)
 
 
 def _check_finite(name: str, value) -> None:
@@ -195,6 +227,8 @@ def _check_entity(i: int, entity) -> None:
     if isinstance(entity, str):
         if not entity.strip():
             raise ValueError(f"entities[{i}] is empty")
+        if "\0" in entity:
+            raise ValueError(f"entities[{i}] holds a NUL character")
         try:
             entity.encode("utf-8")
         except UnicodeEncodeError as e:  # a lone surrogate (JSON "\ud800"): no tokenizer takes it

@@ -7,9 +7,12 @@ import torch
 
 from .ops._checks import LOGIT_DTYPES, check_tensor
 from .ops.focus_state import FocusStateOp, RowState
-from .ops.layout import I, N_
+from .ops.layout import CTX_INITIAL, CTX_SHIFT
 from .programs import ProgramTable
 from .spec import FocusSpec
+
+
+FRESH_NODE = CTX_INITIAL << CTX_SHIFT  # a fresh row's node word: the root, context "start of the answer"
 
 
 class FocusState:
@@ -26,7 +29,8 @@ class FocusState:
     specs : one :class:`FocusSpec` or ``None`` per row.
     vocab_size : number of token ids; logits may be wider (padded vocabularies).
     device : where the state and the logits live.
-    tokenizer : tokenizes string entities (not needed for token-id entities).
+    tokenizer : reads string entities and the generated tokens as text (its vocabulary's bytes are
+        indexed once per tokenizer); without one, entities are token ids matched token by token.
     backend : ``"auto"``, ``"torch"``, ``"triton"``, ``"cpp"`` or ``"cuda"`` (resolved once, here).
     """
 
@@ -47,7 +51,7 @@ class FocusState:
         B = len(self._row_pid)
         self._rows = RowState(
             torch.tensor([-1 if p is None else p for p in self._row_pid], dtype=torch.int32, device=self.device),
-            self._zeros(B), self._zeros(B, self.programs.words), self._zeros(B))
+            self._fresh_nodes(B), self._zeros(B, self.programs.words), self._zeros(B))
 
     # ------------------------------------------------------------------ rows
     def __len__(self) -> int:
@@ -66,7 +70,8 @@ class FocusState:
         """Add a row at the end; returns its index."""
         pid = self.programs.acquire(spec)
         self._fit_words()
-        self._rows = RowState(*(torch.cat([t, self._zeros(1, *t.shape[1:])]) for t in self._rows))
+        fresh = RowState(self._zeros(1), self._fresh_nodes(1), self._zeros(1, self._rows.sat.shape[1]), self._zeros(1))
+        self._rows = RowState(*(torch.cat([t, f]) for t, f in zip(self._rows, fresh)))
         self._row_pid.append(None)
         self._assign(len(self) - 1, pid)
         return len(self) - 1
@@ -77,7 +82,8 @@ class FocusState:
         pid = self.programs.acquire(spec)
         self._fit_words()
         self._assign(row, pid)
-        for t in self._rows[1:]:
+        self._rows.node[row] = FRESH_NODE
+        for t in self._rows[2:]:
             t[row] = 0
         self._compact()
 
@@ -137,8 +143,8 @@ class FocusState:
         rows : [b] int32/int64, optional: distinct state rows of the logits rows (default: every row, in
             order).  State rows not listed are neither advanced nor biased.
         hold : [b] bool, optional (with ``last_tokens``): rows that generated nothing since the last
-            call (a request still reading its prompt).  They keep their state; their ``last_tokens``
-            entries are ignored.
+            call (a request still reading its prompt).  They keep their state: their ``last_tokens``
+            entries are replaced by -1, an id the op does not feed.
 
         Returns
         -------
@@ -161,7 +167,7 @@ class FocusState:
         # A subset works on gathered copies of its rows, written back once advanced.
         state = self._rows if rows is None else RowState(*(t[rows] for t in self._rows))
         if hold is not None:
-            last_tokens = self._rewind_(state, last_tokens, hold)
+            last_tokens = torch.where(hold, -1, last_tokens)
         self._op(logits, last_tokens, state, self.programs.tables, self.programs.limits, self._blending > 0)
         if rows is not None and last_tokens is not None:
             for mine, advanced in zip(self._rows[1:], state[1:]):
@@ -183,20 +189,14 @@ class FocusState:
             self._op(scratch, ids[i:i + 1], one, self.programs.tables, self.programs.limits,
                      self.programs[pid].blends)
 
-    def _rewind_(self, state: RowState, last_tokens: torch.Tensor, hold: torch.Tensor) -> torch.Tensor:
-        """Step each held row back to its node's trie parent and one step earlier, and return the
-        tokens with the held rows' replaced by the edge token back to their node: the launch then
-        re-enters the node, i.e. the row keeps its state.  Entities the node completes were recorded
-        in ``sat`` when the row first got there, so re-entering changes nothing; the root has no parent
-        and stays the root under ``vocab_size``, a token no program holds."""
-        tables = self.programs.tables
-        held = hold & (state.prog >= 0)
-        base = tables.prog_i32[state.prog.clamp_min(0).long(), I.NODE_BASE]
-        # Untouched rows may hold a stale node of a dropped program: index 0 keeps the gather in bounds.
-        g = torch.where(held, base + state.node, 0).long()
-        state.node.copy_(torch.where(held, tables.node[g, N_.PARENT], state.node))
-        state.step.sub_(held.int())
-        return torch.where(held, tables.node[g, N_.EDGE], last_tokens.to(torch.int32))
+    def said(self, row: int) -> list[int]:
+        """The entities (indices into ``spec(row).entities``) ``row`` has said or given up (a host read)."""
+        row = self._index(row)
+        pid = self._row_pid[row]
+        if pid is None:
+            return []
+        words = self._rows.sat[row].tolist()
+        return [e for e in range(self.programs[pid].program.n_entities) if words[e // 32] >> (e % 32) & 1]
 
     def boosts(self) -> list[dict[int, float]]:
         """What :meth:`apply_` would add this step, per row ``{token: s * value}`` (for inspection)."""
@@ -209,6 +209,10 @@ class FocusState:
         return out
 
     # --------------------------------------------------------------- helpers
+    def _fresh_nodes(self, n: int) -> torch.Tensor:
+        """Node words of fresh rows: the root, at the start of the answer."""
+        return torch.full((n,), FRESH_NODE, dtype=torch.int32, device=self.device)
+
     def _zeros(self, *shape) -> torch.Tensor:
         return torch.zeros(*shape, dtype=torch.int32, device=self.device)
 

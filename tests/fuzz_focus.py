@@ -218,6 +218,15 @@ class ByteTokenizer:
     def decode(self, ids: list[int]) -> str:
         return bytes(t for t in ids if 0 <= t < 256).decode("utf-8", "replace")
 
+    @property
+    def byte_decoder(self) -> dict[str, int]:  # byte-level pieces, as GPT-2's (read by focuskern.text)
+        from focuskern.text import byte_decoder
+        return byte_decoder()
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list:
+        pieces = {b: c for c, b in self.byte_decoder.items()}
+        return [pieces.get(t) for t in ids]
+
 
 def check_case(case: Case, backend: str, vocab: int, rng: random.Random) -> Optional[str]:
     """``None`` if the library treats ``case`` right, else what went wrong."""

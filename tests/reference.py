@@ -54,19 +54,21 @@ def occurs(seq, gen):
 
 
 def brute_boosts(spec: fk.FocusSpec, gen: list[int], tokenizer=None) -> dict[int, float]:
-    """The contract, read literally: what the op adds to each id of a zero logits row after ``gen``
-    was generated (strength, budget urgency and end-of-text damping included)."""
+    """The contract (docs/text-tracking.md) read literally for token-id entities without a tokenizer
+    (every token one opaque symbol): what the op adds to each id of a zero logits row after ``gen``.
+    The row's node ``u`` is the longest suffix of ``gen`` that is a prefix of a variant; a continuation
+    is the next token of a variant of an unsaid entity extending ``u`` (``u`` not empty); starts are
+    the first tokens of unsaid entities' variants (tokens mode: all their tokens)."""
     variants = spec.token_variants(tokenizer)
     satisfied = {e for e, vs in enumerate(variants) if spec.satisfy == "once" and any(occurs(v, gen) for v in vs)}
     open_variants = [v for e, vs in enumerate(variants) if e not in satisfied for v in vs]
     if spec.mode == "tokens":
         values = {t: spec.bias for v in open_variants for t in v}
     else:
-        cont = {}
-        for v in open_variants:
-            for n in range(1, len(v)):
-                if len(gen) >= n and tuple(gen[-n:]) == v[:n]:
-                    cont[v[n]] = spec.effective_continuation_bias
+        prefixes = {v[:i] for vs in variants for v in vs for i in range(len(v) + 1)}
+        u = next(tuple(gen[i:]) for i in range(len(gen) + 1) if tuple(gen[i:]) in prefixes)
+        cont = {v[len(u)]: spec.effective_continuation_bias for v in open_variants
+                if u and len(v) > len(u) and v[:len(u)] == u}
         values = {} if (cont and not spec.boost_starts_in_match) else {v[0]: spec.bias for v in open_variants}
         for t, b in cont.items():
             values[t] = max(values.get(t, -math.inf), b)
@@ -74,9 +76,10 @@ def brute_boosts(spec: fk.FocusSpec, gen: list[int], tokenizer=None) -> dict[int
     unsaid = len(variants) - len(satisfied) if spec.satisfy == "once" and spec.max_new_tokens else 0
     urgency = min(max(1 - max(spec.max_new_tokens - len(gen), 1) / (unsaid * spec.slack), 0), 1) if unsaid else 0
     out = {t: s * v + urgency * spec.force for t, v in values.items()}
-    eos = spec.eos_token_id if spec.eos_token_id is not None else getattr(tokenizer, "eos_token_id", None)
-    if unsaid and eos is not None:
-        out[eos] = out.get(eos, 0.0) - spec.eos_damp
+    eos = spec.eos_token_ids or (getattr(tokenizer, "eos_token_id", None),)
+    for e in dict.fromkeys(e for e in eos if e is not None):
+        if unsaid:
+            out[e] = out.get(e, 0.0) - spec.eos_damp
     return {t: v for t, v in out.items() if v != 0}
 
 
@@ -163,3 +166,97 @@ def attention_mass_f64(q, k, v, key_bias=None, head_scale=None, *, causal=True, 
                     if grp is not None and grp[j] >= 0:
                         mass[b, h, i, grp[j]] += x / total
     return out, mag, mass
+
+
+# ---------------------------------------------------------------- text (docs/text-tracking.md)
+def byte_walk(data: bytes, ctx: int = 8) -> tuple[list[int], int]:
+    """The symbol stream of ``data`` fed from context ``ctx`` (section 2), and the context after."""
+    from focuskern.ops.layout import BYTE_CLASS
+    out = []
+    for b in data:
+        c = BYTE_CLASS[b]
+        if not c & 4:  # BC_CONT: no class event
+            if c & 1 and not ctx & 1:
+                out.append(256)
+            if ctx & 2 and not c & 2:
+                out.append(257)
+            sentence = c & 16 or (ctx & 8 and c & 32)
+            ctx = (1 if c & 1 else 0) | (2 if c & 2 else 0) | (0 if c & 8 else 4) | (8 if sentence else 0)
+        out.append(b)
+    return out, ctx
+
+
+def counted_forms(entity: str) -> list[str]:
+    e = entity.strip()
+    flipped = e[:1].swapcase()
+    return list(dict.fromkeys([e, flipped + e[1:] if len(flipped) == 1 else e]))
+
+
+def said_in_text(entities: list[str], data: bytes) -> set[int]:
+    """Entities whose text occurs in ``data`` by the rules read directly: a counted form (as written,
+    first letter's case flipped) at byte ``i`` that starts with a letter or digit must not follow one
+    (the previous byte that is not a UTF-8 continuation byte), and one that ends in a digit must be
+    followed by a byte that is neither a digit nor a continuation byte (later in ``data``)."""
+    from focuskern.ops.layout import BYTE_CLASS
+    bearing = [i for i, b in enumerate(data) if not BYTE_CLASS[b] & 4]
+    said = set()
+    for e, entity in enumerate(entities):
+        for form in counted_forms(entity):
+            f = form.encode()
+            start = 0
+            while (i := data.find(f, start)) >= 0:
+                start = i + 1
+                prev = [j for j in bearing if j < i]
+                if BYTE_CLASS[f[0]] & 1 and prev and BYTE_CLASS[data[prev[-1]]] & 1:
+                    continue
+                last_digit = [b for b in f if not BYTE_CLASS[b] & 4][-1:]
+                if last_digit and BYTE_CLASS[last_digit[0]] & 2:
+                    after = [j for j in bearing if j >= i + len(f)]
+                    if not after or BYTE_CLASS[data[after[0]]] & 2:
+                        continue
+                said.add(e)
+    return said
+
+
+def pushed_forms(entity: str) -> list[str]:
+    """Per push context pc = 2 * spaced + sentence: the form pushed (section 4)."""
+    e = entity.strip()
+    upper = e[:1].upper()
+    cap = upper + e[1:] if len(upper) == 1 else e
+    space = "" if len(e[:1].encode()) >= 3 else " "
+    return [e, cap, space + e, space + cap]
+
+
+def text_boosts(entities: list[str], data: bytes, said: set[int], vocab: dict[bytes, list[int]],
+                bias: float, cont: float) -> dict[int, float]:
+    """What a row pushes after the text ``data`` (constant strength 1, no budget, no bans): the node is
+    the longest suffix of the text's symbol stream that is a prefix of a pattern; continuations are the
+    tokens spelling the next bytes of a pattern of an unsaid entity from there (not from the root or
+    from a node entered on B/D); without one, starts: tokens spelling a prefix of an unsaid entity's
+    form for the row's push context.  ``vocab``: bytes -> tokens (not whitespace-only)."""
+    from focuskern.ops.layout import BYTE_CLASS
+
+    def pattern(form: bytes) -> list[int]:
+        last = [b for b in form if not BYTE_CLASS[b] & 4][-1:]
+        return byte_walk(form, 0)[0] + ([257] if last and BYTE_CLASS[last[0]] & 2 else [])
+    pats = [(e, pattern(f.encode())) for e, entity in enumerate(entities) for f in counted_forms(entity)]
+    stream, ctx = byte_walk(data)
+    prefixes = {tuple(p[:i]) for _, p in pats for i in range(len(p) + 1)}
+    u = next(tuple(stream[i:]) for i in range(len(stream) + 1) if tuple(stream[i:]) in prefixes)
+    values: dict[int, float] = {}
+    if u and u[-1] < 256:
+        for e, p in pats:
+            if e not in said and tuple(p[:len(u)]) == u:
+                rest = bytes(s for s in p[len(u):] if s < 256)
+                for n in range(1, len(rest) + 1):
+                    for t in vocab.get(rest[:n], ()):
+                        values[t] = cont
+    if not values:
+        pc = (2 if ctx & 4 else 0) | (1 if ctx & 8 else 0)
+        for e, entity in enumerate(entities):
+            if e not in said:
+                form = pushed_forms(entity)[pc].encode()
+                for n in range(1, len(form) + 1):
+                    for t in vocab.get(form[:n], ()):
+                        values[t] = bias
+    return values

@@ -71,6 +71,31 @@ def test_empty_batch_parts(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_unchecked_ids_outside_vocab_are_skipped(backend):
+    """validate=False trusts the arguments, but an id outside [0, V) is skipped, never written (issue 21):
+    the result equals the case without those entries and the columns past V stay untouched."""
+    V = 37
+    parent = torch.randn(2, V + 4, device=DEVICE)
+    logits = parent[:, :V]
+    ids = [-1, 5, V, -2**31, 2**31 - 1, 5, V + 1, 36]
+    inside = [0 <= i < V for i in ids]
+    bias = torch.randn(len(ids), device=DEVICE)
+    args = dict(alpha=torch.tensor([0.0, 0.5], device=DEVICE), decay=torch.zeros(2, 3, device=DEVICE),
+                step=torch.zeros(2, dtype=torch.int32, device=DEVICE))
+    ro = torch.tensor([0, 4, len(ids)], dtype=torch.int32, device=DEVICE)
+    kept_ro = torch.tensor([0, sum(inside[:4]), sum(inside)], dtype=torch.int32, device=DEVICE)
+    kept = [i for i, ok in zip(ids, inside) if ok]
+    expected = logits.clone()
+    focus_logits_(expected, kept_ro, torch.tensor(kept, dtype=torch.int32, device=DEVICE),
+                  bias[torch.tensor(inside, device=DEVICE)], **args, backend=backend)
+    past = parent[:, V:].clone()
+    focus_logits_(logits, ro, torch.tensor(ids, dtype=torch.int32, device=DEVICE), bias, **args,
+                  backend=backend, validate=False)
+    assert torch.equal(logits, expected)
+    assert torch.equal(parent[:, V:], past), "an id past V wrote into the next columns"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_ban_survives_zero_strength(backend):
     """A -inf entry bans its token even when the schedule has switched the push off (s = 0)."""
     logits = torch.zeros(1, 64, device=DEVICE)

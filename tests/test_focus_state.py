@@ -198,8 +198,14 @@ def test_bad_state_input_is_named_and_logits_untouched():
     class EmptyTokenizer:
         def encode(self, text, add_special_tokens=False):
             return []
+
+        def decode(self, ids):
+            return ""
+    assert fk.FocusState([fk.FocusSpec(["\u200b"])], vocab_size=10, device=DEVICE,
+                         tokenizer=EmptyTokenizer()).boosts() == [{}]  # nothing spells it: never pushed
     with pytest.raises(ValueError, match="tokenizes to nothing"):
-        fk.FocusState([fk.FocusSpec(["\u200b"])], vocab_size=10, device=DEVICE, tokenizer=EmptyTokenizer())
+        fk.FocusState([fk.FocusSpec(["\u200b"], mode="tokens")], vocab_size=10, device=DEVICE,
+                      tokenizer=EmptyTokenizer())
     state = fk.FocusState([fk.FocusSpec([[(1,)]])], vocab_size=10, device=DEVICE)
     logits = torch.randn(1, 10, device=DEVICE)
     before = logits.clone()
@@ -272,8 +278,9 @@ def test_bad_rows_and_hold_are_named():
         state.apply_(logits, rows=rows, hold=torch.tensor([True, False], device=DEVICE))
 
 
-def test_whitespace_only_piece_is_never_a_start_but_still_continues():
-    """SmolLM2 writes " 3 billion" as [Ġ, 3, Ġbillion]: the lone Ġ must not be pushed as a start."""
+def test_whitespace_only_piece_is_never_a_start():
+    """SmolLM2 writes " 3 billion" as [Ġ, 3, Ġbillion]: the lone Ġ is never pushed; once a space is
+    written the entity is pushed through its digits (a start: the space is not part of it)."""
     from transformers import AutoTokenizer
 
     from focuskern.experiments.models import DEFAULT_GGUF, default_model_dir
@@ -285,7 +292,7 @@ def test_whitespace_only_piece_is_never_a_start_but_still_continues():
     state = fk.FocusState([spec], vocab_size=len(tok), device=DEVICE, tokenizer=tok)
     assert blank not in state.boosts()[0]
     state.apply_(torch.zeros(1, len(tok), device=DEVICE), torch.tensor([blank], device=DEVICE))
-    assert state.boosts()[0] == {three: 5.0}
+    assert state.boosts()[0] == {three: 2.0}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -386,6 +393,9 @@ def test_end_of_text_defaults_to_the_tokenizer_and_is_checked():
 
         def encode(self, text, add_special_tokens=False):
             return [ord(c) % 5 for c in text]
+
+        def decode(self, ids):
+            return "".join(chr(ord("a") + i) for i in ids)
 
     spec = fk.FocusSpec([[(1,)]], max_new_tokens=50, decay=fk.Decay.constant())
     assert fk.FocusState([spec], vocab_size=9, device=DEVICE, tokenizer=Tok()).boosts()[0] == {1: 4.0, 5: -10.0}

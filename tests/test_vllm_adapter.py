@@ -7,6 +7,7 @@ import json
 import random
 import subprocess
 import sys
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -17,6 +18,7 @@ import torch
 import focuskern as fk
 from focuskern.decay import KIND_NAMES
 from focuskern.vllm import focus_spec, spec_from_params
+from focuskern.vllm import rows as rows_module
 from focuskern.vllm.rows import BatchFocus, SlotFocus
 from cases import next_token, random_spec
 from reference import brute_boosts
@@ -152,6 +154,50 @@ def test_random_batch_update_sequences_match_a_dict_model():
                 assert got == pytest.approx(expected(req), abs=1e-5), f"row {r}"
                 if req.spec is not None:
                     assert int(focus.state.step[r]) == len(req.output)
+
+
+def test_large_foci_are_built_off_the_step_and_catch_up(monkeypatch):
+    """Every focus built off the step loop (threshold 0), each build finishing at a random later step
+    (or failing: an id past the vocabulary).  Until it finishes the row is untouched; from then on its
+    boosts are the dict model's and its step the request's length (the tokens generated meanwhile
+    replayed), whatever moves, swaps, holds and discarded tokens happened meanwhile."""
+    seed = random.randrange(2**31)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    monkeypatch.setattr(rows_module, "OFF_LOOP_ENTITIES", 0)
+    builds: list = []
+
+    def build_later(self, spec):  # finished (or not) by the test, between steps
+        future = Future()
+        builds.append((future, spec))
+        return future
+    monkeypatch.setattr(rows_module._Rows, "build_later", build_later)
+
+    for _ in range(1000):
+        focus, rows = BatchFocus(VOCAB, "cpu"), []
+        builds.clear()
+        for _ in range(rng.randint(1, 6)):
+            focus.update(random_update(rng, rows))
+            for future, spec in builds:
+                if not future.done() and rng.random() < 0.5:
+                    try:
+                        future.set_result(fk.FocusState([spec], VOCAB, "cpu"))
+                    except ValueError as e:
+                        future.set_exception(e)
+            for req in rows:
+                if rng.random() < 0.8:
+                    req.output.append(next_token(rng, req.spec, req.output, ALPHABET))
+                if rng.random() < 0.03 and req.output:
+                    del req.output[rng.randrange(len(req.output)):]
+            logits = focus.apply(torch.zeros(len(rows), VOCAB))
+            for r, req in enumerate(rows):
+                own = focus.own[r]
+                ready = isinstance(own, fk.FocusState)
+                assert ready or req is None or req.spec is None or isinstance(own, Future), f"row {r}"
+                got = {t: v for t, v in enumerate(logits[r].tolist()) if v}
+                assert got == pytest.approx(expected(req) if ready else {}, abs=1e-5), f"row {r}"
+                if ready:
+                    assert int(own.step[0]) == len(req.output)
 
 
 def test_slot_schedules_match_a_dict_model():

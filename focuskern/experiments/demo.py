@@ -41,15 +41,20 @@ def _measure(tok, outputs, lps, keywords, variants) -> list[dict]:
 
 
 def run_demo(model, tok, prompt: str, keywords: list[str], *, samples: int = 10, max_new_tokens: int = 200,
-             seed: int = 0, log=print, progress: bool = True) -> list[dict]:
-    """Every row greedy and sampled; with ``progress`` a bar per row (decoding steps, with an ETA)."""
+             seed: int = 0, log=print, progress: bool = True, rows: list[str] | None = None) -> list[dict]:
+    """Every row greedy and sampled (``rows``: only those whose label contains one of these words);
+    with ``progress`` a bar per row (decoding steps, with an ETA)."""
     from tqdm import tqdm
 
+    every = demo_rows(keywords, budget_of(model, max_new_tokens))
+    chosen = [(label, spec) for label, spec in every if not rows or any(word in label for word in rows)]
+    if not chosen:
+        raise ValueError(f"rows: none of {rows} names a row of {[label for label, _ in every]}")
     inputs = chat_inputs(tok, [prompt], model.device)
     variants = FocusSpec(keywords).token_variants(tok)
     decoding = Decoding(max_new_tokens=max_new_tokens)
     results = []
-    for label, spec in demo_rows(keywords, budget_of(model, max_new_tokens)):
+    for label, spec in chosen:
         t0 = time.perf_counter()
         result = {"row": label}
         with tqdm(total=2 * max_new_tokens, desc=f"{label:34s}", unit="step", disable=not progress,
@@ -93,7 +98,7 @@ def main(args) -> int:
     model, tok = load_model(args.model, device=args.device)
     log(f"keywords: {keywords}")
     results = run_demo(model, tok, prompt, keywords, samples=args.samples, max_new_tokens=args.max_new_tokens,
-                       seed=args.seed, log=log)
+                       seed=args.seed, log=log, rows=args.rows)
     if args.json:
         print(json.dumps({"prompt": prompt, "keywords": keywords, "results": results}, indent=1))
         return 0

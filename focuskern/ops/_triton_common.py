@@ -2,12 +2,48 @@
 from __future__ import annotations
 
 import functools
+from typing import Any, NamedTuple
 
 import torch
 import triton
 import triton.language as tl
+from triton.runtime import jit
 
 from .dispatch import triton_interpreted
+
+# The dtypes of the tensors the kernels scale, add into or attend over; ahead-of-time compilation
+# (``focuskern/ops/triton_configs.py``) enumerates each.
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+class MockTensor(jit.MockTensor):
+    """A contiguous stand-in tensor (dtype and shape; 16-byte aligned) for ahead-of-time compilation.
+    (Triton's own ``MockTensor.stride`` multiplies the sizes from the wrong end.)"""
+
+    def stride(self, dim: int | None = None):
+        strides = [1]
+        for size in reversed(self.shape[1:]):
+            strides.insert(0, strides[0] * size)
+        return tuple(strides) if dim is None else strides[dim]
+
+
+class Launch(NamedTuple):
+    """One kernel launch as a launcher builds it: the ``@triton.jit`` kernel, its grid, its positional
+    arguments and its constexpr/option keywords (``num_warps``, ``num_stages``).  Launchers run it;
+    :mod:`focuskern.ops.triton_configs` builds the same object with ``MockTensor`` arguments to compile
+    every configuration ahead of time, so what is compiled is what is launched."""
+
+    kernel: Any
+    grid: tuple
+    args: tuple
+    kwargs: dict
+
+    def __call__(self) -> None:
+        self.kernel[self.grid](*self.args, **self.kwargs)
 
 
 @triton.jit
@@ -38,7 +74,7 @@ def scale_columns(row_ptr, col_stride, lo, hi, scale, BLOCK: tl.constexpr):
 
 
 @functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
+def sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
@@ -46,7 +82,7 @@ def column_splits(device: torch.device, rows: int, cols: int, block: int) -> int
     """Programs per row for a dense pass: enough to fill the device, at least one block each."""
     if device.type != "cuda" or triton_interpreted():
         return 1
-    target = 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    target = 4 * sm_count(device.index if device.index is not None else torch.cuda.current_device())
     return max(1, min(triton.cdiv(target, max(rows, 1)), triton.cdiv(cols, block)))
 
 

@@ -30,12 +30,17 @@ split-KV path (one program sees a row's whole key range, so the split sums need 
 Split-KV (flash-decoding).  For ``Lq <= SPLIT_MAX_LQ`` when the (row block, batch, KV head) programs
 do not fill the GPU, the keys are cut into ``splits`` chunks (a multiple of ``BLOCK_N`` each, at least
 ``MIN_SPLIT_BLOCKS`` blocks); every program writes its normalized partial output and its base-2
-log-sum-exp to a float32 workspace and a second kernel merges the chunks of each row.
+log-sum-exp to a float32 workspace and a second kernel merges the chunks of each row, reading 16 splits
+at a time (one compiled merge for every split count, which grows with the keys during a decode).
+
+Ahead-of-time compilation.  :func:`compile_launches` yields the launches of every configuration
+:func:`launch_config` and the call options can produce (built by :func:`attention_launches`, the code
+that launches them), which ``make gpu-compile`` compiles for sm_80/90/100 and checks for spills.
 """
 from __future__ import annotations
 
-import functools
 import math
+from typing import NamedTuple
 
 import torch
 import triton
@@ -43,7 +48,8 @@ import triton.language as tl
 
 from .dispatch import triton_interpreted
 from ._registry import define_op
-from .focus_attention_triton_parts import _mass_scores_kernel, _merge_splits_kernel, _row_tile
+from ._triton_common import DTYPES, Launch, MockTensor, dtype_name, sm_count
+from .focus_attention_triton_parts import _attend_blocks, _mass_scores_kernel, _merge_splits_kernel, _row_tile
 from .focus_attention import (FOCUS_ATTENTION_MASS_SCHEMA, FOCUS_ATTENTION_SCHEMA, focus_attention_fake,
                               focus_attention_mass_fake)
 
@@ -55,95 +61,7 @@ MAX_SPLITS = 128
 INTERPRETER_SMS = 2  # stand-in SM count under TRITON_INTERPRET, so small test shapes take the split path
 FORCE_KV_SPLITS = None  # tests: an int forces the number of KV splits (when Lq <= SPLIT_MAX_LQ)
 MAX_REG_GROUPS = 64  # readout groups kept in registers; more take the score-only pass
-
-
-@triton.jit
-def _attend_blocks(
-    acc, l_i, m_i, acc0, l0, m0, macc, q, hs2, rows_pos,
-    k_base, v_base, kb_base, kg_base, stride_kn, stride_kd, stride_vn, stride_vd,
-    offs_d, d_ok, key_lo, Lk, qk_scale, start, stop,
-    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr,
-    EVEN_D: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
-    TARGET: tl.constexpr, NGP: tl.constexpr,
-):
-    """Online-softmax update of (acc, l, m) with key blocks ``start, start + BLOCK_N, ... < stop``; with
-    ``TARGET`` (acc, l, m) cover the keys outside group 0 and (acc0, l0, m0) group 0, with its own max;
-    with ``NGP > 0`` also the per-group sums ``macc`` (of the keys in acc).
-
-    ``MASKED=False`` blocks are visible to every row of the tile (no bound checks at all)."""
-    for n0 in range(start, stop, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        k_ptrs = k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd
-        v_ptrs = v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd
-        if MASKED:
-            n_ok = offs_n < Lk
-            if EVEN_D:
-                k = tl.load(k_ptrs, mask=n_ok[None, :], other=0.0)
-                v = tl.load(v_ptrs, mask=n_ok[:, None], other=0.0)
-            else:
-                k = tl.load(k_ptrs, mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-                v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        else:
-            if EVEN_D:
-                k = tl.load(k_ptrs)
-                v = tl.load(v_ptrs)
-            else:
-                k = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
-                v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
-        if DOT_F32:  # interpreter: bf16 operands (exact in float32; products are exact either way)
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], base-2 units
-        if HAS_BIAS:
-            if MASKED:
-                kb = tl.load(kb_base + offs_n, mask=n_ok, other=0.0)
-            else:
-                kb = tl.load(kb_base + offs_n)
-            s += hs2[:, None] * kb[None, :]
-        if MASKED:
-            visible = (offs_n[None, :] >= key_lo) & n_ok[None, :]
-            if CAUSAL:
-                visible = visible & (offs_n[None, :] <= rows_pos[:, None])
-            s = tl.where(visible, s, float("-inf"))
-        if TARGET or NGP > 0:
-            if MASKED:
-                kg = tl.load(kg_base + offs_n, mask=n_ok, other=-1)
-            else:
-                kg = tl.load(kg_base + offs_n)
-        if TARGET:  # two running maxes: group 0's P is never rounded relative to the other keys' max
-            in0 = kg[None, :] == 0
-            m_new = tl.maximum(m_i, tl.max(tl.where(in0, float("-inf"), s), 1))
-            m0_new = tl.maximum(m0, tl.max(tl.where(in0, s, float("-inf")), 1))
-            shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing of the part seen yet
-            shift0 = tl.where(m0_new == float("-inf"), 0.0, m0_new)
-            p_all = tl.exp2(s - tl.where(in0, shift0[:, None], shift[:, None]))
-            p = tl.where(in0, 0.0, p_all)
-            p0 = tl.where(in0, p_all, 0.0)
-            alpha0 = tl.exp2(m0 - shift0)
-            l0 = l0 * alpha0 + tl.sum(p0, 1)
-            p0 = p0.to(k_base.dtype.element_ty)
-            if DOT_F32:
-                p0 = p0.to(tl.float32)
-            acc0 = tl.dot(p0, v, acc0 * alpha0[:, None], input_precision=PRECISION)
-            m0 = m0_new
-        else:
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            if MASKED:
-                shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet
-            else:
-                shift = m_new
-            p = tl.exp2(s - shift[:, None])
-        alpha = tl.exp2(m_i - shift)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if NGP > 0:  # per-group sums of the float32 weights: p @ onehot(key_group)
-            onehot = (kg[:, None] == tl.arange(0, NGP)[None, :]).to(tl.float32)
-            macc = tl.dot(p, onehot, macc * alpha[:, None], input_precision="ieee")
-        p = p.to(k_base.dtype.element_ty)  # P is rounded to the input dtype, as on the GPU
-        if DOT_F32:
-            p = p.to(tl.float32)
-        acc = tl.dot(p, v, acc * alpha[:, None], input_precision=PRECISION)
-        m_i = m_new
-    return acc, l_i, m_i, acc0, l0, m0, macc
+MERGE_BLOCK_S = 16  # KV splits the merge reads at a time
 
 
 @triton.jit
@@ -257,39 +175,98 @@ def _focus_attention_kernel(
                  mask=row_ok[:, None] & d_ok[None, :])
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def _device_sms(device: torch.device) -> int:
     if device.type != "cuda" or triton_interpreted():
         return INTERPRETER_SMS
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def launch_config(R: int, Lq: int, block_d: int, elem: int) -> dict:
-    """Tile sizes and launch options for ``R = G * Lq`` rows per (batch, KV head)."""
+    """Tile sizes and launch options for ``R = G * Lq`` rows per (batch, KV head).  Eight warps for 64-row
+    tiles at D = 256: with four, the bfloat16 prefill tile (64 x 256 accumulator) spilled 140 bytes on
+    sm_90 (``make gpu-compile``); with eight it holds 228 registers and spills none."""
     small = Lq <= SPLIT_MAX_LQ
     block_m = min(64 if small or elem == 4 or block_d > 128 else 128, max(16, triton.next_power_of_2(R)))
     block_n = 32 if elem == 4 or block_d > 128 else 64
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if block_m >= 128 else 4,
+    wide = block_m >= 128 or (block_d > 128 and block_m >= 64)
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if wide else 4,
                 num_stages=2 if block_d > 128 or elem == 4 else 3)
 
 
-def kv_splits(device: torch.device, programs: int, Lq: int, Lk: int, block_n: int) -> int:
+def kv_splits(sms: int, interpreted: bool, programs: int, Lq: int, Lk: int, block_n: int) -> int:
     """Flash-decoding heuristic: split the keys when few programs would run (short Lq only), so that
     about four programs per SM run, each over at least ``MIN_SPLIT_BLOCKS`` key blocks."""
     if Lq > SPLIT_MAX_LQ:
         return 1
     if FORCE_KV_SPLITS is not None:
         return max(1, int(FORCE_KV_SPLITS))
-    interpreted = device.type != "cuda" or triton_interpreted()
     min_blocks = 1 if interpreted else MIN_SPLIT_BLOCKS
-    target = 4 * _device_sms(device)
+    target = 4 * sms
     if programs * 2 > target:
         return 1
     return max(1, min(triton.cdiv(target, programs), triton.cdiv(triton.cdiv(Lk, block_n), min_blocks), MAX_SPLITS))
+
+
+class Plan(NamedTuple):
+    """What the launcher picks for one call: tiles (:func:`launch_config`), KV splits, readout path."""
+
+    R: int
+    block_d: int
+    cfg: dict
+    row_blocks: int
+    splits: int
+    split_len: int
+    reg_groups: bool  # per-group sums in registers (num_groups <= MAX_REG_GROUPS)
+    stats: bool  # many groups: the main pass stores lse/delta, the score-only pass reads out the mass
+
+
+def plan(q_shape, Hkv: int, Lk: int, elem: int, sms: int, interpreted: bool, grouped: bool, num_groups: int,
+         return_mass: bool) -> Plan:
+    """The launch plan of a call with ``q`` of shape [B, Hq, Lq, D] over Hkv heads of Lk keys."""
+    B, Hq, Lq, D = q_shape
+    R = Hq // Hkv * Lq
+    block_d = max(16, triton.next_power_of_2(D))
+    cfg = launch_config(R, Lq, block_d, elem)
+    row_blocks = triton.cdiv(R, cfg["BLOCK_M"])
+    splits = 1 if grouped else kv_splits(sms, interpreted, row_blocks * B * Hkv, Lq, Lk, cfg["BLOCK_N"])
+    split_len = triton.cdiv(triton.cdiv(Lk, splits), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
+    reg_groups = return_mass and num_groups <= MAX_REG_GROUPS
+    return Plan(R, block_d, cfg, row_blocks, triton.cdiv(Lk, split_len),  # no empty trailing split
+                split_len, reg_groups, return_mass and not reg_groups)
+
+
+def attention_launches(p: Plan, q, k, v, out, mass, part_o, part_lse, stat, key_bias, head_scale, key_start,
+                       key_group, target_mass, causal: bool, sm_scale: float, num_groups: int,
+                       max_target_bias: float, dot_f32: bool) -> list[Launch]:
+    """The main pass, then the merge of the KV splits or the score-only mass pass where ``p`` has them.
+    Optional tensors are None when absent (``q`` stands in: the kernel does not read them)."""
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    kb, hs, ks, kg, tm = (t if t is not None else q for t in (key_bias, head_scale, key_start, key_group, target_mass))
+    flags = dict(BLOCK_M=p.cfg["BLOCK_M"], BLOCK_N=p.cfg["BLOCK_N"], BLOCK_D=p.block_d, CAUSAL=causal,
+                 HAS_BIAS=key_bias is not None,
+                 HAS_HEAD_SCALE=head_scale is not None and key_bias is not None,
+                 HAS_KEY_START=key_start is not None,
+                 PRECISION="ieee" if q.dtype == torch.float32 or dot_f32 else "tf32", DOT_F32=dot_f32)
+    warps = dict(num_warps=p.cfg["num_warps"])
+    launches = [Launch(_focus_attention_kernel, (p.row_blocks, B * Hkv, p.splits), (
+        q, k, v, kb, hs, ks, kg, tm, out, part_o, part_lse, mass, stat,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        Hkv, G, Lq, Lk, D, sm_scale * LOG2E, p.split_len, p.splits, num_groups, max_target_bias,
+    ), dict(SPLIT=p.splits > 1, EVEN_D=p.block_d == D, TARGET=target_mass is not None,
+            NGP=max(16, triton.next_power_of_2(num_groups)) if p.reg_groups else 0, STATS=p.stats,
+            num_stages=p.cfg["num_stages"], **warps, **flags))]
+    if p.splits > 1:
+        launches.append(Launch(_merge_splits_kernel, (p.R, B * Hkv), (
+            part_o, part_lse, out, *out.stride(), Hkv, G, Lq, D, p.splits,
+        ), dict(BLOCK_S=MERGE_BLOCK_S, BLOCK_D=p.block_d, num_warps=4)))
+    if p.stats:
+        launches.append(Launch(_mass_scores_kernel, (p.row_blocks, B * Hkv), (
+            q, k, kb, hs, ks, kg, stat, mass, *q.stride(), *k.stride(), Hkv, G, Lq, Lk, D, sm_scale * LOG2E,
+            num_groups,
+        ), dict(**warps, **flags)))
+    return launches
 
 
 def launch_focus_attention_mass(q, k, v, key_bias, head_scale, key_start, causal: bool, sm_scale: float,
@@ -304,60 +281,62 @@ def launch_focus_attention_mass(q, k, v, key_bias, head_scale, key_start, causal
         return out, mass
     if Lk == 0:
         return out.zero_(), mass
-    G = Hq // Hkv
-    R = G * Lq
-    block_d = max(16, triton.next_power_of_2(D))
-    cfg = launch_config(R, Lq, block_d, q.element_size())
-    row_blocks = triton.cdiv(R, cfg["BLOCK_M"])
-    grouped = key_group is not None
-    splits = 1 if grouped else kv_splits(q.device, row_blocks * B * Hkv, Lq, Lk, cfg["BLOCK_N"])
-    split_len = triton.cdiv(triton.cdiv(Lk, splits), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
-    splits = triton.cdiv(Lk, split_len)  # no empty trailing split
-    split = splits > 1
+    interpreted = q.device.type != "cuda" or triton_interpreted()
+    p = plan(q.shape, Hkv, Lk, q.element_size(), _device_sms(q.device), interpreted, key_group is not None,
+             num_groups, return_mass)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    part_o = torch.empty(B * Hkv * p.splits * p.R * p.block_d, **f32) if p.splits > 1 else out  # unused if 1
+    part_lse = torch.empty(B * Hkv * p.splits * p.R, **f32) if p.splits > 1 else out
+    stat = torch.empty(B * Hkv * p.R * 2, **f32) if p.stats else out
+    optional = (t.contiguous() if t is not None else None
+                for t in (key_bias, head_scale, key_start, key_group, target_mass))
     # The interpreter multiplies bfloat16 dot operands as raw uint16 (triton 3.6): upcast them there.
     dot_f32 = q.dtype == torch.bfloat16 and triton_interpreted()
-    if split:
-        part_o = torch.empty(B * Hkv * splits * R * block_d, device=q.device, dtype=torch.float32)
-        part_lse = torch.empty(B * Hkv * splits * R, device=q.device, dtype=torch.float32)
-    else:
-        part_o = part_lse = out  # unused
-    reg_groups = return_mass and num_groups <= MAX_REG_GROUPS
-    stats = return_mass and not reg_groups
-    stat = torch.empty(B * Hkv * R * 2, device=q.device, dtype=torch.float32) if stats else out
-    kb = key_bias.contiguous() if key_bias is not None else q
-    hs = head_scale.contiguous() if head_scale is not None else q
-    ks = key_start.contiguous() if key_start is not None else q
-    kg = key_group.contiguous() if grouped else q
-    tm = target_mass.contiguous() if target_mass is not None else q
-    flags = dict(BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=block_d, CAUSAL=causal,
-                 HAS_BIAS=key_bias is not None,
-                 HAS_HEAD_SCALE=head_scale is not None and key_bias is not None,
-                 HAS_KEY_START=key_start is not None,
-                 PRECISION="ieee" if q.dtype == torch.float32 or dot_f32 else "tf32", DOT_F32=dot_f32)
-    _focus_attention_kernel[(row_blocks, B * Hkv, splits)](
-        q, k, v, kb, hs, ks, kg, tm, out, part_o, part_lse, mass, stat,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        Hkv, G, Lq, Lk, D, sm_scale * LOG2E, split_len, splits, num_groups, max_target_bias,
-        SPLIT=split, EVEN_D=block_d == D, TARGET=target_mass is not None,
-        NGP=max(16, triton.next_power_of_2(num_groups)) if reg_groups else 0, STATS=stats,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **flags,
-    )
-    if split:
-        _merge_splits_kernel[(R, B * Hkv)](
-            part_o, part_lse, out, *out.stride(), Hkv, G, Lq, D, splits,
-            BLOCK_S=max(2, triton.next_power_of_2(splits)), BLOCK_D=block_d, num_warps=4,
-        )
-    if stats:
-        _mass_scores_kernel[(row_blocks, B * Hkv)](
-            q, k, kb, hs, ks, kg, stat, mass, *q.stride(), *k.stride(), Hkv, G, Lq, Lk, D, sm_scale * LOG2E,
-            num_groups, num_warps=cfg["num_warps"], **flags,
-        )
+    for launch in attention_launches(p, q, k, v, out, mass, part_o, part_lse, stat, *optional, causal, sm_scale,
+                                     num_groups, max_target_bias, dot_f32):
+        launch()
     return out, mass
 
 
 def launch_focus_attention(q, k, v, key_bias, head_scale, key_start, causal: bool, sm_scale: float):
     return launch_focus_attention_mass(q, k, v, key_bias, head_scale, key_start, causal, sm_scale,
                                        None, 0, False, None, 0.0)[0]
+
+
+# Ahead-of-time compilation (focuskern/ops/triton_configs.py): head dims, and one shape per tile size
+# launch_config picks -- BLOCK_M 16 (decode, 4 query heads per KV head), 32 (decode, MQA over 32
+# heads), 64 (speculative verification of 16 tokens) and 128 (prefill; 64 for float32 or D = 256).
+COMPILE_HEAD_DIMS = (64, 80, 128, 256)  # 80: below its block (masked loads along D); D <= 32 is not compiled
+COMPILE_SHAPES = (("decode", 1, 32, 8, 16383), ("decode-mqa", 1, 32, 1, 16383), ("verify", 16, 32, 8, 16383),
+                  ("prefill", 4096, 32, 8, 4096))  # (name, Lq, Hq, Hkv, Lk); B = 1
+COMPILE_SMS = 132  # an H100 SXM / H200: the split-KV heuristic splits the decode shapes
+# call -> (causal with key bias, head scale and key start; readout groups; a target): no bias; the bias
+# (split-KV where the heuristic splits); + a target over 64 groups in registers (the most accumulators);
+# + a target over 1000 groups (stats and the score-only pass); 1000 groups alone (every flag off in the
+# score-only pass).  D = 80 takes the bias call only (the tiles of D = 128; only the loads along D
+# differ), 1000 groups alone D = 128 only.
+COMPILE_CALLS = {"plain": (False, 0, False), "bias": (True, 0, False), "mass": (True, MAX_REG_GROUPS, True),
+                 "mass-many": (True, 1000, True), "readout-many": (False, 1000, False)}
+
+
+def compile_launches():
+    """(label, launch) for every configuration the launcher can pick: each dtype x head dim x shape x
+    call of the constants above (a call with every optional input holds the most live values of its
+    path; the flags it sets only add code)."""
+    f32, i32 = MockTensor(torch.float32), MockTensor(torch.int32)
+    for dtype in DTYPES:
+        for D in COMPILE_HEAD_DIMS:
+            for shape, Lq, Hq, Hkv, Lk in COMPILE_SHAPES:
+                q, kv = MockTensor(dtype, [1, Hq, Lq, D]), MockTensor(dtype, [1, Hkv, Lk, D])
+                for call, (biased, groups, target) in COMPILE_CALLS.items():
+                    if (D == 80 and call != "bias") or (call == "readout-many" and D != 128):
+                        continue
+                    p = plan(q.shape, Hkv, Lk, dtype.itemsize, COMPILE_SMS, False, groups > 0, groups, groups > 0)
+                    opt = (f32, f32, i32) if biased else (None, None, None)
+                    grouped = (i32 if groups else None, f32 if target else None)
+                    for launch in attention_launches(p, q, kv, kv, q, f32, f32, f32, f32, *opt, *grouped, biased,
+                                                     D ** -0.5, groups, 10.0, False):
+                        yield f"{dtype_name(dtype)} D={D} {shape} {call}", launch
 
 
 focus_attention_op = define_op("focus_attention_triton", FOCUS_ATTENTION_SCHEMA, launch_focus_attention,

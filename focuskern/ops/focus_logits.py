@@ -122,7 +122,8 @@ def focus_logits_(
         an ``expand``-ed ``alpha``): the launchers that need dense arrays copy them once per call.
     row_offsets : [B + 1] int32, non-decreasing from 0 to nnz; row ``r`` owns entries
         ``row_offsets[r]:row_offsets[r+1]``.
-    token_ids : [nnz] int32 in ``[0, V)``.
+    token_ids : [nnz] int32 in ``[0, V)`` (checked when ``validate``; unchecked, every backend skips
+        an id outside it rather than write out of bounds).
     token_bias : [nnz] float32, finite or ``-inf`` (a ban).
     alpha : [B] float32 in ``[0, 1]``; 0 on every row touches only the listed entries.
     decay : [B, 3] float32 ``(kind, horizon, floor)``, see :mod:`focuskern.decay`.

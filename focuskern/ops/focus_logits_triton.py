@@ -14,7 +14,7 @@ import triton.language as tl
 
 from ._registry import define_mutating_op
 from .focus_logits import FOCUS_LOGITS_SCHEMA
-from ._triton_common import blend_range, decay_strength, launch_shape
+from ._triton_common import DTYPES, Launch, MockTensor, blend_range, decay_strength, dtype_name, launch_shape
 
 BLOCK_V = 2048
 BLOCK_K = 32
@@ -40,7 +40,7 @@ def _focus_logits_kernel(
             j = chunk + tl.arange(0, BLOCK_K)
             ids = tl.load(ids_ptr + j, mask=j < last, other=-1)
             bias = tl.load(bias_ptr + j, mask=j < last, other=0.0)
-            mine = (j < last) & (ids >= lo) & (ids < hi)
+            mine = (j < last) & (ids >= lo) & (ids < hi)  # [lo, hi) lies in [0, V): bad ids are skipped
             add = tl.where(mine, tl.where(bias == float("-inf"), bias, strength * bias), 0.0)
             same = (ids[:, None] == ids[None, :]) & mine[None, :]
             total = tl.sum(tl.where(same, add[None, :], 0.0), axis=1)
@@ -48,6 +48,14 @@ def _focus_logits_kernel(
             x = tl.load(ptrs, mask=mine)
             tl.store(ptrs, (x.to(tl.float32) + total).to(x.dtype), mask=mine)
             tl.debug_barrier()  # the next chunk may hold the same ids
+
+
+def logits_launch(logits, small, splits: int, cols_per_program: int) -> Launch:
+    """The launch over ``logits`` [B, V] with ``small`` = (row_offsets, token_ids, token_bias, alpha,
+    decay, step), dense."""
+    B, V = logits.shape
+    return Launch(_focus_logits_kernel, (B, splits), (logits, logits.stride(0), logits.stride(1), V, *small,
+                                                      cols_per_program), dict(BLOCK_V=BLOCK_V, BLOCK_K=BLOCK_K))
 
 
 def launch_focus_logits(logits, row_offsets, token_ids, token_bias, alpha, decay, step) -> None:
@@ -60,10 +68,16 @@ def launch_focus_logits(logits, row_offsets, token_ids, token_bias, alpha, decay
     # The kernel indexes the per-row and per-entry tensors as dense arrays: any strides are accepted
     # and made dense here, once (a no-op for the usual contiguous inputs; logits keep their strides).
     small = [t.contiguous() for t in (row_offsets, token_ids, token_bias, alpha, decay, step)]
-    _focus_logits_kernel[(B, splits)](
-        logits, logits.stride(0), logits.stride(1), V, *small,
-        cols_per_program, BLOCK_V=BLOCK_V, BLOCK_K=BLOCK_K,
-    )
+    logits_launch(logits, small, splits, cols_per_program)()
+
+
+def compile_launches():
+    """(label, launch) for every configuration the launcher can pick: the tiles are fixed, so one per
+    logits dtype (B = 8 rows of a 151936-token vocabulary, contiguous, 4 column splits)."""
+    i32, f32 = MockTensor(torch.int32), MockTensor(torch.float32)
+    for dtype in DTYPES:
+        logits = MockTensor(dtype, [8, 151936])
+        yield dtype_name(dtype), logits_launch(logits, (i32, i32, f32, f32, f32, i32), 4, 38 * BLOCK_V)
 
 
 focus_logits_op = define_mutating_op("focus_logits_triton_", FOCUS_LOGITS_SCHEMA, launch_focus_logits)

@@ -5,20 +5,23 @@ For row ``r`` following program ``p`` (``prog[r] = p >= 0``; -1 leaves the row u
 tables of :mod:`focuskern.automaton` and ``unsat(L)`` = "list ``L`` holds an entity whose bit in
 ``sat[r]`` is clear":
 
-1. if ``last_tokens`` is given: ``node <- delta(node, last_tokens[r])`` (Aho-Corasick),
-   ``sat <- sat | out(node)`` (satisfy="once"), ``step <- step + 1``;
+1. if ``last_tokens[r]`` is given and in ``[0, V)`` (``V = len(tok_off) - 1``; other ids are not fed):
+   the byte walk of docs/text-tracking.md section 2 feeds the token's symbols to the row's node and
+   context (both in the ``node`` word: ``local_node | ctx << CTX_SHIFT``), with ``sat <- sat | out(u)``
+   at every node ``u`` entered (satisfy="once"), and ``step <- step + 1``;
 2. a closure entry ``(k, c)`` of ``node`` is *alive* if ``unsat(through(c))`` (phrase mode);
-   2a. an entry whose token's logit is ``-inf`` before this step's writes (banned by the decoding)
-   gives up: ``sat <- sat | through(c)`` (no change for a dead entry); aliveness is taken after;
-   continuation slots = slots of alive entries; first slots = slots with ``unsat(first(k))``
+   2a. an entry whose token's logit is ``-inf`` before this step's writes is *banned*; when no alive
+   entry of the node is unbanned, every banned entry gives up: ``sat <- sat | through(c)``;
+   aliveness is taken after; continuation slots = slots of alive entries; first slots = slots with
+   ``unsat(first_pc(k))``, ``pc = 2 * (ctx & CTX_SPACED != 0) + (ctx & CTX_SENTENCE != 0)``
    (suppressed while an entry is alive unless ``boost_starts_in_match``);
 3. ``val = max(bias if first, continuation_bias if continuation)``, and with ``s`` the decay strength at
    ``step``: ``out[r, v] = (1 - s*alpha) * x[r, v] + s * val + u * force`` for boosted ``v``,
    ``(1 - s*alpha) * x`` elsewhere;
 4. the budget policy (``budget > 0`` and satisfy="once"): with ``m`` = entities of the program minus
    the set bits of ``sat`` and ``left = max(budget - step, 1)``, ``u = clamp(1 - left / (m * slack),
-   0, 1)`` (0 without a budget or with ``m = 0``), and while ``m > 0`` the end-of-text logit gets
-   ``- eos_damp`` after the writes of step 3.
+   0, 1)`` (0 without a budget or with ``m = 0``), and while ``m > 0`` each distinct end-of-text id
+   ``EOS0..EOS3`` in ``[0, V)`` gets ``- eos_damp`` after the writes of step 3.
 
 Work per row and step: one pass over the program's slots and the lists they own (early exit at the
 first unsatisfied entity), i.e. linear in the program's size, never in entities x nodes; a budgeted row adds
@@ -45,13 +48,16 @@ class FocusTables(NamedTuple):
     slot: torch.Tensor  # [S, S_.WIDTH] int32
     closure: torch.Tensor  # [E, C.WIDTH] int32
     ents: torch.Tensor  # [M] int32
+    tok_off: torch.Tensor  # [V + 1] int32, token t's symbols: tok_sym[tok_off[t]:tok_off[t + 1]]
+    tok_sym: torch.Tensor  # [T] int32
+    byte_class: torch.Tensor  # [256] int32
 
 
 class RowState(NamedTuple):
     """Per-row device state; ``node``, ``sat`` and ``step`` are updated in place."""
 
     prog: torch.Tensor  # [B] int32, -1 = untouched row
-    node: torch.Tensor  # [B] int32, program-local AC state
+    node: torch.Tensor  # [B] int32, program-local AC node | (row context << CTX_SHIFT)
     sat: torch.Tensor  # [B, W] int32, satisfied-entity bitset
     step: torch.Tensor  # [B] int32, tokens generated so far
 
@@ -66,7 +72,11 @@ class FocusStateOp:
     def __call__(self, logits: torch.Tensor, last_tokens: Optional[torch.Tensor], rows: RowState,
                  tables: FocusTables, limits: Sequence[int], blend: bool) -> None:
         """Run the op.  Arguments are trusted (FocusState validated them when its specs were added);
-        ``last_tokens`` may have any strides and int dtype: normalized here, once, for every backend."""
+        ``last_tokens`` may have any strides and int dtype: normalized here, once, for every backend,
+        ids outside ``[0, V)`` mapped to -1 on the device *before* the int32 cast (an int64 id >= 2^31
+        must not wrap into the vocabulary)."""
         if last_tokens is not None:
+            V = tables.tok_off.shape[0] - 1
+            last_tokens = torch.where((last_tokens >= 0) & (last_tokens < V), last_tokens, -1)
             last_tokens = last_tokens.to(torch.int32).contiguous()
         self._op(logits, last_tokens, *rows, *tables, list(limits), blend)

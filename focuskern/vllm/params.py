@@ -10,7 +10,7 @@ The dictionary speaks ``FocusSpec``'s vocabulary, in JSON types::
     {"entities": ["healthcare", [[1234, 567]]],   # strings, or per entity a list of token-id variants
      "bias": 4.0, "continuation_bias": 8.0, "alpha": 0.0,
      "decay": {"kind": "ramp", "horizon": 100, "floor": 0.1},   # or "constant"
-     "mode": "phrase", "satisfy": "once", "variants": "spaced", "boost_starts_in_match": false,
+     "mode": "phrase", "satisfy": "once", "variants": "text", "boost_starts_in_match": false,
      "max_new_tokens": 200, "slack": 24.0, "force": 12.0, "eos_damp": 10.0, "eos_token_id": 2}
 
 Only ``entities`` is required; the values shown are the defaults, except ``max_new_tokens`` and

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from vllm import SamplingParams
     from vllm.config import VllmConfig
 
-logger = init_logger(__name__)
+# Under vLLM's logger, so that its handler, format and process prefix apply (info lines included).
+logger = init_logger("vllm.focuskern")
 
 # vLLM loads entry-point plugins into whichever runner it starts, and V2 refuses a V1-only class, so
 # one class implements both interfaces (the V1 one by default).
@@ -50,11 +51,12 @@ class FocusLogitsProcessor(*_BASES):
         tokenizer = _LazyTokenizer(model)
         vocab = model.get_vocab_size()
         # Custom processors see one row per request only without speculative decoding (V1 does not
-        # even load them then); under V2 focused requests are served unfocused, with a warning.
+        # even load them then): validate_params refuses focused requests in such engines.
         self._speculative = vllm_config.speculative_config is not None
         self._req_states = None
         self._batch: Optional[BatchFocus] = None
         self._slots: Optional[SlotFocus] = None
+        logger.info("focuskern %s loaded from %s", type(self).__name__, sys.modules["focuskern"].__file__)
         if LogitsProcRequestState is not None and isinstance(device_or_req_states, LogitsProcRequestState):
             self._req_states = device_or_req_states
             self._slots = SlotFocus(device_or_req_states.max_num_reqs, vocab, device_or_req_states.device, tokenizer)
@@ -70,14 +72,21 @@ class FocusLogitsProcessor(*_BASES):
         """Reject at admission every focus the engine could fail on (that request fails, HTTP 400; the
         engine keeps serving): over the operator's limits, malformed, or -- with the model's vocabulary
         and tokenizer, found on vLLM's admitting ``InputProcessor`` -- an entity that tokenizes to
-        nothing or a token id outside the vocabulary (:func:`~focuskern.vllm.admission.admit`).
+        nothing or a token id outside the vocabulary (:func:`~focuskern.vllm.admission.admit`).  A focus
+        sent to an engine that runs speculative decoding is refused too: its processors get no row per
+        request there (V1 does not even load them), so it would be served unfocused.
 
         Raises
         ------
         ValueError
             naming ``focus`` and the field or limit, e.g. ``focus.bias must be a finite number ...``.
         """
-        admit(sampling_params, Limits.from_env(), _admitting_model())
+        engine = _admitting_engine()
+        spec = admit(sampling_params, Limits.from_env(), _model_facts(engine))
+        if spec is not None and engine is not None and engine.vllm_config.speculative_config is not None:
+            raise ValueError("focus is not supported by this engine: it runs speculative decoding "
+                             "(--speculative-config), which focuskern cannot steer; send the request "
+                             "without focus, or serve focused traffic from an engine without it")
 
     def is_argmax_invariant(self) -> bool:
         return False
@@ -96,9 +105,9 @@ class FocusLogitsProcessor(*_BASES):
 
     # ------------------------------------------------------------------ V2
     def add_request(self, req_idx: int, sampling_params: "SamplingParams") -> bool:
-        if self._speculative:
+        if self._speculative:  # validate_params refused focused requests; one that got past it:
             if self._slots.spec(sampling_params) is not None:
-                logger.warning("focuskern: speculative decoding is not supported; request served unfocused")
+                logger.warning("focuskern: request served without focus: speculative decoding")
             return self._slots.add(req_idx, None, 0, 0)
         states = self._req_states
         return self._slots.add(req_idx, sampling_params, int(states.prompt_len.np[req_idx]),
@@ -137,9 +146,9 @@ class FocusLogitsPlugin(FocusLogitsProcessor):
 
 
 class _LazyTokenizer:
-    """The model's tokenizer, loaded when the first string entity arrives (an engine that only sees
-    token-id entities, or no focus at all, never pays for it).  Offers what ``FocusState`` uses:
-    ``encode`` (entities to ids) and ``decode`` (whether a piece is whitespace only)."""
+    """The model's tokenizer, loaded when the first focus request arrives (an engine with no focus at
+    all never pays for it).  Offers what ``FocusState`` uses: ``encode`` and, by delegation, what its
+    token table reads (``convert_ids_to_tokens``, the special tokens, ``len``)."""
 
     def __init__(self, model_config):
         self._config = model_config
@@ -150,6 +159,14 @@ class _LazyTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self._loaded().decode(ids)
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._loaded(), name)
 
     def _loaded(self):
         if self._tokenizer is None:
@@ -163,20 +180,27 @@ class _LazyTokenizer:
 _WARNED_NO_MODEL = False
 
 
-def _admitting_model(depth: int = 8) -> Optional[ModelFacts]:
-    """The vocabulary and tokenizer of the vLLM ``InputProcessor`` whose admission called
-    ``validate_params``: vLLM (0.32) hands the hook the ``SamplingParams`` only, so the caller's frames
-    are searched for it (``process_inputs`` -> ``_validate_params`` -> the validator -> here).  ``None``
-    (logged once) where it is not found: then ids past the vocabulary are caught in the engine."""
+def _admitting_engine(depth: int = 8):
+    """The vLLM ``InputProcessor`` whose admission called ``validate_params``: vLLM hands the hook the
+    ``SamplingParams`` only, so the caller's frames are searched for it (0.32: ``_validate_params`` ->
+    the validator -> here; 0.29: through ``SamplingParams.verify``).  ``None`` where it is not found."""
     frame = sys._getframe(2)
     for _ in range(depth):
         if frame is None:
             break
         owner = frame.f_locals.get("self")
-        model = getattr(owner, "model_config", None)
-        if hasattr(model, "get_vocab_size") and hasattr(owner, "renderer"):
-            return ModelFacts(model.get_vocab_size(), owner.tokenizer)
+        if hasattr(getattr(owner, "model_config", None), "get_vocab_size") and hasattr(owner, "renderer") \
+                and hasattr(owner, "vllm_config"):
+            return owner
         frame = frame.f_back
+    return None
+
+
+def _model_facts(engine) -> Optional[ModelFacts]:
+    """The admitting engine's vocabulary and tokenizer; ``None`` (logged once) without an engine: then
+    ids past the vocabulary are caught in the engine."""
+    if engine is not None:
+        return ModelFacts(engine.model_config.get_vocab_size(), engine.tokenizer)
     global _WARNED_NO_MODEL
     if not _WARNED_NO_MODEL:
         _WARNED_NO_MODEL = True

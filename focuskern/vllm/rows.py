@@ -9,11 +9,20 @@
 Both hold a row whose request generated nothing since the last step (a prompt still being read, in
 chunks or after preemption) instead of advancing it, and replay the history of a request that joins
 with tokens already generated (a resumed one).
+
+A large focus (more than ``OFF_LOOP_ENTITIES`` entities or ``OFF_LOOP_CHARS`` characters of string
+entities: seconds of tokenizing and compiling for tens of thousands) is not built in the engine's
+step, where every other request would wait for it: :class:`BatchFocus` builds it on a worker thread
+as a ``FocusState`` of its own, serves the row unfocused meanwhile, and steers it from the first step
+after it is ready (the tokens generated meanwhile replayed first).  Smaller ones (tens of ms) are
+built in the step, so their output does not depend on timing.  :class:`SlotFocus` (Model Runner V2)
+builds every focus in the step.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Optional, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -24,6 +33,15 @@ from .params import spec_from_params
 
 log = logging.getLogger("focuskern.vllm")
 
+OFF_LOOP_ENTITIES = 64  # about 25 ms to tokenize and compile on one CPU core
+OFF_LOOP_CHARS = 4096
+
+
+def built_off_loop(spec: FocusSpec) -> bool:
+    """Whether ``spec`` is large enough to be built on the worker thread (module docstring)."""
+    return (len(spec.entities) > OFF_LOOP_ENTITIES
+            or sum(len(e) for e in spec.entities if isinstance(e, str)) > OFF_LOOP_CHARS)
+
 
 class _Rows:
     """A FocusState and the request specs that feed it (shared by both engine interfaces)."""
@@ -32,6 +50,15 @@ class _Rows:
         self.state = FocusState([None] * rows, vocab_size, device, tokenizer, backend=backend)
         self.device = self.state.device
         self.pin_memory = pin_memory and self.device.type == "cuda"
+        self._new_state = (vocab_size, self.device, tokenizer, backend)
+        self._builder: Optional[ThreadPoolExecutor] = None  # started by the first large focus
+
+    def build_later(self, spec: FocusSpec) -> Future:
+        """A one-row ``FocusState`` of ``spec``, built on the worker thread."""
+        if self._builder is None:
+            self._builder = ThreadPoolExecutor(1, thread_name_prefix="focuskern-build")
+        vocab_size, device, tokenizer, backend = self._new_state
+        return self._builder.submit(FocusState, [spec], vocab_size, device, tokenizer, backend=backend)
 
     def spec(self, params: Any) -> Optional[FocusSpec]:
         """The request's focus; ``None`` without one.  Admission (``validate_params``) refuses every
@@ -82,7 +109,8 @@ class BatchFocus(_Rows):
 
     Per row it keeps the request's live output list and how many of its tokens the automaton has
     consumed; per step that is ``O(rows)`` host work and one ``[B]`` copy, independent of the number of
-    entities.
+    entities.  A row with a large focus has its own ``FocusState`` (module docstring): one more launch
+    per step for it, once it is built.
     """
 
     def __init__(self, vocab_size: int, device, tokenizer=None, *, backend: str = "auto", pin_memory: bool = False):
@@ -90,6 +118,8 @@ class BatchFocus(_Rows):
         self.specs: list[Optional[FocusSpec]] = []
         self.outputs: list[Optional[Sequence[int]]] = []  # live output lists of the focused rows
         self.fed: list[int] = []  # tokens of outputs[r] the row's automaton has consumed
+        # Rows with a large focus: its FocusState, or the Future building it (the shared row is None).
+        self.own: list[Union[None, Future, FocusState]] = []
         self._tokens = np.zeros(0, dtype=np.int32)
         self._hold = np.zeros(0, dtype=bool)
         self._focused = 0
@@ -114,52 +144,102 @@ class BatchFocus(_Rows):
                 continue  # neither row is focused: no state to move
             if direction.name == "SWAP":
                 self.state.swap(src, dst)
-                for lst in (self.specs, self.outputs, self.fed):
+                for lst in (self.specs, self.outputs, self.fed, self.own):
                     lst[src], lst[dst] = lst[dst], lst[src]
             else:
                 self.state.move(src, dst)
-                for lst, empty in ((self.specs, None), (self.outputs, None), (self.fed, 0)):
+                for lst, empty in ((self.specs, None), (self.outputs, None), (self.fed, 0), (self.own, None)):
                     lst[dst], lst[src] = lst[src], empty
         self._grow(batch_update.batch_size)
         self.state.resize(batch_update.batch_size)
-        for lst in (self.specs, self.outputs, self.fed):
+        for row in range(batch_update.batch_size, len(self.own)):
+            self._drop_own(row)
+        for lst in (self.specs, self.outputs, self.fed, self.own):
             del lst[batch_update.batch_size:]
         self._focused = sum(s is not None for s in self.specs)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """Advance every focused row by its newest output token (or hold it when it has none), then
-        bias ``logits`` [B, V] in place; one FocusState launch, no host-device sync."""
+        bias ``logits`` [B, V] in place; one FocusState launch (and one per row with a large focus of
+        its own, once built), no host-device sync."""
         if not self._focused:
             return logits
-        any_hold = False
+        any_hold, own = False, []
         for row, output in enumerate(self.outputs):
             if output is None:
                 continue
-            n, fed = len(output), self.fed[row]
-            if n < fed:  # vLLM discarded tokens: start the row over from its list
-                self.state.set_row(row, self.specs[row])
-                fed = self.fed[row] = 0
-            # Nothing new (a prompt still being read), or an async-scheduling placeholder (-1) whose
-            # token is not known yet: the row waits.
-            if n == fed or output[-1] < 0:
-                self._hold[row] = any_hold = True
-                if n != fed and not self._warned_placeholder:
-                    self._warned_placeholder = True
-                    log.warning("focuskern: output tokens are async-scheduling placeholders (-1); vLLM repairs "
-                                "them only for processors passed in logits_processors=[...]; focused rows wait")
+            state, at = self.state, row
+            if self.own[row] is not None:
+                state, at = self._own_state(row), 0
+                if state is None:  # still being built: served unfocused this step
+                    continue
+            token = self._feed(state, at, row, output)
+            if state is not self.state:
+                own.append((state, row, token))
                 continue
-            if n > fed + 1:  # a resumed request, or repaired placeholders: consume all but the newest
-                self.state.advance_row(row, output[fed:-1])
-            self._tokens[row], self._hold[row], self.fed[row] = output[-1], False, n
+            self._hold[row] = token is None
+            any_hold |= token is None
+            if token is not None:
+                self._tokens[row] = token
         b = len(self.specs)
         hold = self.host_to_device(self._hold[:b]) if any_hold else None
-        return self.state.apply_(logits, self.host_to_device(self._tokens[:b]), hold=hold)
+        self.state.apply_(logits, self.host_to_device(self._tokens[:b]), hold=hold)
+        for state, row, token in own:
+            held = token is None
+            state.apply_(logits[row:row + 1], self.host_to_device(np.array([0 if held else token], dtype=np.int32)),
+                         hold=self.host_to_device(np.array([held])) if held else None)
+        return logits
+
+    def _feed(self, state: FocusState, at: int, row: int, output: Sequence[int]) -> Optional[int]:
+        """Bring state row ``at`` (of request row ``row``) up to all but the newest token of ``output``
+        and return that token; ``None``: the row holds this step."""
+        n, fed = len(output), self.fed[row]
+        if n < fed:  # vLLM discarded tokens: start the row over from its list
+            state.set_row(at, self.specs[row])
+            fed = self.fed[row] = 0
+        # Nothing new (a prompt still being read), or an async-scheduling placeholder (-1) whose
+        # token is not known yet: the row waits.
+        if n == fed or output[-1] < 0:
+            if n != fed and not self._warned_placeholder:
+                self._warned_placeholder = True
+                log.warning("focuskern: output tokens are async-scheduling placeholders (-1); vLLM repairs "
+                            "them only for processors passed in logits_processors=[...]; focused rows wait")
+            return None
+        if n > fed + 1:  # resumed, repaired placeholders, or a focus built meanwhile: all but the newest
+            state.advance_row(at, output[fed:-1])
+        self.fed[row] = n
+        return output[-1]
+
+    def _own_state(self, row: int) -> Optional[FocusState]:
+        """Row ``row``'s own state; ``None`` while it is being built, or when building failed (the
+        request is then served unfocused)."""
+        own = self.own[row]
+        if isinstance(own, Future):
+            if not own.done():
+                return None
+            try:
+                own = self.own[row] = own.result()
+            except (TypeError, ValueError) as e:  # as in set_row: the spec does not fit this model
+                log.warning("focuskern: request served without focus: %s", e)
+                self._assign(row, None, None)
+                return None
+        return own
 
     def _assign(self, row: int, spec: Optional[FocusSpec], output) -> None:
-        focused = self.set_row(row, spec)
+        self._drop_own(row)
+        if spec is not None and built_off_loop(spec):
+            self.set_row(row, None)
+            self.own[row], focused = self.build_later(spec), True
+        else:
+            focused = self.set_row(row, spec)
         self.specs[row] = spec if focused else None
         self.outputs[row] = output if focused else None
         self.fed[row] = 0
+
+    def _drop_own(self, row: int) -> None:
+        if isinstance(self.own[row], Future):
+            self.own[row].cancel()
+        self.own[row] = None
 
     def _grow(self, rows: int) -> None:
         missing = rows - len(self.specs)
@@ -168,6 +248,7 @@ class BatchFocus(_Rows):
             self.specs += [None] * missing
             self.outputs += [None] * missing
             self.fed += [0] * missing
+            self.own += [None] * missing
         if rows > len(self._tokens):  # host staging buffers grow geometrically
             size = max(rows, 2 * len(self._tokens), 16)
             self._tokens = np.resize(self._tokens, size)

@@ -1,0 +1,104 @@
+"""Ahead-of-time GPU compilation (``make gpu-compile``): the enumerated configurations are the ones the
+launchers launch, and one of them compiles for sm_90 without a GPU (skipped without Triton's CUDA tools)."""
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from focuskern.ops import _triton_common, triton_configs
+from focuskern.ops import focus_attention_triton as fat
+from focuskern.ops import focus_logits_triton as flt
+
+ROOT = Path(__file__).resolve().parent.parent
+TILES = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_S", "BLOCK_V", "BLOCK_K", "num_warps", "num_stages")
+
+
+def tile_key(launch) -> tuple:
+    """Kernel, tensor dtypes and the tile constexprs/options of a launch (what its registers depend on)."""
+    dtypes = tuple(str(a.dtype) for a in launch.args if hasattr(a, "dtype"))
+    return (triton_configs.kernel_name(launch), dtypes[0]) + tuple(launch.kwargs.get(k) for k in TILES)
+
+
+@pytest.fixture(scope="module")
+def enumerated():
+    return [launch for _, _, launch in triton_configs.launches()]
+
+
+def test_every_kernel_of_every_triton_module_is_enumerated(enumerated):
+    names = {triton_configs.kernel_name(launch) for launch in enumerated}
+    for module in triton_configs.triton_modules().values():
+        mod = __import__(module, fromlist=["_"])
+        kernels = {n for n, v in vars(mod).items() if n.endswith("_kernel") and hasattr(v, "fn")}
+        assert kernels and kernels <= names, f"{module}: {sorted(kernels - names)} not enumerated"
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """Launches the launchers build, recorded instead of run (no kernel executes)."""
+    seen = []
+    monkeypatch.setattr(_triton_common.Launch, "__call__", lambda self: seen.append(self))
+    return seen
+
+
+def test_attention_launches_are_enumerated(enumerated, recorded, seed):
+    """Random shapes, dtypes and call options: every launch's tiles are among the enumerated ones, every
+    constexpr flag value it sets is set by some enumerated launch of the same kernel, and its readout
+    width ``NGP`` is at most an enumerated one (the widest holds the most registers)."""
+    rng = random.Random(seed)
+    for _ in range(60):
+        dtype = rng.choice(_triton_common.DTYPES)
+        Hkv, G, Lq = rng.choice([1, 2, 8]), rng.choice([1, 3, 4, 8, 32]), rng.choice([1, 2, 7, 16, 17, 40, 300])
+        B, D, Lk = rng.choice([1, 3]), rng.choice([48, 64, 80, 96, 128, 200, 256]), Lq + rng.choice([0, 5, 900])
+        q, k = torch.empty(B, Hkv * G, Lq, D, dtype=dtype), torch.empty(B, Hkv, Lk, D, dtype=dtype)
+        groups = rng.choice([0, 1, 64, 65])
+        opt = [torch.empty(B, Lk), torch.empty(Hkv * G), torch.zeros(B, dtype=torch.int32)]
+        opt = [t if rng.random() < 0.5 else None for t in opt]
+        group_args = (torch.zeros(B, Lk, dtype=torch.int32), groups, rng.random() < 0.5,
+                      torch.empty(Hkv * G) if rng.random() < 0.5 else None) if groups else (None, 0, False, None)
+        fat.launch_focus_attention_mass(q, k, k, *opt, rng.random() < 0.5, 0.1, *group_args, 5.0)
+    tiles = {tile_key(launch) for launch in enumerated}
+    for launch in recorded:
+        assert tile_key(launch) in tiles, f"seed {seed}: {tile_key(launch)} is launched but not compiled"
+        same = [e for e in enumerated if e.kernel is launch.kernel]
+        for flag, value in launch.kwargs.items():
+            if flag == "NGP":
+                assert value <= max(e.kwargs[flag] for e in same), f"seed {seed}: NGP={value}"
+            elif flag not in TILES and flag != "DOT_F32":  # DOT_F32: the interpreter's bfloat16 upcast
+                assert any(e.kwargs.get(flag) == value for e in same), (
+                    f"seed {seed}: {triton_configs.kernel_name(launch)} {flag}={value} is never compiled")
+
+
+def test_logits_launch_is_enumerated(enumerated, recorded):
+    for dtype in _triton_common.DTYPES:
+        flt.launch_focus_logits(torch.empty(3, 5000, dtype=dtype), torch.tensor([0, 1, 1, 2], dtype=torch.int32),
+                                torch.tensor([7, 9], dtype=torch.int32), torch.ones(2), torch.zeros(3),
+                                torch.zeros(3, 3), torch.zeros(3, dtype=torch.int32))
+    assert {tile_key(launch) for launch in recorded} <= {tile_key(launch) for launch in enumerated}
+
+
+def _ptxas_missing() -> str | None:
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        return None if os.path.exists(get_ptxas(90).path) else "Triton's ptxas is missing"
+    except Exception as exc:  # no CUDA backend in this Triton build
+        return f"no Triton CUDA toolchain: {exc}"
+
+
+@pytest.mark.skipif(_ptxas_missing() is not None, reason=str(_ptxas_missing()))
+def test_logits_configurations_compile_for_sm90(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    run = subprocess.run([sys.executable, "benchmarks/gpu_compile.py", "--only", "focus_logits", "--arch", "90",
+                          "--jobs", "1", "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads((tmp_path / "kernels.json").read_text())
+    rows = report["rows"]
+    assert len(rows) == len(_triton_common.DTYPES) and {r["arch"] for r in rows} == {"sm_90"}
+    assert all(r["kernel"] == "_focus_logits_kernel" and r["registers"] > 0 and r["spill_stores"] == 0 for r in rows)
+    assert "| _focus_logits_kernel | sm_90 | 3 |" in (tmp_path / "kernels.md").read_text()

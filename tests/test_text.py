@@ -1,0 +1,179 @@
+"""Text tracking (docs/text-tracking.md) against oracles read from the rules: token bytes decode like the
+tokenizer; the entities a row marks said equal a search of the decoded text; what a row pushes equals
+the rules' reference -- on the embedded byte-level BPE tokenizer and a SentencePiece-style vocabulary
+with byte fallback (built with ``tokenizers`` here), for real tokenizations, random segmentations of
+the same text into vocabulary tokens, and random token streams, on every backend."""
+import random
+
+import pytest
+import torch
+
+import focuskern as fk
+from focuskern.ops.dispatch import available_backends
+from focuskern.text import WHITESPACE, token_table
+from conftest import DEVICE
+from reference import said_in_text, text_boosts
+
+BACKENDS = available_backends("focus_state", DEVICE)
+
+ENTITIES = ["Paris", "Ada Lovelace", "医疗", "人工智能", "March 3", "2 million", "48-megapixel camera", "東京",
+            "healthcare", "CI/CD pipeline", "art", "artificial intelligence"]
+TEXTS = [
+    "Paris is lovely. In (Paris) and \"Paris\" we met.\nParis! comparisons of Parisian art",
+    "我们讨论医疗问题。人工智能和大模型的医疗应用",
+    "東京に行きました。東京タワーは高い",
+    "On March 30 and March 3, 2 million people bought a 48-megapixel camera; 12 million did not.",
+    "Healthcare matters: ada Lovelace met Ada Lovelace about healthcare.",
+    "Unhealthcare, CI/CD pipelines and artificial intelligence (art) 2 millionth",
+]
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from transformers import AutoTokenizer
+
+    from focuskern.experiments.models import DEFAULT_GGUF, default_model_dir
+    return AutoTokenizer.from_pretrained(default_model_dir(), gguf_file=DEFAULT_GGUF)
+
+
+@pytest.fixture(scope="module")
+def sentencepiece():
+    """A Unigram vocabulary with ▁ word pieces, single characters and <0xNN> byte fallback."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = " ".join(TEXTS).replace("\n", " ").split()
+    pieces = ["<unk>"] + [f"<0x{b:02X}>" for b in range(256)]
+    pieces += sorted({"\u2581" + w[:n] for w in words for n in (2, 4, len(w))} | {c for w in words for c in w[:3]}
+                     | {"\u2581"} | set("aeiostnrl"))
+    tk = Tokenizer(models.Unigram([(p, -len(p)) for p in pieces], unk_id=0, byte_fallback=True))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace()
+    tk.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>")
+
+
+def tokenizer_of(request, name):
+    return request.getfixturevalue(name)
+
+
+def vocab_of(tok) -> dict[bytes, list[int]]:
+    table = token_table(tok, len(tok))
+    vocab: dict[bytes, list[int]] = {}
+    for t in range(table.vocab_size):
+        units = table.units(t).tolist()
+        if max(units) >= 256:  # a special token: one opaque symbol
+            continue
+        b = bytes(units)
+        if not set(b) <= WHITESPACE:
+            vocab.setdefault(b, []).append(t)
+    return vocab
+
+
+def random_segmentation(rng, data: bytes, vocab) -> list[int]:
+    """``data`` cut into random vocabulary tokens (single bytes always exist in these vocabularies,
+    bytes with no token of their own are skipped)."""
+    out, i = [], 0
+    while i < len(data):
+        options = [n for n in range(1, min(16, len(data) - i) + 1) if data[i:i + n] in vocab]
+        if not options:
+            i += 1
+            continue
+        n = rng.choice(options)
+        out.append(rng.choice(vocab[data[i:i + n]]))
+        i += n
+    return out
+
+
+def test_token_bytes_decode_like_the_tokenizer(smol, sentencepiece, seed):
+    rng = random.Random(seed)
+    table = token_table(smol, len(smol))
+    ids = [rng.randrange(17, len(smol)) for _ in range(300)]
+    data = b"".join(bytes(table.units(t).tolist()) for t in ids)
+    assert data.decode(errors="replace") == smol.decode(ids, clean_up_tokenization_spaces=False)
+    assert token_table(smol, len(smol)) is table  # cached per tokenizer
+    sp = token_table(sentencepiece, len(sentencepiece))
+    for text in TEXTS:
+        ids = sentencepiece.encode(text, add_special_tokens=False)
+        data = b"".join(bytes(sp.units(t).tolist()) for t in ids)
+        assert data.decode().lstrip(" ") == sentencepiece.decode(ids).lstrip(" ")
+    assert bytes(sp.units(sentencepiece.convert_tokens_to_ids("<0xE5>")).tolist()) == b"\xe5"
+
+
+def streams(rng, tok, vocab):
+    """(name, token ids): each text tokenized, and randomly segmented, and a random token stream."""
+    for text in TEXTS:
+        yield "encoded", tok.encode(text, add_special_tokens=False)
+        yield "segmented", random_segmentation(rng, text.encode(), vocab)
+    yield "random", [rng.choice(rng.choice(list(vocab.values()))) for _ in range(60)]
+
+
+@pytest.mark.parametrize("name", ["smol", "sentencepiece"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_said_and_pushed_follow_the_text(request, name, backend, seed):
+    tok = tokenizer_of(request, name)
+    rng = random.Random(seed)
+    vocab = vocab_of(tok)
+    table = token_table(tok, len(tok))
+    spec = fk.FocusSpec(ENTITIES, bias=2.0, continuation_bias=5.0, decay=fk.Decay.constant(),
+                        boost_starts_in_match=False)
+    for kind, ids in streams(rng, tok, vocab):
+        state = fk.FocusState([spec], vocab_size=len(tok), device=DEVICE, tokenizer=tok, backend=backend)
+        data = b""
+        for i, t in enumerate(ids):
+            state.apply_(torch.zeros(1, len(tok), device=DEVICE), torch.tensor([t], device=DEVICE))
+            data += bytes(table.units(t).tolist())
+            said = said_in_text(ENTITIES, data)
+            where = f"{kind} stream after {i + 1} tokens: {data.decode(errors='replace')!r}"
+            assert set(state.said(0)) == said, where
+            if kind != "random" and (i % 4 == 0 or i == len(ids) - 1):
+                assert state.boosts()[0] == pytest.approx(text_boosts(ENTITIES, data, said, vocab, 2.0, 5.0)), where
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_entity_inside_a_longer_token_and_overlapping_entities(smol, backend):
+    """A match must not follow a letter or digit ("comparison", "smart", "12 million" say nothing);
+    it may end inside a word or token (" Parisian" says "Paris", " artificial" says "art" as well)."""
+    spec = fk.FocusSpec(["Paris", "art", "artificial intelligence", "2 million"])
+    state = fk.FocusState([spec], vocab_size=len(smol), device=DEVICE, tokenizer=smol, backend=backend)
+
+    def feed(text):
+        for t in smol.encode(text, add_special_tokens=False):
+            state.apply_(torch.zeros(1, len(smol), device=DEVICE), torch.tensor([t], device=DEVICE))
+    feed("comparison smart 12 million")
+    assert state.said(0) == []
+    feed(" Parisian artificial intelligence")
+    assert state.said(0) == [0, 1, 2]
+    feed(" (2 million)")
+    assert state.said(0) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_push_context_picks_the_form(smol, backend):
+    """Start of the answer: "Paris"; after a word: " Paris"; after "(": "Paris"; CJK never spaced;
+    a lower-case entity is capitalized only at a sentence start."""
+    spec = fk.FocusSpec(["Paris", "医疗", "healthcare"], decay=fk.Decay.constant(), bias=1.0)
+    state = fk.FocusState([spec], vocab_size=len(smol), device=DEVICE, tokenizer=smol, backend=backend)
+
+    def top():
+        return {smol.decode([t]) for t in state.boosts()[0]}
+    assert {"Paris", "Health"} <= top() and "health" not in top() and not any(s.startswith(" ") for s in top())
+    for text, spaced in [("We saw", True), (" (", False), ("x. ", False)]:
+        for t in smol.encode(text, add_special_tokens=False):
+            state.apply_(torch.zeros(1, len(smol), device=DEVICE), torch.tensor([t], device=DEVICE))
+        forms = top()
+        assert (" Paris" in forms) == spaced and ("Paris" in forms) != spaced
+        assert not any(f.startswith(" ") and not f.strip().isascii() for f in forms)  # CJK never spaced
+    assert "Health" in forms and "health" not in forms  # after "x. ": a sentence start
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_held_rows_and_ids_outside_the_vocabulary_are_not_fed(smol, backend):
+    spec = fk.FocusSpec(["Paris"])
+    state = fk.FocusState([spec, spec], vocab_size=len(smol), device=DEVICE, tokenizer=smol, backend=backend)
+    pa = smol.encode(" Pa", add_special_tokens=False)[0]
+    state.apply_(torch.zeros(2, len(smol), device=DEVICE), torch.tensor([pa, pa], device=DEVICE))
+    before = (state._rows.node.clone(), state.step.clone())
+    for bad in (len(smol), 2**31 + pa, -1, 2**40):
+        state.apply_(torch.zeros(2, len(smol), device=DEVICE), torch.tensor([bad, pa], device=DEVICE),
+                     hold=torch.tensor([False, True], device=DEVICE))
+        assert torch.equal(state._rows.node, before[0]) and torch.equal(state.step, before[1])
