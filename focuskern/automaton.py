@@ -248,7 +248,13 @@ def _starts(forms: EntityForms, table: TokenTable, phrase: bool):
         pcs = np.arange(N_PUSH_CONTEXTS)
         return np.repeat(pcs, len(token)), np.tile(token, len(pcs)), np.tile(entity, len(pcs))
     pushed = forms.pushed
-    f, _, token = table.index.spelled(pushed.units, pushed.off[:-1], pushed.lengths)
+    f, length, token = table.index.spelled(pushed.units, pushed.off[:-1], pushed.lengths)
+    # Only the longest token(s) a form starts with: pushing every prefix token (" in" for
+    # " intelligent") let the model write the short common word and start over ("in … in … in").
+    longest = np.zeros(len(pushed.lengths), np.int64)
+    np.maximum.at(longest, f, length)
+    keep = length == longest[f]
+    f, token = f[keep], token[keep]
     pc = np.arange(N_PUSH_CONTEXTS)[None, :]
     has = (pushed.pcs[f][:, None] >> pc) & 1 == 1
     rows, pcs = np.nonzero(has)

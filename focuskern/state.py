@@ -177,10 +177,17 @@ class FocusState:
     def advance_row(self, row: int, tokens: Sequence[int]) -> None:
         """Advance ``row`` over ``tokens`` (oldest first) without biasing anything: the history of a
         request that joins mid-generation, e.g. one resumed after preemption.  One launch per token on
-        a scratch logits row, so it costs what ``len(tokens)`` decoding steps of one row cost."""
+        a scratch logits row, so it costs what ``len(tokens)`` decoding steps of one row cost.  Ids
+        outside ``[0, vocab_size)`` are not fed, as in :meth:`apply_` (checked here as Python ints, so
+        an id past int64 cannot overflow the tensor)."""
         row = self._index(row)
         pid = self._row_pid[row]
-        ids = torch.tensor(list(tokens), dtype=torch.int32, device=self.device)
+        tokens = list(tokens)
+        for t in tokens:
+            if isinstance(t, bool) or not isinstance(t, int):
+                raise TypeError(f"tokens must hold ints, got {type(t).__name__}")
+        ids = torch.tensor([t if 0 <= t < self.vocab_size else -1 for t in tokens], dtype=torch.int32,
+                           device=self.device)
         if pid is None or ids.numel() == 0:
             return
         one = RowState(*(t[row:row + 1] for t in self._rows))  # views: the launches update the row

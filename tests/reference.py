@@ -232,8 +232,8 @@ def text_boosts(entities: list[str], data: bytes, said: set[int], vocab: dict[by
     """What a row pushes after the text ``data`` (constant strength 1, no budget, no bans): the node is
     the longest suffix of the text's symbol stream that is a prefix of a pattern; continuations are the
     tokens spelling the next bytes of a pattern of an unsaid entity from there (not from the root or
-    from a node entered on B/D); without one, starts: tokens spelling a prefix of an unsaid entity's
-    form for the row's push context.  ``vocab``: bytes -> tokens (not whitespace-only)."""
+    from a node entered on B/D); without one, starts: the longest tokens spelling a prefix of an unsaid
+    entity's form for the row's push context.  ``vocab``: bytes -> tokens (not whitespace-only)."""
     from focuskern.ops.layout import BYTE_CLASS
 
     def pattern(form: bytes) -> list[int]:
@@ -256,7 +256,7 @@ def text_boosts(entities: list[str], data: bytes, said: set[int], vocab: dict[by
         for e, entity in enumerate(entities):
             if e not in said:
                 form = pushed_forms(entity)[pc].encode()
-                for n in range(1, len(form) + 1):
-                    for t in vocab.get(form[:n], ()):
-                        values[t] = bias
+                n = next((n for n in range(len(form), 0, -1) if form[:n] in vocab), 0)
+                for t in vocab.get(form[:n], ()):  # the longest start token(s) only
+                    values[t] = bias
     return values

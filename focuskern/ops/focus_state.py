@@ -72,11 +72,9 @@ class FocusStateOp:
     def __call__(self, logits: torch.Tensor, last_tokens: Optional[torch.Tensor], rows: RowState,
                  tables: FocusTables, limits: Sequence[int], blend: bool) -> None:
         """Run the op.  Arguments are trusted (FocusState validated them when its specs were added);
-        ``last_tokens`` may have any strides and int dtype: normalized here, once, for every backend,
-        ids outside ``[0, V)`` mapped to -1 on the device *before* the int32 cast (an int64 id >= 2^31
-        must not wrap into the vocabulary)."""
+        ``last_tokens`` may have any strides and be int32 or int64: every backend reads either dtype
+        without narrowing and leaves a row whose id lies outside ``[0, V)`` unfed (an int64 id >= 2^31
+        never wraps into the vocabulary), so nothing is cast or masked here, per step."""
         if last_tokens is not None:
-            V = tables.tok_off.shape[0] - 1
-            last_tokens = torch.where((last_tokens >= 0) & (last_tokens < V), last_tokens, -1)
-            last_tokens = last_tokens.to(torch.int32).contiguous()
+            last_tokens = last_tokens.contiguous()
         self._op(logits, last_tokens, *rows, *tables, list(limits), blend)
