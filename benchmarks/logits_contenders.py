@@ -45,6 +45,9 @@ DESCRIPTIONS = {
                         "returns scores + bias (out of place)",
     "eager_blend": "eager PyTorch, per-row: logits.mul_(scale[:, None]); "
                    "logits.index_put_((rows, ids), vals, accumulate=True) (rows/ids/vals precomputed)",
+    "eager_scatter_add": "eager PyTorch, the leanest per-row form: (logits.mul_(scale[:, None]) if alpha > 0); "
+                         "logits.scatter_add_(1, ids[B, K], vals[B, K]) (needs K ids in every row; ids/vals "
+                         "precomputed)",
     "vllm_v1_index_add": "vLLM V1 LogitBiasLogitsProcessor.apply: logits[(rows_i32, ids_i32)] += bias "
                          "(advanced-index gather, add, scatter); no blend, no decay",
     "dense_bias": "dense [B, V] bias built every step: bias = zeros(B, V); bias[rows, ids] = vals; "
@@ -55,8 +58,8 @@ DESCRIPTIONS = {
 
 # Contenders that compute the same thing as focus_logits_ for the case; the others solve the
 # easier problem (no blend, one shared id set) and are only listed where alpha = 0.
-BLEND_CONTENDERS = ("focuskern_torch", "eager_blend", "dense_bias")
-ALPHA0_CONTENDERS = ("focuskern_torch", "seed000_naive", "hf_sequence_bias", "eager_blend",
+BLEND_CONTENDERS = ("focuskern_torch", "eager_blend", "eager_scatter_add", "dense_bias")
+ALPHA0_CONTENDERS = ("focuskern_torch", "seed000_naive", "hf_sequence_bias", "eager_blend", "eager_scatter_add",
                      "vllm_v1_index_add", "dense_bias")
 
 
@@ -210,6 +213,17 @@ def make_contender(name: str, inp: Inputs, logits: torch.Tensor) -> Callable[[],
             logits.index_put_(index, inp.vals, accumulate=True)
 
         return eager_blend
+
+    if name == "eager_scatter_add":
+        scale_col = inp.scale.to(logits.dtype).unsqueeze(1)
+        ids2d, vals2d = inp.ids.view(B, -1), inp.vals.view(B, -1)
+
+        def eager_scatter_add():
+            if blend:
+                logits.mul_(scale_col)
+            logits.scatter_add_(1, ids2d, vals2d)
+
+        return eager_scatter_add
 
     if name == "vllm_v1_index_add":
         logits_slice = (inp.rows32, inp.ids32)

@@ -1,12 +1,14 @@
 """Hugging Face drop-in: :class:`FocusLogitsProcessor`, a ``transformers.LogitsProcessor``.
 
-    proc = FocusLogitsProcessor(FocusSpec(["healthcare", "autonomous driving"]), tokenizer)
+    proc = FocusLogitsProcessor(FocusSpec(["healthcare", "autonomous driving"]), tokenizer,
+                                generation_config=model.generation_config)
     model.generate(**inputs, logits_processor=LogitsProcessorList([proc]))
 
 The attention lever is :mod:`focuskern.hf.attention` (not imported from here).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Sequence, Union
 
 import torch
@@ -19,6 +21,26 @@ from ..state import FocusState
 _HASH_BASE = 1_000_003  # odd: multiplication by it is invertible modulo 2^64
 
 
+def _with_eos(specs: list, generation_config) -> list:
+    """``specs`` with ``generation_config.eos_token_id`` (an int, a list or a tensor of ids) filled in
+    where a spec has none; errors name ``generation_config`` (or ``eos_token_id``, from the spec)."""
+    if generation_config is None:
+        return specs
+    if not hasattr(generation_config, "eos_token_id"):
+        raise TypeError("generation_config must have an eos_token_id (a transformers.GenerationConfig), got "
+                        f"{type(generation_config).__name__}")
+    eos = generation_config.eos_token_id
+    if isinstance(eos, torch.Tensor):
+        eos = eos.tolist()
+    if isinstance(eos, (list, tuple)) and len(eos) == 1:
+        eos = eos[0]
+    if eos is None:
+        return specs
+    return [spec if spec is None or spec.eos_token_id is not None
+            else dataclasses.replace(spec, eos_token_id=list(eos) if isinstance(eos, (list, tuple)) else eos)
+            for spec in specs]
+
+
 class FocusLogitsProcessor(LogitsProcessor):
     """Steer ``generate`` toward each row's entities with one :class:`FocusState` launch per step.
 
@@ -29,6 +51,9 @@ class FocusLogitsProcessor(LogitsProcessor):
     tokenizer : tokenizes string entities.
     backend : kernel backend (``"auto"`` picks, per device, the first available of ``cpp``, ``torch`` on
         CPU and ``triton``, ``cuda``, ``torch`` on CUDA: :data:`focuskern.ops.dispatch.AUTO_ORDER`).
+    generation_config : the model's ``GenerationConfig`` (``model.generation_config``), or anything with
+        an ``eos_token_id``: specs without an ``eos_token_id`` take its end-of-text id(s), an int or a
+        list (Qwen2.5 and Llama 3 list several); a spec's own ``eos_token_id`` wins.
 
     Only tokens generated after the prompt feed the automata.  Beam search reorders rows between
     steps; every step the processor matches each row's generated prefix to the previous step's rows
@@ -40,12 +65,14 @@ class FocusLogitsProcessor(LogitsProcessor):
     """
 
     def __init__(self, spec_or_specs: Union[FocusSpec, Sequence[Optional[FocusSpec]]], tokenizer=None,
-                 *, backend: str = "auto"):
+                 *, backend: str = "auto", generation_config=None):
         specs = [spec_or_specs] if isinstance(spec_or_specs, FocusSpec) else list(spec_or_specs)
         for spec in specs:
+            if spec is not None and not isinstance(spec, FocusSpec):
+                raise TypeError(f"spec_or_specs must hold FocusSpec or None, got {type(spec).__name__}")
+        specs = _with_eos(specs, generation_config)
+        for spec in specs:
             if spec is not None:
-                if not isinstance(spec, FocusSpec):
-                    raise TypeError(f"spec_or_specs must hold FocusSpec or None, got {type(spec).__name__}")
                 spec.token_variants(tokenizer)  # tokenization errors surface now, not mid-generation
         self.specs = specs
         self.broadcast = isinstance(spec_or_specs, FocusSpec)

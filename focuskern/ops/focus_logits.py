@@ -73,31 +73,32 @@ def _resolved(backend: str, device: torch.device, forced: str | None):
 
 @functools.lru_cache(maxsize=1)
 def _native_check():
-    """``focuskern::focus_logits_check_cpp`` (csrc/focus_cpu.cpp), or None without the extension."""
-    if extension()[0] is None:
-        return None
-    return getattr(torch.ops.focuskern, "focus_logits_check_cpp", None)
+    """``focuskern._C.focus_logits_check`` (csrc/module.cpp), or None without the extension."""
+    ext = extension()[0]
+    return None if ext is None else getattr(ext, "focus_logits_check", None)
 
 
-def _checked_in_one_pass(args, is_cpp: bool) -> bool:
-    """Validate ``args``; on CPU natively in one pass, and for the cpp backend the same call applies the
-    op.  Returns whether the op has already run; bad input raises :func:`validate_focus_logits_args`'s
-    named error (CUDA tensors are answered -1 by the native check and validated there)."""
+N_KINDS = len(KIND_NAMES)
+CHECK, CHECK_AND_APPLY, CHECK_AND_APPLY_IF_AUTO = 0, 1, 2  # modes of the native check
+
+
+def _checked_natively(args, mode: int) -> bool | None:
+    """Validate ``args`` in one native pass over the small tensors; with ``CHECK_AND_APPLY`` the same
+    call then runs the cpp op, with ``CHECK_AND_APPLY_IF_AUTO`` only where ``FOCUSKERN_BACKEND`` lets
+    ``backend="auto"`` take cpp.  Returns whether the op has run, or None when the native check did not
+    look at the arguments (no extension, tensors off the CPU, or tensors/modes that need the dispatcher:
+    autograd, subclasses, dispatch modes); bad input raises :func:`validate_focus_logits_args`'s named
+    error."""
     check = _native_check()
     if check is None:
-        validate_focus_logits_args(*args)
-        return False
-    try:
-        code = check(*args, len(KIND_NAMES), is_cpp)
-    except (RuntimeError, TypeError):  # the dispatcher refused a non-tensor argument
-        validate_focus_logits_args(*args)
-        raise
-    if code == 0:
-        return is_cpp
-    validate_focus_logits_args(*args)
+        return None
+    code = check(*args, N_KINDS, mode)
+    if code < 0:
+        return None
     if code > 0:
+        validate_focus_logits_args(*args)
         raise ValueError(f"{ARG_NAMES[code - 1]}: rejected by the native argument check")
-    return False
+    return mode != CHECK
 
 
 def focus_logits_(
@@ -129,9 +130,9 @@ def focus_logits_(
     step : [B] int32 >= 0, the decay step ``t`` of each row.
     backend : ``"auto"``, ``"torch"``, ``"triton"``, ``"cpp"`` or ``"cuda"``.
     validate : check arguments first.  On CPU every check runs natively in one pass over the small
-        tensors (with the ``cpp`` backend inside the same call as the kernel), so the default call costs
-        about what ``validate=False`` does.  On CUDA the value checks are reductions read back to the
-        host: one synchronization per call (the CPU waits for every queued kernel) -- pass ``False`` on
+        tensors, and with the ``cpp`` backend (what ``"auto"`` takes) the same native call applies the
+        op without the dispatcher, so the default call costs less than ``validate=False`` does.  On
+        CUDA the value checks are reductions read back to the host: one synchronization per call (the CPU waits for every queued kernel) -- pass ``False`` on
         the serving path once the inputs are known to be good, and under ``torch.compile``.
 
     Returns
@@ -144,12 +145,20 @@ def focus_logits_(
             validate_focus_logits_args(*args)
         get_op("focus_logits", backend, logits.device)(*args)
         return logits
+    # The common CPU call: checks and op in one native call, without the dispatcher.
+    if validate and backend == "auto" and _checked_natively(args, CHECK_AND_APPLY_IF_AUTO):
+        return logits
     if not isinstance(logits, torch.Tensor):
         check_tensor("logits", logits, LOGIT_DTYPES, (None, None))
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
     forced = os.environ.get("FOCUSKERN_BACKEND") if backend == "auto" else None
     op, is_cpp = _resolved(backend, logits.device, forced)
-    if not (validate and _checked_in_one_pass(args, is_cpp)):
-        op(*args)
+    if validate:
+        done = _checked_natively(args, CHECK_AND_APPLY if is_cpp else CHECK)
+        if done:
+            return logits
+        if done is None:
+            validate_focus_logits_args(*args)
+    op(*args)
     return logits
