@@ -238,8 +238,11 @@ def test_n_choices_and_stop_sequences_with_focus(server, seed):
     assert sampled == [s[0] for s in singles]
     assert all(f != u for f, u in zip(sampled, unfocused)) and any(says(s[1], entities) for s in sampled), sampled
     for (_, text, finish), (_, whole, _) in zip((s[0] for s in stopped), (f[0] for f in full)):
-        cut = min(i for i in map(whole.find, stops) if i >= 0)
-        assert finish == "stop" and text == whole[:cut], (stops, text, whole)
+        cuts = [i for i in map(whole.find, stops) if i >= 0]
+        if cuts:  # the stop entity is in the unstopped answer: cut at its first occurrence
+            assert finish == "stop" and text == whole[:min(cuts)], (stops, text, whole)
+        else:  # this answer (chat or completion) never says it: nothing to stop at
+            assert text == whole, (stops, text, whole)
 
 
 def test_json_schema_with_focus_returns_valid_json_naming_an_entity(server):
@@ -251,7 +254,8 @@ def test_json_schema_with_focus_returns_valid_json_naming_an_entity(server):
               "required": ["story"], "additionalProperties": False}
     fmt = {"type": "json_schema", "json_schema": {"name": "story", "schema": schema}}
     entities = TOPICS["the sea"]
-    focus = {"entities": entities, "bias": 14.0, "continuation_bias": 14.0, "variants": "spaced"}
+    # A constant push (no ramp-in): the test is about the grammar and the focus together, not the policy.
+    focus = {"entities": entities, "bias": 14.0, "continuation_bias": 14.0, "decay": "constant"}
 
     async def body(c):
         return await asyncio.gather(*(c.chat("the sea as JSON", f, max_tokens=40, response_format=fmt)

@@ -48,7 +48,9 @@ class FocusLogitsProcessor(*_BASES):
     def __init__(self, vllm_config: "VllmConfig", device_or_req_states, is_pin_memory: bool = False):
         Limits.from_env()  # a malformed FOCUSKERN_MAX_* variable stops the engine at start, by name
         model = vllm_config.model_config
-        tokenizer = _LazyTokenizer(model)
+        # An engine without a tokenizer (skip_tokenizer_init, or a config that names none) steers
+        # token-id entities on opaque tokens; strings are refused at admission there.
+        tokenizer = None if getattr(model, "skip_tokenizer_init", True) else _LazyTokenizer(model)
         vocab = model.get_vocab_size()
         # Custom processors see one row per request only without speculative decoding (V1 does not
         # even load them then): validate_params refuses focused requests in such engines.
@@ -83,7 +85,8 @@ class FocusLogitsProcessor(*_BASES):
         """
         engine = _admitting_engine()
         spec = admit(sampling_params, Limits.from_env(), _model_facts(engine))
-        if spec is not None and engine is not None and engine.vllm_config.speculative_config is not None:
+        speculative = getattr(getattr(engine, "vllm_config", None), "speculative_config", None)
+        if spec is not None and speculative is not None:
             raise ValueError("focus is not supported by this engine: it runs speculative decoding "
                              "(--speculative-config), which focuskern cannot steer; send the request "
                              "without focus, or serve focused traffic from an engine without it")
@@ -189,8 +192,7 @@ def _admitting_engine(depth: int = 8):
         if frame is None:
             break
         owner = frame.f_locals.get("self")
-        if hasattr(getattr(owner, "model_config", None), "get_vocab_size") and hasattr(owner, "renderer") \
-                and hasattr(owner, "vllm_config"):
+        if hasattr(getattr(owner, "model_config", None), "get_vocab_size") and hasattr(owner, "renderer"):
             return owner
         frame = frame.f_back
     return None
