@@ -254,11 +254,12 @@ def test_json_schema_with_focus_returns_valid_json_naming_an_entity(server):
               "required": ["story"], "additionalProperties": False}
     fmt = {"type": "json_schema", "json_schema": {"name": "story", "schema": schema}}
     entities = TOPICS["the sea"]
-    # A constant push (no ramp-in): the test is about the grammar and the focus together, not the policy.
+    # A constant push (no ramp-in): the test is about the grammar and the focus together, not the policy;
+    # 80 tokens cover the schema's 100 characters, so the grammar, not the budget, ends each reply.
     focus = {"entities": entities, "bias": 14.0, "continuation_bias": 14.0, "decay": "constant"}
 
     async def body(c):
-        return await asyncio.gather(*(c.chat("the sea as JSON", f, max_tokens=40, response_format=fmt)
+        return await asyncio.gather(*(c.chat("the sea as JSON", f, max_tokens=80, response_format=fmt)
                                       for f in (None, focus)))
 
     (plain,), (focused,) = run(body, server)
