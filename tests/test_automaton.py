@@ -96,8 +96,9 @@ def check_program(entities, policy, table, mode="phrase"):
             if not pushed.pcs[f] >> pc & 1:
                 continue
             units = tuple(pushed.units[pushed.off[f]:pushed.off[f + 1]].tolist())
-            if mode == "phrase":
-                starting = [t for t, v in eligible.items() if units[:len(v)] == v]
+            if mode == "phrase":  # the longest token(s) the form starts with
+                longest = max((len(v) for v in eligible.values() if units[:len(v)] == v), default=0)
+                starting = [t for t, v in eligible.items() if len(v) == longest and units[:len(v)] == v]
             else:
                 starting = [t for seq in forms.canonical[e] for t in seq]
             for t in starting:
