@@ -43,7 +43,10 @@ def test_batch_with_different_specs_and_left_padding(lm):
     """Row 0 is focused, row 1 is not; row 1 must equal its unbatched baseline token for token."""
     model, tok = lm
     prompts = ["Write one sentence about the sea.", "Name a colour and explain why you like it in detail."]
-    spec = fk.FocusSpec.fixed(["lighthouse"], bias=6.0)
+    # A constant push with the text policy's forms: "fixed" (legacy "default" forms) also pushes the
+    # unspaced "light" mid-sentence, which glues onto words, and with only the longest start token
+    # pushed a +6 no longer wins within 30 tokens here (+10 does).
+    spec = fk.FocusSpec(["lighthouse"], bias=10.0, decay=fk.Decay.constant())
     proc = FocusLogitsProcessor([spec, None], tok)
     batched = generate(model, tok, prompts, proc, max_new_tokens=30)
     assert "lighthouse" in tok.decode(batched[0], skip_special_tokens=True).lower()
