@@ -51,7 +51,7 @@ def extension_build():
     # The table layout's C++ enums, generated from its one definition (focuskern/ops/layout.py).
     generated = os.path.dirname(runpy.run_path("focuskern/ops/layout.py")["write_header"]("build/generated"))
     include_dirs = [os.path.abspath(generated)]
-    sources = ["csrc/module.cpp", "csrc/focus_cpu.cpp"]
+    sources = ["csrc/module.cpp", "csrc/focus_cpu.cpp", "csrc/compile_cpu.cpp"]
     with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
     if with_cuda:
         if os.environ.get("FOCUSKERN_CUDA_ARCHS"):

@@ -13,7 +13,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <utility>
+#include <vector>
 
+#include "compile_cpu.h"
 #include "focus_cpu.h"
 
 #ifndef FOCUSKERN_WITH_CUDA
@@ -91,7 +94,68 @@ PyObject* focus_logits_check(PyObject*, PyObject* const* args, Py_ssize_t nargs)
   return PyLong_FromLongLong(code);
 }
 
+// A vector's data as a 1-D int64 tensor (no copy: the tensor owns the vector).
+PyObject* wrap(std::vector<int64_t>&& v) {
+  auto* owned = new std::vector<int64_t>(std::move(v));
+  at::Tensor t = at::from_blob(owned->data(), {static_cast<int64_t>(owned->size())},
+                               [owned](void*) { delete owned; }, at::TensorOptions().dtype(at::kLong));
+  return THPVariable_Wrap(t);
+}
+
+// build_automaton(sym, off, entity, tok_off, tok_sym, tokens, edges) -> (sym, child_lo, fail,
+// through_off, through, out_off, out, edge_u, edge_token, edge_child, max_depth): the native path
+// of focuskern.automaton.build_automaton (compile_cpu.cpp); contiguous int64 CPU tensors.
+PyObject* build_automaton(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 7) {
+    PyErr_Format(PyExc_TypeError, "build_automaton takes 7 arguments, got %zd", nargs);
+    return nullptr;
+  }
+  std::array<at::Tensor, 6> t;
+  for (size_t i = 0; i < t.size(); ++i) {
+    if (!THPVariable_Check(args[i])) {
+      PyErr_Format(PyExc_TypeError, "build_automaton: argument %zu is not a tensor", i);
+      return nullptr;
+    }
+    t[i] = THPVariable_Unpack(args[i]);
+    if (t[i].scalar_type() != at::kLong || !t[i].is_cpu() || !t[i].is_contiguous() || t[i].dim() != 1) {
+      PyErr_Format(PyExc_TypeError, "build_automaton: argument %zu must be a contiguous 1-D int64 CPU tensor", i);
+      return nullptr;
+    }
+  }
+  const int edges = PyObject_IsTrue(args[6]);
+  if (edges < 0) return nullptr;
+  if (t[1].numel() < 1 || t[2].numel() != t[1].numel() - 1) {
+    PyErr_SetString(PyExc_ValueError, "build_automaton: off must hold one more entry than entity");
+    return nullptr;
+  }
+  focuskern::Automaton a;
+  std::exception_ptr error;
+  PyThreadState* saved = PyEval_SaveThread();
+  try {
+    a = focuskern::build_automaton_cpu(t[0].data_ptr<int64_t>(), t[1].data_ptr<int64_t>(), t[2].numel(),
+                                       t[2].data_ptr<int64_t>(), t[3].data_ptr<int64_t>(), t[4].data_ptr<int64_t>(),
+                                       t[5].data_ptr<int64_t>(), t[5].numel(), edges != 0);
+  } catch (...) {
+    error = std::current_exception();
+  }
+  PyEval_RestoreThread(saved);
+  if (error) {
+    try {
+      std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+    return nullptr;
+  }
+  return Py_BuildValue("(NNNNNNNNNNL)", wrap(std::move(a.sym)), wrap(std::move(a.child_lo)), wrap(std::move(a.fail)),
+                       wrap(std::move(a.through_off)), wrap(std::move(a.through)), wrap(std::move(a.out_off)),
+                       wrap(std::move(a.out)), wrap(std::move(a.edge_u)), wrap(std::move(a.edge_token)),
+                       wrap(std::move(a.edge_child)), static_cast<long long>(a.max_depth));
+}
+
 PyMethodDef methods[] = {
+    {"build_automaton", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(build_automaton)),
+     METH_FASTCALL, "The native path of focuskern.automaton.build_automaton (see csrc/module.cpp)."},
     {"focus_logits_check", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(focus_logits_check)),
      METH_FASTCALL, "The CPU fast path of focuskern.ops.focus_logits_ (see csrc/module.cpp)."},
     {nullptr, nullptr, 0, nullptr}};

@@ -26,12 +26,15 @@ Vectorized (numpy): loops run over depth and token length, never over nodes or e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
+import torch
 
 from .forms import EntityForms, FlatForms
 from .ops.layout import (BC_CONT, BC_DIGIT, BC_WORD, BYTE_CLASS, N_PUSH_CONTEXTS, NODE_MASK, SYM_DIGITS_END,
                          SYM_WORD_START, C, N_, S_)
+from .ops.dispatch import extension
 from .text import P, TokenTable, powers, run_hash, unit_values
 
 WORD_BITS = 32
@@ -67,6 +70,11 @@ class Program:
     @property
     def max_out(self) -> int:
         return int((self.node[:, N_.OUT_HI] - self.node[:, N_.OUT_LO]).max(initial=0))
+
+
+def _check_nodes(n_nodes: int) -> None:
+    if n_nodes > NODE_MASK + 1:
+        raise ValueError(f"entities compile to {n_nodes} automaton nodes, more than {NODE_MASK + 1}")
 
 
 def _csr(owner: np.ndarray, item: np.ndarray, n_owners: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
@@ -146,8 +154,7 @@ class _Trie:
             self.level.append(self.level[-1] + len(keys))
         self.parent, self.rank = np.concatenate(parents), np.concatenate(ranks)
         self.n_nodes, self.n_entities = self.level[-1], n_entities
-        if self.n_nodes > NODE_MASK + 1:
-            raise ValueError(f"entities compile to {self.n_nodes} automaton nodes, more than {NODE_MASK + 1}")
+        _check_nodes(self.n_nodes)
         self.keys = self.parent[1:] * n_sym + self.rank[1:]
         self.sym = np.append(self.symbols, -1)[self.rank]  # the root's rank -1 picks the appended -1
         self.through = _csr(self.at, through_entity, self.n_nodes, n_entities)
@@ -261,51 +268,89 @@ def _starts(forms: EntityForms, table: TokenTable, phrase: bool):
     return pcs, token[rows], pushed.entity[f][rows]
 
 
-def compile_program(forms: EntityForms, table: TokenTable, phrase: bool) -> Program:
-    """Build the tables of a spec's entity forms against a tokenizer's :class:`TokenTable`.
+class Automaton(NamedTuple):
+    """The trie of the patterns (nodes breadth-first, children sorted by symbol: :class:`_Trie`), its
+    fail links, ``through``/``out`` as lists per node (``*_off`` [N + 1] and the entities) and the
+    token edges ``(u, t, c)`` sorted by ``(u, t, c)``."""
 
-    Vectorized (numpy), looping only over depth and token length: time and memory are linear in the
-    total form length times the depth of the fail chains (the longest pattern)."""
-    sym, off = patterns(forms.counted)
-    trie = _Trie(sym, off, forms.counted.entity, forms.n_entities)
-    n, n_ent = trie.n_nodes, trie.n_entities
+    sym: np.ndarray
+    child_lo: np.ndarray
+    fail: np.ndarray
+    through_off: np.ndarray
+    through: np.ndarray
+    out_off: np.ndarray
+    out: np.ndarray
+    edge_u: np.ndarray
+    edge_token: np.ndarray
+    edge_child: np.ndarray
+    max_depth: int
+
+
+def build_automaton(sym: np.ndarray, off: np.ndarray, entity: np.ndarray, n_entities: int, table: TokenTable,
+                    phrase: bool, native: bool = True) -> Automaton:
+    """The :class:`Automaton` of patterns ``sym[off[f]:off[f + 1]]`` (entity ``entity[f]``); token edges
+    only in ``phrase`` mode.  With ``native`` and the C++ extension built, its loops over nodes
+    (``csrc/compile_cpu.cpp``); else numpy (the reference: both give the same arrays)."""
+    ext = extension()[0] if native else None
+    if getattr(ext, "build_automaton", None) is None:  # no extension, or one built before this function
+        return _build_numpy(sym, off, entity, n_entities, table, phrase)
+    tokens = table.index.tokens if phrase else np.zeros(0, np.int64)
+    args = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+            for a in (sym, off, entity, table.off, table.sym, tokens)]
+    *arrays, max_depth = ext.build_automaton(*args, phrase)
+    _check_nodes(len(arrays[0]))
+    return Automaton(*(a.numpy() for a in arrays), max_depth)
+
+
+def _build_numpy(sym, off, entity, n_entities: int, table: TokenTable, phrase: bool) -> Automaton:
+    trie = _Trie(sym, off, entity, n_entities)
+    n = trie.n_nodes
     fail = trie.fail_links()
     u, w, _ = _fail_chains(fail)
-
     # out(u) = ends of every node on the chain, the root's included (only an empty pattern ends there)
     chain_u = np.concatenate([u, np.arange(n)])
     p, ent = _expand(*trie.ends, np.concatenate([w, np.zeros(n, np.int64)]))
-    out = _csr(chain_u[p], ent, n, n_ent)
+    out = _csr(chain_u[p], ent, n, n_entities)
+    edges = token_edges(trie, table) if phrase else (np.zeros(0, np.int64),) * 3
+    order = np.lexsort(edges[::-1])
+    return Automaton(trie.sym, trie.child_lo, fail, *trie.through, *out, *(e[order] for e in edges),
+                     len(trie.level) - 2)
+
+
+def compile_program(forms: EntityForms, table: TokenTable, phrase: bool) -> Program:
+    """Build the tables of a spec's entity forms against a tokenizer's :class:`TokenTable`.
+
+    Time and memory are linear in the total form length times the depth of the fail chains (the
+    longest pattern); see :func:`build_automaton`."""
+    sym, off = patterns(forms.counted)
+    a = build_automaton(sym, off, forms.counted.entity, forms.n_entities, table, phrase)
+    n, n_ent = len(a.sym), forms.n_entities
 
     pcs, start_token, start_entity = _starts(forms, table, phrase)
-    if phrase:
-        edge_u, edge_token, edge_child = token_edges(trie, table)
-    else:
-        edge_u = edge_token = edge_child = np.zeros(0, np.int64)
-    tokens = np.unique(np.concatenate([edge_token, start_token]))
-    edge_slot = np.searchsorted(tokens, edge_token)
+    pushed = np.zeros(max(table.vocab_size, int(start_token.max(initial=-1)) + 1), bool)  # slot = rank
+    pushed[a.edge_token] = pushed[start_token] = True
+    tokens = np.flatnonzero(pushed)
+    slot_of = np.cumsum(pushed) - 1
 
     # closure(u) = u's own token edges, by slot (a token spells one path from u: one child per slot)
-    order = np.argsort(edge_u * max(len(tokens), 1) + edge_slot, kind="stable")
-    closure = np.stack([edge_slot[order], edge_child[order]], axis=1).astype(np.int32).reshape(-1, C.WIDTH)
-    clo_off = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(edge_u, minlength=n), out=clo_off[1:])
+    closure = np.empty((len(a.edge_u), C.WIDTH), dtype=np.int32)
+    closure[:, C.SLOT], closure[:, C.CHILD] = slot_of[a.edge_token], a.edge_child
+    clo_off = np.searchsorted(a.edge_u, np.arange(n + 1))
 
-    through_off, through = trie.through
     node = np.zeros((n, N_.WIDTH), dtype=np.int32)
     node[:, N_.CLO_LO], node[:, N_.CLO_HI] = clo_off[:-1], clo_off[1:]
-    node[:, N_.THROUGH_LO], node[:, N_.THROUGH_HI] = through_off[:-1], through_off[1:]
-    out_off = out[0] + len(through)
+    node[:, N_.THROUGH_LO], node[:, N_.THROUGH_HI] = a.through_off[:-1], a.through_off[1:]
+    out_off = a.out_off + len(a.through)
     node[:, N_.OUT_LO], node[:, N_.OUT_HI] = out_off[:-1], out_off[1:]
-    node[:, N_.FAIL] = fail
-    node[:, N_.CHILD_LO], node[:, N_.CHILD_HI] = trie.child_lo[:-1], trie.child_lo[1:]
-    node[:, N_.SYM] = trie.sym
-    ents = [through, out[1]]
+    node[:, N_.FAIL] = a.fail
+    node[:, N_.CHILD_LO], node[:, N_.CHILD_HI] = a.child_lo[:-1], a.child_lo[1:]
+    node[:, N_.SYM] = a.sym
+    ents = [a.through, a.out]
 
     slot = np.zeros((len(tokens), S_.WIDTH), dtype=np.int32)
     slot[:, S_.TOKEN] = tokens
-    start_slot = np.searchsorted(tokens, start_token)
-    base = len(through) + len(out[1])
+    start_slot = slot_of[start_token]
+    base = len(a.through) + len(a.out)
     for pc in range(N_PUSH_CONTEXTS):
         mine = pcs == pc
         first_off, first = _csr(start_slot[mine], start_entity[mine], len(tokens), n_ent)
@@ -313,4 +358,4 @@ def compile_program(forms: EntityForms, table: TokenTable, phrase: bool) -> Prog
         slot[:, lo], slot[:, lo + 1] = base + first_off[:-1], base + first_off[1:]
         ents.append(first)
         base += len(first)
-    return Program(n_ent, node, slot, closure, np.concatenate(ents).astype(np.int32), len(trie.level) - 2)
+    return Program(n_ent, node, slot, closure, np.concatenate(ents).astype(np.int32), a.max_depth)

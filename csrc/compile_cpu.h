@@ -1,0 +1,21 @@
+// The automaton compiler's native path (compile_cpu.cpp), called by module.cpp.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace focuskern {
+
+// Node arrays (breadth-first numbering, children sorted by symbol; root 0 with symbol -1), the
+// through/out lists as CSR, and the token edges sorted by (u, token): focuskern.automaton.Automaton.
+struct Automaton {
+  std::vector<int64_t> sym, child_lo, fail, through_off, through, out_off, out, edge_u, edge_token, edge_child;
+  int64_t max_depth = 0;
+};
+
+// Patterns sym[off[f]:off[f + 1]] of entities entity[f]; token k's symbols tok_sym[tok_off[k]:tok_off[k + 1]];
+// tokens: the ids that token edges may carry; edges: build them at all.
+Automaton build_automaton_cpu(const int64_t* sym, const int64_t* off, int64_t n_forms, const int64_t* entity,
+                              const int64_t* tok_off, const int64_t* tok_sym, const int64_t* tokens,
+                              int64_t n_tokens, bool edges);
+
+}  // namespace focuskern
