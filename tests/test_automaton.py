@@ -11,8 +11,9 @@ import random
 import numpy as np
 import pytest
 
-from focuskern.automaton import compile_program, patterns
+from focuskern.automaton import Automaton, build_automaton, compile_program, patterns
 from focuskern.forms import entity_forms
+from focuskern.ops.dispatch import extension
 from focuskern.ops.layout import N_PUSH_CONTEXTS, SYM_DIGITS_END, SYM_WORD_START, C, N_, S_
 from focuskern.text import WHITESPACE, TokenTable, opaque_table
 
@@ -161,3 +162,39 @@ def test_an_entity_no_token_starts_compiles_without_starts():
     table = TokenTable.from_bytes([b"a", b"b", b" "])
     program = check_program(["ab", " ab"], "as_written", table)
     assert np.all(opaque_table(3).units(2) == [1026]) and program.n_entities == 2
+
+
+native = pytest.mark.skipif(getattr(extension()[0], "build_automaton", None) is None,
+                            reason="focuskern._C (with build_automaton) is not built")
+
+
+def assert_same_automaton(forms, table, phrase):
+    """The C++ path of build_automaton gives the numpy version's arrays, bit for bit."""
+    sym, off = patterns(forms.counted)
+    args = (sym, off, forms.counted.entity, forms.n_entities, table, phrase)
+    got, want = build_automaton(*args, native=True), build_automaton(*args, native=False)
+    for name, a, b in zip(Automaton._fields, got, want):
+        assert np.array_equal(a, b), name
+
+
+@native
+@pytest.mark.parametrize("policy", ["text", "as_written"])
+@pytest.mark.parametrize("phrase", [True, False])
+def test_native_automaton_equals_numpy(seed, policy, phrase):
+    rng = random.Random(seed)
+    alphabet = ["a", "b", "A", "B", "1", "2", " ", "-", ".", "(", "医", "疗", "の", "は", "É"]
+    table = byte_vocabulary(rng, alphabet, rng.randint(0, 300))
+    entities = random_entities(rng, alphabet, rng.choice([1, 7, 300]))
+    assert_same_automaton(entity_forms(entities, policy, table, None, False), table, phrase)
+
+
+@native
+def test_native_automaton_equals_numpy_on_token_ids(seed):
+    """Token-id entities, opaque symbols (no tokenizer) and bytes mixed with string entities."""
+    rng = random.Random(seed)
+    ids = [[tuple(rng.randrange(7) for _ in range(rng.randint(1, 5))) for _ in range(rng.randint(1, 3))]
+           for _ in range(rng.randint(1, 40))]
+    assert_same_automaton(entity_forms(ids, "as_written", opaque_table(7), None, False), opaque_table(7), True)
+    table = byte_vocabulary(rng, ["a", "b", " ", "3"], 20)
+    mixed = ids + random_entities(rng, ["a", "b", " ", "3", "年"], 30)
+    assert_same_automaton(entity_forms(mixed, "text", table, None, False), table, True)
