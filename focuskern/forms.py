@@ -48,27 +48,47 @@ class EntityForms:
     canonical: list[list[tuple[int, ...]]] | None = None  # tokens mode: per entity, tokenized pushed forms
 
 
-def flip_first(e: str) -> str:
-    """``e`` with its first character's case flipped (unchanged where that is not one character)."""
-    flipped = e[:1].swapcase()
-    return flipped + e[1:] if len(flipped) == 1 else e
+def _first_char_forms(c: str) -> tuple[str, str, bool]:
+    """(``c`` with its case flipped, ``c`` upper case, 3- or 4-byte UTF-8): each ``c`` where the case
+    change is not one character."""
+    flip, upper = c.swapcase(), c.upper()
+    return (flip if len(flip) == 1 else c), (upper if len(upper) == 1 else c), ord(c) >= 0x800
 
 
-def capitalize_first(e: str) -> str:
-    upper = e[:1].upper()
-    return upper + e[1:] if len(upper) == 1 else e
+def text_forms_of(strings: list[str]) -> tuple[list[str], list[int], list[str], list[int], list[int]]:
+    """The ``"text"`` forms of every string (module docstring), entity by entity: ``(counted, counted
+    owner, pushed, pushed owner, pushed push-context bitmask)``, owners indices into ``strings``.
+    One loop with the first character's forms looked up (entities share few first characters)."""
+    counted, counted_at, pushed, pushed_at, pcs = [], [], [], [], []
+    chars: dict[str, tuple[str, str, bool]] = {}
+    for i, e in enumerate(strings):
+        e = e.strip()
+        c, rest = e[:1], e[1:]
+        if c not in chars:
+            chars[c] = _first_char_forms(c)
+        flip, cap, wide = chars[c]
+        if flip == c:
+            counted.append(e)
+            counted_at.append(i)
+        else:
+            counted += (e, flip + rest)
+            counted_at += (i, i)
+        if cap == c:
+            forms, masks = ((e,), (0b1111,)) if wide else ((e, " " + e), (0b0011, 0b1100))
+        else:
+            e_cap = cap + rest
+            forms, masks = (((e, e_cap), (0b0101, 0b1010)) if wide else
+                            ((e, e_cap, " " + e, " " + e_cap), (0b0001, 0b0010, 0b0100, 0b1000)))
+        pushed += forms
+        pushed_at += [i] * len(forms)
+        pcs += masks
+    return counted, counted_at, pushed, pushed_at, pcs
 
 
 def text_forms(e: str) -> tuple[list[str], dict[str, int]]:
-    """(counted forms, {pushed form: push-context bitmask}) of an entity string under ``"text"``."""
-    e = e.strip()
-    cap, flip = capitalize_first(e), flip_first(e)
-    counted = [e] if flip == e else [e, flip]
-    if ord(e[0]) >= 0x800:  # 3- or 4-byte UTF-8 first character: never spaced
-        return counted, ({e: 0b1111} if cap == e else {e: 0b0101, cap: 0b1010})
-    if cap == e:
-        return counted, {e: 0b0011, " " + e: 0b1100}
-    return counted, {e: 0b0001, cap: 0b0010, " " + e: 0b0100, " " + cap: 0b1000}
+    """(counted forms, {pushed form: push-context bitmask}) of one entity string under ``"text"``."""
+    counted, _, pushed, _, pcs = text_forms_of([e])
+    return counted, dict(zip(pushed, pcs))
 
 
 def _flat_strings(forms: list[str], entity: list[int], pcs: list[int]) -> FlatForms:
@@ -90,30 +110,31 @@ def _flat_arrays(parts: list[np.ndarray], entity: list[int], pcs: list[int]) -> 
 def entity_forms(entities, policy, table: TokenTable, tokenizer, tokens_mode: bool) -> EntityForms:
     """The counted and pushed forms of ``entities``.  ``policy``: ``"text"``, ``"as_written"`` or a
     callable ``str -> list[str]``.  Strings need a tokenizer (``ValueError`` naming the entity)."""
-    counted: list[str] = []
-    counted_ent: list[int] = []
-    pushed: list[str] = []
-    pushed_ent: list[int] = []
-    pushed_pcs: list[int] = []
+    strings = [i for i, entity in enumerate(entities) if isinstance(entity, str)]
+    if strings and table.opaque:
+        raise ValueError(f"entities[{strings[0]}] is a string: pass a tokenizer (or token ids)")
+    if policy == "text":
+        counted, counted_at, pushed, pushed_at, pushed_pcs = text_forms_of([entities[i] for i in strings])
+    else:
+        counted, counted_at, pushed_pcs = [], [], []
+        for k, i in enumerate(strings):
+            said = [entities[i]] if policy == "as_written" else list(dict.fromkeys(f for f in policy(entities[i]) if f))
+            counted += said
+            counted_at += [k] * len(said)
+        pushed, pushed_at, pushed_pcs = counted, counted_at, [ALL_PCS] * len(counted)
+    owner = np.asarray(strings, np.int64)
+    counted_ent, pushed_ent = owner[np.asarray(counted_at, np.int64)], owner[np.asarray(pushed_at, np.int64)]
     id_counted: list[np.ndarray] = []
     id_counted_ent: list[int] = []
     canonical: list[list[tuple[int, ...]]] = []
+    if tokens_mode:
+        forms_of: dict[int, list[str]] = {}
+        for form, i in zip(pushed, pushed_ent.tolist()):
+            forms_of.setdefault(i, []).append(form)
     for i, entity in enumerate(entities):
         if isinstance(entity, str):
-            if table.opaque:
-                raise ValueError(f"entities[{i}] is a string: pass a tokenizer (or token ids)")
-            if policy == "text":
-                said, push = text_forms(entity)
-            else:
-                said = [entity] if policy == "as_written" else list(dict.fromkeys(f for f in policy(entity) if f))
-                push = dict.fromkeys(said, ALL_PCS)
-            counted += said
-            counted_ent += [i] * len(said)
-            pushed += push
-            pushed_ent += [i] * len(push)
-            pushed_pcs += push.values()
             if tokens_mode:
-                canonical.append(_tokenize(tokenizer, list(push), i))
+                canonical.append(_tokenize(tokenizer, forms_of.get(i, [entity]), i))
         else:
             variants = list(dict.fromkeys(tuple(int(t) for t in seq) for seq in entity))
             for seq in variants:  # ids checked by the caller (programs.check_in_vocab)
