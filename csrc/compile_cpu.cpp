@@ -106,7 +106,7 @@ Automaton build_automaton_cpu(const int64_t* sym, const int64_t* off, int64_t n_
   }
 
   // out(u) = ends(u) | out(fail(u)) (out(0) = ends(0)).
-  a.out_off.assign(n + 1, 0);
+  a.out_off.assign(n + 1, 0);  // entities < 2^31 (int32 tables)
   a.out.reserve(t.ends.size());
   for (int64_t u = 0; u < n; ++u) {
     auto e_lo = t.ends.begin() + t.ends_off[u], e_hi = t.ends.begin() + t.ends_off[u + 1];
@@ -125,7 +125,7 @@ Automaton build_automaton_cpu(const int64_t* sym, const int64_t* off, int64_t n_
     for (int64_t k = 0; k < n_tokens; ++k)
       if (tok_off[tokens[k] + 1] > tok_off[tokens[k]]) words.push_back({0, tokens[k], tok_off[tokens[k]], tok_off[tokens[k] + 1], 0});
     const Trie vocab(std::move(words), tok_sym);
-    std::vector<std::pair<int64_t, int64_t>> stack, found;  // (trie node, vocabulary node), (token, child)
+    std::vector<std::pair<int64_t, int64_t>> stack, found;  // (pattern node, vocabulary node), (token, child)
     for (int64_t u = 1; u < n; ++u) {
       if (!is_unit(t.sym[u])) continue;
       found.clear();
@@ -148,16 +148,16 @@ Automaton build_automaton_cpu(const int64_t* sym, const int64_t* off, int64_t n_
       }
       std::sort(found.begin(), found.end());
       for (auto [token, c] : found) {
-        a.edge_u.push_back(u);
-        a.edge_token.push_back(token);
-        a.edge_child.push_back(c);
+        a.edge_u.push_back(static_cast<int32_t>(u));
+        a.edge_token.push_back(static_cast<int32_t>(token));
+        a.edge_child.push_back(static_cast<int32_t>(c));
       }
     }
   }
   a.sym = std::move(t.sym);
   a.child_lo = std::move(t.child_lo);
   a.through_off = std::move(t.through_off);
-  a.through = std::move(t.through);
+  a.through.assign(t.through.begin(), t.through.end());
   return a;
 }
 

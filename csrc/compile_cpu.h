@@ -8,7 +8,8 @@ namespace focuskern {
 // Node arrays (breadth-first numbering, children sorted by symbol; root 0 with symbol -1), the
 // through/out lists as CSR, and the token edges sorted by (u, token): focuskern.automaton.Automaton.
 struct Automaton {
-  std::vector<int64_t> sym, child_lo, fail, through_off, through, out_off, out, edge_u, edge_token, edge_child;
+  std::vector<int64_t> sym, child_lo, fail, through_off, out_off;
+  std::vector<int32_t> through, out, edge_u, edge_token, edge_child;  // the long ones (ids < 2^31)
   int64_t max_depth = 0;
 };
 

@@ -94,17 +94,19 @@ PyObject* focus_logits_check(PyObject*, PyObject* const* args, Py_ssize_t nargs)
   return PyLong_FromLongLong(code);
 }
 
-// A vector's data as a 1-D int64 tensor (no copy: the tensor owns the vector).
-PyObject* wrap(std::vector<int64_t>&& v) {
-  auto* owned = new std::vector<int64_t>(std::move(v));
+// A vector's data as a 1-D tensor (no copy: the tensor owns the vector).
+template <typename T>
+PyObject* wrap(std::vector<T>&& v) {
+  auto* owned = new std::vector<T>(std::move(v));
   at::Tensor t = at::from_blob(owned->data(), {static_cast<int64_t>(owned->size())},
-                               [owned](void*) { delete owned; }, at::TensorOptions().dtype(at::kLong));
+                               [owned](void*) { delete owned; }, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
   return THPVariable_Wrap(t);
 }
 
 // build_automaton(sym, off, entity, tok_off, tok_sym, tokens, edges) -> (sym, child_lo, fail,
 // through_off, through, out_off, out, edge_u, edge_token, edge_child, max_depth): the native path
-// of focuskern.automaton.build_automaton (compile_cpu.cpp); contiguous int64 CPU tensors.
+// of focuskern.automaton.build_automaton (compile_cpu.cpp); arguments contiguous int64 CPU tensors,
+// results int64 (node arrays, offsets) and int32 (lists, edges).
 PyObject* build_automaton(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 7) {
     PyErr_Format(PyExc_TypeError, "build_automaton takes 7 arguments, got %zd", nargs);
