@@ -21,7 +21,9 @@ a kernel's work per step grow linearly with the entities.
   in push context ``pc`` starts with the token (phrase mode), or, in tokens mode, entities with the token
   in a tokenized pushed form (the same list for every ``pc``).
 
-Vectorized (numpy): loops run over depth and token length, never over nodes or entities.
+The trie, fail links, lists and token edges (:func:`build_automaton`) come from the C++ extension
+where it is built (``csrc/compile_cpu.cpp``, loops over nodes) and from numpy otherwise (vectorized:
+loops over depth and token length, never over nodes or entities); both give the same arrays.
 """
 from __future__ import annotations
 
