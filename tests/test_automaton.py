@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from focuskern.automaton import Automaton, build_automaton, compile_program, patterns
-from focuskern.forms import entity_forms
+from focuskern.forms import entity_forms, text_forms_of
 from focuskern.ops.dispatch import extension
 from focuskern.ops.layout import N_PUSH_CONTEXTS, SYM_DIGITS_END, SYM_WORD_START, C, N_, S_
 from focuskern.text import WHITESPACE, TokenTable, opaque_table
+from reference import counted_forms, pushed_forms
 
 B, D = SYM_WORD_START, SYM_DIGITS_END
 
@@ -198,3 +199,18 @@ def test_native_automaton_equals_numpy_on_token_ids(seed):
     table = byte_vocabulary(rng, ["a", "b", " ", "3"], 20)
     mixed = ids + random_entities(rng, ["a", "b", " ", "3", "年"], 30)
     assert_same_automaton(entity_forms(mixed, "text", table, None, False), table, True)
+
+
+def test_text_forms_of_many_entities_follow_the_rules(seed):
+    """The text policy's forms of a batch (one loop, first characters looked up once) are those of the
+    rules read per entity (tests/reference.py): counted as written and first letter flipped, pushed per
+    push context; cased, uncased, CJK/Japanese/Thai, digits, 'ß' (upper case is two characters), 'ǆ'."""
+    rng = random.Random(seed)
+    heads = ["paris", "Paris", "ß", "ǆemal", "医疗", "ひらがな", "ไทย", "2 million", "éclair", "İstanbul", "(x)", "Σ"]
+    entities = [rng.choice(heads) + rng.choice(["", " tail", "年", "9"]) + " " * rng.randint(0, 1) for _ in range(60)]
+    counted, counted_at, pushed, pushed_at, pcs = text_forms_of(entities)
+    for i, e in enumerate(entities):
+        assert [f for f, at in zip(counted, counted_at) if at == i] == counted_forms(e)
+        mine = [(f, m) for f, at, m in zip(pushed, pushed_at, pcs) if at == i]
+        assert {pc: f for f, m in mine for pc in range(N_PUSH_CONTEXTS) if m >> pc & 1} == dict(enumerate(pushed_forms(e)))
+        assert len({f for f, _ in mine}) == len(mine) and sum(m for _, m in mine) == 0b1111
