@@ -164,11 +164,13 @@ class ProgramTable:
                 spec.mode == "phrase", spec.satisfy == "once", spec.boost_starts_in_match, prog.n_entities)
             i32[0, I.EOS0:I.EOS0 + MAX_EOS] = (list(e.eos) + [-1] * MAX_EOS)[:MAX_EOS]
             parts["prog_i32"].append(i32)
-            node = prog.node.copy()
-            node[:, [N_.CLO_LO, N_.CLO_HI]] += n_clo
-            node[:, [N_.THROUGH_LO, N_.THROUGH_HI, N_.OUT_LO, N_.OUT_HI]] += n_ents
-            slot = prog.slot.copy()
-            slot[:, S_.FIRST_LO0:] += n_ents
+            node_shift = np.zeros(N_.WIDTH, dtype=np.int32)  # local list bounds -> global ones, one pass
+            node_shift[[N_.CLO_LO, N_.CLO_HI]] = n_clo
+            node_shift[[N_.THROUGH_LO, N_.THROUGH_HI, N_.OUT_LO, N_.OUT_HI]] = n_ents
+            node = prog.node + node_shift
+            slot_shift = np.zeros(S_.WIDTH, dtype=np.int32)
+            slot_shift[S_.FIRST_LO0:] = n_ents
+            slot = prog.slot + slot_shift
             parts["node"].append(node)
             parts["slot"].append(slot)
             parts["closure"].append(prog.closure)
@@ -179,5 +181,5 @@ class ProgramTable:
                            max(self.limits[2], len(prog.ents)), max(self.limits[3], prog.max_out),
                            self.limits[4], max(self.limits[5], prog.max_depth)]
         self.tables = t._replace(**{
-            name: torch.cat([getattr(t, name), torch.from_numpy(np.concatenate(parts[name])).to(self.device)])
+            name: torch.cat([getattr(t, name)] + [torch.from_numpy(p).to(self.device) for p in parts[name]])
             for name in grown})
