@@ -1,6 +1,8 @@
 """``FocusLogitsProcessor``: the vLLM logits processor (imports vLLM; see :mod:`focuskern.vllm`)."""
 from __future__ import annotations
 
+import copy
+import pickle
 import sys
 from typing import TYPE_CHECKING, Optional
 
@@ -170,6 +172,17 @@ class _LazyTokenizer:
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self._loaded(), name)
+
+    def __reduce__(self):
+        """Pickled (for the build process, :mod:`focuskern.vllm.build`) as the transformers tokenizer
+        vLLM wraps: vLLM subclasses it per instance, in modules whose import loads all of vLLM."""
+        tokenizer = self._loaded()
+        cls = type(tokenizer)
+        while cls.__module__.split(".")[0] == "vllm" and cls.__base__ is not object:
+            cls = cls.__base__
+        plain = copy.copy(tokenizer)
+        plain.__class__ = cls
+        return plain.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
 
     def _loaded(self):
         if self._tokenizer is None:
