@@ -3,6 +3,7 @@ compiled in the engine's process, errors carried back by name, the process gone 
 the worker thread's fallback where it cannot run.  No vLLM needed."""
 import logging
 import os
+import pickle
 import random
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import torch
 import focuskern as fk
 from cases import next_token, random_spec
 from focuskern.vllm import rows as rows_module
-from focuskern.vllm.build import BuildProcess, BuildProcessError
+from focuskern.vllm.build import BuildProcess, BuildProcessError, portable
 from focuskern.vllm.rows import BatchFocus
 
 ALPHABET = 9
@@ -96,6 +97,24 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
+
+
+class Tokenizer:
+    """Stands for a transformers tokenizer class."""
+
+
+def test_vllms_per_instance_tokenizer_class_is_not_sent():
+    """vLLM subclasses the tokenizer per instance (a class in ``vllm.tokenizers``): the build process
+    gets the instance as the class it was made from, so that unpickling it does not import vLLM."""
+    cached = type("CachedTokenizer", (Tokenizer,), {"__module__": "vllm.tokenizers.hf"})
+    wrapped = cached()
+    wrapped.vocab = {"東京": 7}
+    sent = pickle.dumps(portable(wrapped))
+    assert b"vllm" not in sent
+    back = pickle.loads(sent)
+    assert type(back) is Tokenizer and back.vocab == {"東京": 7} and type(wrapped) is cached
+    plain = Tokenizer()
+    assert portable(plain) is plain
 
 
 class Unpicklable:

@@ -17,6 +17,7 @@ build takes it, and the loop waits up to the interpreter's switch interval to ge
 """
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import subprocess
@@ -87,6 +88,24 @@ class BuildProcess:
             self._proc.stdin.flush()
         except OSError as e:
             raise BuildProcessError(f"the build process stopped (exit status {self._proc.poll()})") from e
+
+
+def portable(tokenizer: Any) -> Any:
+    """``tokenizer`` as the class it was made from, where vLLM subclassed that per instance (its
+    cached-properties wrapper): unpickling vLLM's class would import all of vLLM in the build process."""
+    cls = type(tokenizer)
+    while cls.__module__.split(".")[0] == "vllm" and cls.__base__ is not object:
+        cls = cls.__base__
+    if cls is type(tokenizer):
+        return tokenizer
+    plain = copy.copy(tokenizer)
+    plain.__class__ = cls
+    return plain
+
+
+def same(obj: Any) -> Any:
+    """``obj`` (what an object that pickles as another one names as its constructor)."""
+    return obj
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -1,8 +1,6 @@
 """``FocusLogitsProcessor``: the vLLM logits processor (imports vLLM; see :mod:`focuskern.vllm`)."""
 from __future__ import annotations
 
-import copy
-import pickle
 import sys
 from typing import TYPE_CHECKING, Optional
 
@@ -12,6 +10,7 @@ from vllm.tokenizers import cached_tokenizer_from_config
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
 from .admission import Limits, ModelFacts, admit
+from .build import portable, same
 from .rows import BatchFocus, SlotFocus
 
 try:  # Model Runner V2 (vLLM >= 0.3x); without it the processor is a V1 processor only
@@ -174,15 +173,8 @@ class _LazyTokenizer:
         return getattr(self._loaded(), name)
 
     def __reduce__(self):
-        """Pickled (for the build process, :mod:`focuskern.vllm.build`) as the transformers tokenizer
-        vLLM wraps: vLLM subclasses it per instance, in modules whose import loads all of vLLM."""
-        tokenizer = self._loaded()
-        cls = type(tokenizer)
-        while cls.__module__.split(".")[0] == "vllm" and cls.__base__ is not object:
-            cls = cls.__base__
-        plain = copy.copy(tokenizer)
-        plain.__class__ = cls
-        return plain.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+        """Pickled (for the build process) as the plain tokenizer: :func:`~focuskern.vllm.build.portable`."""
+        return same, (portable(self._loaded()),)
 
     def _loaded(self):
         if self._tokenizer is None:
