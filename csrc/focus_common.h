@@ -188,6 +188,16 @@ FK_HOST_DEVICE bool open_continuation(const ProgramView& p, int32_t c, const Log
   return in_vocab(token, V) && static_cast<float>(row[token * col_stride]) != -INFINITY && entry_alive(p, c, sat);
 }
 
+// Step 2a: is node u inside a character -- are its children UTF-8 continuation bytes?  The bytes
+// written so far may begin any character that shares them (a lone lead byte begins thousands), so a
+// banned continuation there aborts the attempt and gives nothing up.
+FK_HOST_DEVICE bool mid_character(const ProgramView& p, const TokenView& tv, int32_t u) {
+  const int32_t* row = p.node_row(u);
+  if (row[N_CHILD_HI] <= row[N_CHILD_LO]) return false;
+  const int32_t s = p.node_row(row[N_CHILD_LO])[N_SYM];
+  return static_cast<uint32_t>(s) < 256u && (tv.byte_class[s] & BC_CONT) != 0;
+}
+
 // Is slot k a continuation of an open partial match at node u (an alive entry on slot k)?
 FK_HOST_DEVICE bool is_continuation(const ProgramView& p, int32_t u, int32_t k, const int32_t* sat) {
   const int32_t hi = p.node_row(u)[N_CLO_HI];

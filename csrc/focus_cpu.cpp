@@ -331,8 +331,9 @@ void focus_state_cpu(at::Tensor logits, const c10::optional<at::Tensor>& last_to
         const float scale = 1.f - s * fp[F_ALPHA];
         scalar_t* row = x + r * s0;
         // Step 2a: a banned continuation aborts its attempt; the entities through the banned entries
-        // are given up only when no entry can continue.  Reads the logits before any write.
-        bool open = false;
+        // are given up only when no entry can continue and u is not inside a character.  Reads the
+        // logits before any write.
+        bool open = clo_hi > clo_lo && mid_character(view, tokens, u);
         for (int32_t c = clo_lo; c < clo_hi && !open; ++c)
           open = open_continuation(view, c, row, s1, V, row_sat);
         for (int32_t c = clo_lo; c < clo_hi && !open; ++c)

@@ -111,8 +111,10 @@ __global__ void focus_state_kernel(scalar_t* x, int64_t s0, int64_t s1, int64_t 
   scalar_t* row = x + r * s0;
   if (clo_hi > clo_lo) {
     // Step 2a: a banned continuation aborts its attempt; the entities through the banned entries are
-    // given up only when no entry can continue.  Bits only grow (atomic or): the result does
-    // not depend on the order of the threads.  The logits are read before the scaling below.
+    // given up only when no entry can continue and u is not inside a character.  Bits only grow
+    // (atomic or): the result does not depend on the order of the threads.  The logits are read
+    // before the scaling below.
+    if (threadIdx.x == 0 && mid_character(view, tokens, u)) shared_open = 1;
     for (int32_t c = clo_lo + threadIdx.x; c < clo_hi; c += blockDim.x)
       if (open_continuation(view, c, row, s1, V, row_sat)) shared_open = 1;
     __syncthreads();

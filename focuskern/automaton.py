@@ -259,10 +259,17 @@ def _starts(forms: EntityForms, table: TokenTable, phrase: bool):
     pushed = forms.pushed
     f, length, token = table.index.spelled(pushed.units, pushed.off[:-1], pushed.lengths)
     # Only the longest token(s) a form starts with: pushing every prefix token (" in" for
-    # " intelligent") let the model write the short common word and start over ("in … in … in").
+    # " intelligent") let the model write the short common word and start over ("in … in … in").  A
+    # form whose first character is 3 or 4 bytes (CJK, kana …) starts with its shortest token(s)
+    # instead -- in a byte-level vocabulary the character's lead byte: a tokenization the text never
+    # had, so its n-grams are not the prompt's (no_repeat_ngram_size bans every n-gram of the usual one).
+    first = pushed.units[pushed.off[:-1]]  # forms are not empty
+    wide = (first >= 0xE0) & (first < 256)
     longest = np.zeros(len(pushed.lengths), np.int64)
+    shortest = np.full(len(pushed.lengths), np.iinfo(np.int64).max)
     np.maximum.at(longest, f, length)
-    keep = length == longest[f]
+    np.minimum.at(shortest, f, length)
+    keep = length == np.where(wide, shortest, longest)[f]
     f, token = f[keep], token[keep]
     pc = np.arange(N_PUSH_CONTEXTS)[None, :]
     has = (pushed.pcs[f][:, None] >> pc) & 1 == 1

@@ -178,3 +178,59 @@ def test_held_rows_and_ids_outside_the_vocabulary_are_not_fed(smol, backend):
         state.apply_(torch.zeros(2, len(smol), device=DEVICE), torch.tensor([bad, pa], device=DEVICE),
                      hold=torch.tensor([False, True], device=DEVICE))
         assert torch.equal(state._rows.node, before[0]) and torch.equal(state.step, before[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_wide_first_character_starts_with_its_shortest_token(smol, backend):
+    """"断桥" is usually written 'æĸ' 'Ń' …: it is pushed through the lone lead byte 'æ' (a tokenization
+    the prompt never had), then continued by every tokenization of the rest; "Paris" keeps its longest."""
+    spec = fk.FocusSpec(["断桥", "Paris"], bias=1.0, continuation_bias=2.0, decay=fk.Decay.constant())
+    state = fk.FocusState([spec], vocab_size=len(smol), device=DEVICE, tokenizer=smol, backend=backend)
+    lead = smol.convert_tokens_to_ids("æ")
+    assert state.boosts()[0] == {lead: 1.0, smol.convert_tokens_to_ids("Paris"): 1.0}
+    state.apply_(torch.zeros(1, len(smol), device=DEVICE), torch.tensor([lead], device=DEVICE))
+    rest = {t for b, ts in vocab_of(smol).items() if "断桥".encode()[1:].startswith(b) for t in ts}
+    assert rest and state.boosts()[0] == {t: 2.0 for t in rest}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_banned_continuation_inside_a_character_gives_nothing_up(smol, backend):
+    """After the lead byte of 西 ('è'), its next byte banned aborts the attempt but not "西湖" (the byte
+    may begin thousands of other characters); after the whole 西 with every way on banned, it is given up."""
+    spec = fk.FocusSpec(["西湖"], decay=fk.Decay.constant())
+    state = fk.FocusState([spec], vocab_size=len(smol), device=DEVICE, tokenizer=smol, backend=backend)
+    data = "西湖".encode()
+    vocab = vocab_of(smol)
+
+    def step(token, rest):
+        logits = torch.zeros(1, len(smol), device=DEVICE)
+        logits[0, [t for b, ts in vocab.items() if rest.startswith(b) for t in ts]] = float("-inf")
+        state.apply_(logits, torch.tensor([token], device=DEVICE))
+    step(vocab[data[:1]][0], data[1:])
+    assert state.said(0) == []
+    step(vocab[data[1:2]][0], b"")
+    step(vocab[data[2:3]][0], data[3:])
+    assert state.said(0) == [0]
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+def test_text_give_ups_match_the_reference(smol, backend, seed):
+    """Random streams over CJK, digit and English entities with random -inf logits (the decoding's
+    bans): every backend writes and gives up what the torch backend does, on a strided logits view."""
+    rng = random.Random(seed)
+    vocab = vocab_of(smol)
+    spec = fk.FocusSpec(ENTITIES, bias=2.0, continuation_bias=5.0, max_new_tokens=40, eos_token_id=2)
+    states = [fk.FocusState([spec] * 3, vocab_size=len(smol), device=DEVICE, tokenizer=smol, backend=b)
+              for b in ("torch", backend)]
+    streams_ = [random_segmentation(rng, rng.choice(TEXTS).encode(), vocab)[:30] for _ in range(3)]
+    last = None
+    for i in range(30):
+        base = torch.randn(3, 2 * len(smol), device=DEVICE)
+        base[torch.rand(3, 2 * len(smol), device=DEVICE) < 0.5] = float("-inf")
+        outs = [base.clone()[:, ::2] for _ in states]
+        for state, out in zip(states, outs):
+            state.apply_(out, last)
+        torch.testing.assert_close(outs[1], outs[0], rtol=1e-6, atol=1e-5)
+        assert torch.equal(states[1]._rows.sat, states[0]._rows.sat) and torch.equal(states[1]._rows.node,
+                                                                                       states[0]._rows.node)
+        last = torch.tensor([s[i] if i < len(s) else 0 for s in streams_], device=DEVICE)

@@ -125,6 +125,15 @@ def _walk(last_tokens, active, u, ctx, node_table, node_base, tok_off, tok_sym, 
     return fed, u, ctx, torch.stack(visited, 1) if visited else empty
 
 
+def _mid_character(node_rows, u, byte_class) -> torch.Tensor:
+    """[B] bool: are the children of node ``u`` UTF-8 continuation bytes (``u`` is inside a character)?
+    A banned continuation there gives nothing up (docs/text-tracking.md section 4)."""
+    row = node_rows(u)
+    has = row[:, N_.CHILD_HI] > row[:, N_.CHILD_LO]
+    sym = node_rows(torch.where(has, row[:, N_.CHILD_LO], 0))[:, N_.SYM]
+    return has & (sym >= 0) & (sym < 256) & (byte_class[sym.clamp(0, 255)] & BC_CONT != 0)
+
+
 def focus_state_reference_(logits, last_tokens, prog, node, sat, step, prog_f32, prog_i32, node_table,
                            slot_table, closure, ents, tok_off, tok_sym, byte_class, limits, blend) -> None:
     max_slots, max_closure, max_ents, max_out, max_token_len, max_depth = limits
@@ -188,14 +197,15 @@ def focus_state_reference_(logits, last_tokens, prog, node, sat, step, prog_f32,
         return (prefix.gather(1, hi_local) - prefix.gather(1, lo_local)) > 0
 
     # Step 2a: an entry whose token's logit is -inf (banned by the decoding) is banned; when no alive
-    # entry of the node is unbanned, the entities through the banned entries are given up (a dead
-    # entry's are all set already).  Marked list positions: a +1/-1 difference array over the lists.
+    # entry of the node is unbanned and the node is not inside a character, the entities through the
+    # banned entries are given up (a dead entry's are all set already).  Marked list positions: a +1/-1
+    # difference array over the lists.
     row_idx = torch.arange(B, device=dev)[:, None].expand(B, max_slots)
     original = logits[row_idx, tokens].float()  # read before any write of this step
     entry_ok = valid & phrase_rows & ok.gather(1, cslot)
     banned = entry_ok & (original.gather(1, cslot) == float("-inf"))
     open_ = (entry_ok & ~banned & unsat(prefix, through_lo, through_hi)).any(1, keepdim=True)
-    banned &= ~open_
+    banned &= ~(open_ | _mid_character(node_rows, u, byte_class)[:, None])
     diff = torch.zeros(B, max_ents + 1, dtype=torch.int32, device=dev)
     diff.scatter_add_(1, torch.where(banned, through_lo - ent_base[:, None], max_ents), banned.int())
     diff.scatter_add_(1, torch.where(banned, through_hi - ent_base[:, None], max_ents), -banned.int())

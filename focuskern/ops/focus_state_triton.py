@@ -161,6 +161,16 @@ def _alive_entries(node_ptr, closure_ptr, ents_ptr, sat_row_ptr, node_base, c, v
 
 
 @triton.jit
+def _mid_character(node_ptr, byte_class_ptr, node_base, u):
+    """1 if node ``u``'s children are UTF-8 continuation bytes (it is inside a character), else 0."""
+    first = tl.load(node_ptr + (node_base + u) * N_WIDTH + N_CHILD_LO)
+    has = tl.load(node_ptr + (node_base + u) * N_WIDTH + N_CHILD_HI) > first
+    sym = tl.load(node_ptr + (node_base + first) * N_WIDTH + N_SYM, mask=has, other=-1)
+    c = tl.load(byte_class_ptr + sym, mask=has & (sym >= 0) & (sym < 256), other=0)
+    return tl.where((c & BC_CONT) != 0, 1, 0)
+
+
+@triton.jit
 def _give_up(node_ptr, closure_ptr, ents_ptr, sat_row_ptr, node_base, c, banned):
     """Set the bits of every entity through the children of the closure entries ``c`` where ``banned``."""
     child = tl.load(closure_ptr + c * C_WIDTH + C_CHILD, mask=banned, other=0)
@@ -232,8 +242,9 @@ def _focus_state_kernel(
         c_hi = tl.where(phrase != 0, tl.load(node_ptr + (node_base + u) * N_WIDTH + N_CLO_HI), c_lo)
         # Step 2a, before any write: a banned continuation aborts its attempt; the entities through the
         # banned entries are given up only when no entry can continue (alive and writable; bits only grow,
-        # so the order does not matter).  Not open: the give-up loop runs, else it has no trips.
-        open_ = 0
+        # so the order does not matter) and ``u`` is not inside a character (_mid_character).  Not open:
+        # the give-up loop runs, else it has no trips.
+        open_ = _mid_character(node_ptr, byte_class_ptr, node_base, u)
         for c0 in range(c_lo, c_hi, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
             valid = c < c_hi
