@@ -85,12 +85,12 @@ _JOBS: list = []
 
 def quick_keep(family: str, label: str, launch) -> bool:
     """``--quick``: every launch but attention's float16 ones (the layouts of bfloat16) and its calls
-    other than ``bias`` (split-KV and merge) and ``mass`` (the most accumulators); ``mass-many`` (the
-    score-only pass) at D = 128 only."""
+    other than ``bias`` (split-KV and merge) and ``mass`` (the most accumulators); ``mass-many`` and
+    ``readout-many`` (the score-only pass, with and without a target) at D = 128 only."""
     if family != "focus_attention":
         return True
     call = label.rsplit(" ", 1)[-1]
-    return (not label.startswith("float16") and (call in ("bias", "mass") or (call == "mass-many" and " D=128 " in label)))
+    return (not label.startswith("float16") and (call in ("bias", "mass") or (call in ("mass-many", "readout-many") and " D=128 " in label)))
 
 
 def _init_worker(archs, only, quick, match) -> None:

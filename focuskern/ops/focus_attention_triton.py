@@ -195,8 +195,9 @@ def launch_config(R: int, Lq: int, block_d: int, elem: int, readout: bool = Fals
       A ``target`` (a second accumulator) or a ``readout`` (group sums in registers: a float32
       ``p @ onehot`` FMA dot over the key block and a ``[BLOCK_M, 64]`` accumulator): at most 64 rows
       over eight warps (the 128-row target tile spilled 112 B at D = 128; 64 x 64 with 64 groups over
-      four spilled at D = 64, over eight it holds 207 registers); both at D = 128: 16 x 32 tiles (198
-      registers; 32 and 64 rows spilled 36 and 156 B).
+      four spilled at D = 64, over eight it holds 207 registers); both at D = 128, and a target at
+      D = 256: 16 x 32 tiles (198 and 168 registers; at D = 128 32 and 64 rows spilled 36 and 156 B, at
+      D = 256 64 rows 124 B, 32 rows held 254 registers, too close to the limit).
 
     Group sums in registers at D = 256 do not fit in any tile (float32 16 x 16 spilled 96 B over four
     warps, 28 B over eight, 20 B over sixteen at their 128-register cap; bfloat16 16 x 32 over eight
@@ -207,7 +208,7 @@ def launch_config(R: int, Lq: int, block_d: int, elem: int, readout: bool = Fals
     small = Lq <= SPLIT_MAX_LQ
     block_m = min(64 if small or block_d > 128 or heavy else 128, max(16, triton.next_power_of_2(R)))
     block_n = 32 if block_d > 128 else 64
-    if readout and block_d >= 128:
+    if (readout and block_d >= 128) or (target and block_d > 128):
         block_m, block_n = 16, 32
     wide = block_m >= 128 or (block_d > 128 and block_m >= 64) or heavy
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if wide else 4,
@@ -328,7 +329,7 @@ def launch_focus_attention(q, k, v, key_bias, head_scale, key_start, causal: boo
 
 # Ahead-of-time compilation (focuskern/ops/triton_configs.py): head dims, and one shape per tile size
 # launch_config picks -- BLOCK_M 16 (decode, 4 query heads per KV head), 32 (decode, MQA over 32
-# heads), 64 (speculative verification of 16 tokens) and 128 (prefill; 64 for float32 or D = 256).
+# heads), 64 (speculative verification of 16 tokens) and 128 (prefill); see launch_config for the rest.
 COMPILE_HEAD_DIMS = (64, 80, 128, 256)  # 80: below its block (masked loads along D); D <= 32 is not compiled
 COMPILE_SHAPES = (("decode", 1, 32, 8, 16383), ("decode-mqa", 1, 32, 1, 16383), ("verify", 16, 32, 8, 16383),
                   ("prefill", 4096, 32, 8, 4096))  # (name, Lq, Hq, Hkv, Lk); B = 1
@@ -336,8 +337,8 @@ COMPILE_SMS = 132  # an H100 SXM / H200: the split-KV heuristic splits the decod
 # call -> (causal with key bias, head scale and key start; readout groups; a target): no bias; the bias
 # (split-KV where the heuristic splits); + a target over 64 groups in registers (the most accumulators);
 # + a target over 1000 groups (stats and the score-only pass); 1000 groups alone (every flag off in the
-# score-only pass).  D = 80 takes the bias call only (the tiles of D = 128; only the loads along D
-# differ), 1000 groups alone D = 128 only.
+# score-only pass; the tiles of calls without a target).  D = 80 takes the bias call only (the tiles of
+# D = 128; only the loads along D differ).
 COMPILE_CALLS = {"plain": (False, 0, False), "bias": (True, 0, False), "mass": (True, MAX_REG_GROUPS, True),
                  "mass-many": (True, 1000, True), "readout-many": (False, 1000, False)}
 
@@ -352,7 +353,7 @@ def compile_launches():
             for shape, Lq, Hq, Hkv, Lk in COMPILE_SHAPES:
                 q, kv = MockTensor(dtype, [1, Hq, Lq, D]), MockTensor(dtype, [1, Hkv, Lk, D])
                 for call, (biased, groups, target) in COMPILE_CALLS.items():
-                    if (D == 80 and call != "bias") or (call == "readout-many" and D != 128):
+                    if D == 80 and call != "bias":
                         continue
                     p = plan(q.shape, Hkv, Lk, dtype.itemsize, COMPILE_SMS, False, groups > 0, groups, groups > 0,
                              target)
