@@ -127,7 +127,7 @@ install-vllm-old: $(VLLM_OLD_VENV)/.installed
 
 test-vllm: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
 	mkdir -p .vllm-tmp
-	$(VLLM_ENV) $(VLLM_PY) -m pytest tests/test_vllm_adapter.py tests/test_vllm_engine.py tests/test_vllm_churn.py tests/test_vllm_fuzz.py \
+	$(VLLM_ENV) $(VLLM_PY) -m pytest tests/test_vllm_adapter.py tests/test_vllm_build.py tests/test_vllm_engine.py tests/test_vllm_churn.py tests/test_vllm_fuzz.py \
 		tests/test_vllm_http.py tests/test_vllm_serving.py -q
 
 # Slow vLLM checks, not in CI (each writes its last result to benchmarks/results/, with date and machine):

@@ -2,7 +2,9 @@
 
 Contenders (``logits_contenders``): ``focuskern_default`` (``backend="auto"``, ``validate=True``),
 ``focuskern_cpp`` (``validate=False``, through the dispatcher) and ``eager_scatter_add``
-(``mul_`` where alpha > 0, then ``scatter_add_``).  Every size of ``test_bench_logits_cpu.py``, with
+(``mul_`` where alpha > 0, then ``scatter_add_``); and, to show where the default call's time goes,
+``checks_only``: the native argument check the default call makes, called straight from Python
+without applying the op (``focuskern._C.focus_logits_check``, mode 0).  Every size of ``test_bench_logits_cpu.py``, with
 1 and 2 torch threads.  On a shared machine the speed drifts by 2x within seconds, so the contenders
 are timed in rounds, interleaved (the order flips every round), on ONE logits tensor (separate
 copies sit in memory that is not equally fast: up to 25% apart at B = 64, measured), and each
@@ -29,8 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.logits_contenders import Case, flush_denormal, make_contender, make_inputs  # noqa: E402
 from benchmarks.test_bench_logits_cpu import CASES  # noqa: E402
 from focuskern.metadata import run_metadata  # noqa: E402
+from focuskern.ops import focus_logits as focus_logits_module  # noqa: E402
 
-CONTENDERS = ("focuskern_default", "focuskern_cpp", "eager_scatter_add")
+CONTENDERS = ("focuskern_default", "focuskern_cpp", "eager_scatter_add", "checks_only")
 BLOCK_S = 1e-3  # each contender runs ~1 ms per round (short: fewer preemptions inside a block)
 
 
@@ -42,7 +45,10 @@ def percentile(xs, q):
 def measure(case: Case, rounds: int) -> dict:
     inp = make_inputs(case)
     logits = inp.logits.clone()
-    fns = {name: make_contender(name, inp, logits) for name in CONTENDERS}
+    fns = {name: make_contender(name, inp, logits) for name in CONTENDERS[:-1]}
+    check = focus_logits_module._native_check()
+    args = (logits, inp.row_offsets, inp.token_ids, inp.token_bias, inp.alpha, inp.decay, inp.step)
+    fns["checks_only"] = lambda: check(*args, focus_logits_module.N_KINDS, focus_logits_module.CHECK)
     with flush_denormal(case.alpha > 0):
         for fn in fns.values():
             for _ in range(20):
@@ -75,15 +81,17 @@ def markdown(result: dict) -> str:
              f"{env['date_utc']}, {env['device']}, torch {env['torch']}, {result['rounds']} interleaved rounds "
              f"per size; command: `{result['command']}`.", "",
              "Median µs per call (fastest round in parentheses); ratio = eager / default (≥ 1: the default "
-             "call is at least as fast): per round, median [10th, 90th percentile]; and of the fastest rounds.",
+             "call is at least as fast): per round, median [10th, 90th percentile]; and of the fastest rounds. "
+             "`checks only`: the default call's native argument check alone (no op), called from Python: "
+             "default minus it is roughly the op's own loop.",
              ""]
     for threads, rows in result["threads"].items():
         load = result["load_average"][threads]
         lines += [f"## {threads} torch thread(s)", "",
                   f"1-minute load average {load[0]:.1f} before, {load[1]:.1f} after.", "",
-                  "| case | default | `cpp`, `validate=False` | eager `scatter_add_` | eager / default, per round "
-                  "| eager / default, fastest |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "| case | default | `cpp`, `validate=False` | eager `scatter_add_` | checks only "
+                  "| eager / default, per round | eager / default, fastest |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for row in rows:
             m, lo, r = row["median_us"], row["min_us"], row["ratio_eager_over_default"]
             cells = [f"{m[k]:.1f} ({lo[k]:.1f})" for k in CONTENDERS]
@@ -100,6 +108,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--name", default="cpu_default_vs_eager")
     args = parser.parse_args(argv)
+    if focus_logits_module._native_check() is None:
+        raise SystemExit("focuskern._C is not built: the default CPU call it measures needs it")
     result = dict(command="python benchmarks/cpu_default_vs_eager.py " + " ".join(argv or sys.argv[1:]),
                   rounds=args.rounds, environment=run_metadata("cpu"), threads={}, load_average={})
     for threads in args.threads:

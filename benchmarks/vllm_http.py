@@ -19,24 +19,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import json
-import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import openai
 from tqdm import tqdm
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the server helper the tests use
-from vllm_server import MODEL, ROOT, SERVER_ENV, VLLM_ENV, VLLMServer, count_unfocused  # noqa: E402
-
-from focuskern.metadata import run_metadata  # noqa: E402
-from vllm_throughput import TOPICS, focus_of  # noqa: E402  (the engine benchmark's prompts and specs)
-
-RESULTS = Path(__file__).parent / "results"
+from vllm_served import benchmark_parser, run_benchmark
+from vllm_server import MODEL, VLLMServer
+from vllm_throughput import TOPICS, focus_of  # the engine benchmark's prompts and specs
 
 
 async def one_round(server: VLLMServer, client: openai.AsyncOpenAI, concurrency: int, per_client: int, tokens: int,
@@ -71,20 +63,16 @@ async def one_round(server: VLLMServer, client: openai.AsyncOpenAI, concurrency:
             "server_cpu_ms_per_token": 1e3 * cpu / sum(generated), "requests_mentioning_an_entity": sum(mentions)}
 
 
-async def measure(server: VLLMServer, args) -> list[dict]:
-    client = openai.AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=900)
-    try:
-        await one_round(server, client, 4, 2, 8, True, -1000)  # warm-up: the first focused launch loads the kernels
-        rounds, fresh = [], 0
-        plan = [(r, c, focused) for r in range(args.repeats) for c in args.concurrency
-                for focused in ((False, True) if r % 2 == 0 else (True, False))]
-        for repeat, c, focused in tqdm(plan, desc="rounds", unit="round"):
-            per_client = max(2, -(-args.requests_per_round // c))
-            rounds.append({"repeat": repeat, **await one_round(server, client, c, per_client, args.tokens, focused, fresh)})
-            fresh += c * per_client
-        return rounds
-    finally:
-        await client.close()
+async def measure(server: VLLMServer, client: openai.AsyncOpenAI, args: argparse.Namespace) -> list[dict]:
+    await one_round(server, client, 4, 2, 8, True, -1000)  # warm-up: the first focused launch loads the kernels
+    rounds, fresh = [], 0
+    plan = [(r, c, focused) for r in range(args.repeats) for c in args.concurrency
+            for focused in ((False, True) if r % 2 == 0 else (True, False))]
+    for repeat, c, focused in tqdm(plan, desc="rounds", unit="round"):
+        per_client = max(2, -(-args.requests_per_round // c))
+        rounds.append({"repeat": repeat, **await one_round(server, client, c, per_client, args.tokens, focused, fresh)})
+        fresh += c * per_client
+    return rounds
 
 
 def summarize(rounds: list[dict], concurrency: list[int]) -> dict:
@@ -147,53 +135,17 @@ def markdown(result: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = benchmark_parser(__doc__, "vllm_http_cpu")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--requests-per-round", type=int, default=8,
                         help="at least this many requests per round, and 2 per client")
     parser.add_argument("--tokens", type=int, default=32, help="generated tokens per request")
     parser.add_argument("--repeats", type=int, default=5, help="plain/focused round pairs per concurrency")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--name", default="vllm_http_cpu")
     args = parser.parse_args()
-    server = start_server(args.name, args.dtype)
-    try:
-        rss_start = server.rss_bytes()
-        rounds = asyncio.run(measure(server, args))
-        rss_end = server.rss_bytes()
-        unfocused = len(count_unfocused(server.log_text()))
-    finally:
-        server.stop()
-    result = {"what": "vLLM OpenAI server (focuskern plugin), chat completions, plain vs focused, closed loop",
-              "metadata": run_metadata("cpu", openai=importlib.metadata.version("openai")),
-              "settings": {"model": MODEL, "dtype": args.dtype, "tokens": args.tokens, "repeats": args.repeats,
-                           "concurrency": args.concurrency, "requests_per_round": args.requests_per_round,
-                           "server_args": list(VLLMServer.ARGS),
-                           "env": server_env()},
-              "summary": summarize(rounds, args.concurrency),
-              "server_rss_mib": {"start": rss_start / 2**20, "end": rss_end / 2**20},
-              "unfocused_log_lines": unfocused, "rounds": rounds}
-    save(args.name, result, markdown(result))
-    return 0
-
-
-def start_server(name: str, dtype: str) -> VLLMServer:
-    """The server a benchmark measures (the Makefile's vLLM settings unless the environment has them)."""
-    os.environ.update({k: os.environ.get(k, v) for k, v in VLLM_ENV.items()})
-    return VLLMServer(ROOT / ".vllm-tmp" / f"{name}_server.log", extra_args=("--dtype", dtype))
-
-
-def server_env() -> dict:
-    """The server's environment settings that a result records."""
-    return {k: SERVER_ENV.get(k) for k in ("OMP_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE", "VLLM_ENABLE_V1_MULTIPROCESSING")}
-
-
-def save(name: str, result: dict, text: str) -> None:
-    """``benchmarks/results/<name>.json`` (``result``) and ``.md`` (``text``, also printed)."""
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / f"{name}.md").write_text(text)
-    print(text)
+    return run_benchmark(args, "vLLM OpenAI server (focuskern plugin), chat completions, plain vs focused, closed loop",
+                         measure, {"tokens": args.tokens, "repeats": args.repeats, "concurrency": args.concurrency,
+                                   "requests_per_round": args.requests_per_round},
+                         lambda rounds: summarize(rounds, args.concurrency), markdown)
 
 
 if __name__ == "__main__":

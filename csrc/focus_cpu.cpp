@@ -6,7 +6,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
 #include <initializer_list>
 #include <limits>
 #include <string>
@@ -15,7 +14,6 @@
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
 #endif
-#include <vector>
 
 #include "focus_common.h"
 
@@ -88,18 +86,38 @@ void scale_row(scalar_t* row, int64_t V, int64_t col_stride, float scale) {
   scale_row_loop(row, V, col_stride, scale);
 }
 
-// Adds row r's entries (ids [lo, hi)) at strength s; duplicates add up in order, -inf bans, ids outside
-// [0, V) are skipped.
-template <typename scalar_t>
+// Adds row r's entries (ids [lo, hi)) at strength s: x[id] += (b == -inf ? -inf : s * b), duplicates
+// in order, ids outside [0, V) skipped.  kIdsChecked: the caller has checked every id (the default call),
+// so the per-entry bounds test goes.  The entry loop is bound by its cache misses, so fewer
+// instructions per entry keep more of them in flight: where s > 0, s * b already is -inf for b = -inf
+// (the select goes), where s = 1 it is b (the multiply goes) -- the same bits either way.
+template <bool kIdsChecked, typename scalar_t, typename Term>
+inline void add_entries_as(scalar_t* row, int64_t V, int64_t col_stride, const int32_t* ids, const float* bias,
+                           int32_t lo, int32_t hi, Term term) {
+  const auto run = [&](auto column) {
+    for (int32_t j = lo; j < hi; ++j) {
+      // validate=False skips the id check: an id outside [0, V) would write out of bounds (issue 21).
+      if (!kIdsChecked && static_cast<uint32_t>(ids[j]) >= static_cast<uint64_t>(V)) continue;
+      scalar_t& out = row[column(ids[j])];
+      out = static_cast<scalar_t>(static_cast<float>(out) + term(bias[j]));
+    }
+  };
+  if (col_stride == 1)  // no multiply on the address of every entry
+    run([](int32_t id) { return static_cast<int64_t>(id); });
+  else
+    run([col_stride](int32_t id) { return id * col_stride; });
+}
+
+template <bool kIdsChecked, typename scalar_t>
 inline void add_entries(scalar_t* row, int64_t V, int64_t col_stride, float s, const int32_t* ids, const float* bias,
                         int32_t lo, int32_t hi) {
-  for (int32_t j = lo; j < hi; ++j) {
-    // validate=False skips the id check: an id outside [0, V) would write out of bounds (issue 21).
-    if (static_cast<uint32_t>(ids[j]) >= static_cast<uint64_t>(V)) continue;
-    const float b = bias[j];
-    scalar_t& out = row[static_cast<int64_t>(ids[j]) * col_stride];
-    out = static_cast<scalar_t>(static_cast<float>(out) + (b == kNegInf ? kNegInf : s * b));
-  }
+  if (s == 1.f)
+    add_entries_as<kIdsChecked>(row, V, col_stride, ids, bias, lo, hi, [](float b) { return b; });
+  else if (s > 0.f)
+    add_entries_as<kIdsChecked>(row, V, col_stride, ids, bias, lo, hi, [s](float b) { return s * b; });
+  else  // s = 0 (a switched-off push still bans) or an unchecked s
+    add_entries_as<kIdsChecked>(row, V, col_stride, ids, bias, lo, hi,
+                                [s](float b) { return b == kNegInf ? kNegInf : s * b; });
 }
 
 // The small arguments of focus_logits, contiguous: borrowed where they already are (no new tensor
@@ -116,6 +134,10 @@ struct SmallArgs {
         bias_p(bias->data_ptr<float>()), al_p(al->data_ptr<float>()), dc_p(dc->data_ptr<float>()) {}
 };
 
+// Rows whose strengths are computed ahead of their entries (a stack buffer, no allocation per call).
+constexpr int64_t kStrengthChunk = 64;
+
+template <bool kIdsChecked>
 void apply_focus_logits(const at::Tensor& logits, const SmallArgs& a) {
   const int64_t B = logits.size(0), V = logits.size(1);
   const int64_t s0 = logits.stride(0), s1 = logits.stride(1);
@@ -123,11 +145,20 @@ void apply_focus_logits(const at::Tensor& logits, const SmallArgs& a) {
   const float *bias_p = a.bias_p, *al_p = a.al_p, *dc_p = a.dc_p;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "focus_logits_cpu", [&] {
     scalar_t* x = logits.data_ptr<scalar_t>();
+    const auto entries = [&](int64_t r, float s) {
+      add_entries<kIdsChecked>(x + r * s0, V, s1, s, ids_p, bias_p, ro_p[r], ro_p[r + 1]);
+    };
     const bool any_blend = std::any_of(al_p, al_p + B, [](float a) { return a != 0.f; });
-    if (!any_blend) {  // entries only: the strengths first, so that the entry loop's cache misses overlap
-      std::vector<float> strength(B);
-      for (int64_t r = 0; r < B; ++r) strength[r] = decay_strength(dc_p + 3 * r, st_p[r]);
-      for (int64_t r = 0; r < B; ++r) add_entries(x + r * s0, V, s1, strength[r], ids_p, bias_p, ro_p[r], ro_p[r + 1]);
+    if (!any_blend) {
+      // Entries only, on the calling thread: a few microseconds for a whole batch, where waking
+      // threads costs more than it saves (see rows_per_task).  The strengths first, so that the entry
+      // loop's cache misses overlap.
+      float strength[kStrengthChunk];
+      for (int64_t r0 = 0; r0 < B; r0 += kStrengthChunk) {
+        const int64_t n = std::min(kStrengthChunk, B - r0);
+        for (int64_t i = 0; i < n; ++i) strength[i] = decay_strength(dc_p + 3 * (r0 + i), st_p[r0 + i]);
+        for (int64_t i = 0; i < n; ++i) entries(r0 + i, strength[i]);
+      }
       return;
     }
     // A task takes whole rows (scaled, then its entries while the row is in cache) when every thread
@@ -140,14 +171,12 @@ void apply_focus_logits(const at::Tensor& logits, const SmallArgs& a) {
         const int64_t r = i / tiles, c0 = i % tiles * width;
         const float s = decay_strength(dc_p + 3 * r, st_p[r]);
         const float scale = 1.f - s * al_p[r];
-        scalar_t* row = x + r * s0;
-        if (scale != 1.f) scale_row(row + c0 * s1, std::min(width, V - c0), s1, scale);
-        if (tiles == 1) add_entries(row, V, s1, s, ids_p, bias_p, ro_p[r], ro_p[r + 1]);
+        if (scale != 1.f) scale_row(x + r * s0 + c0 * s1, std::min(width, V - c0), s1, scale);
+        if (tiles == 1) entries(r, s);
       }
     });
     if (tiles > 1)
-      for (int64_t r = 0; r < B; ++r)
-        add_entries(x + r * s0, V, s1, decay_strength(dc_p + 3 * r, st_p[r]), ids_p, bias_p, ro_p[r], ro_p[r + 1]);
+      for (int64_t r = 0; r < B; ++r) entries(r, decay_strength(dc_p + 3 * r, st_p[r]));
   });
 }
 
@@ -155,7 +184,7 @@ void focus_logits_cpu(const at::Tensor& logits, const at::Tensor& row_offsets, c
                       const at::Tensor& token_bias, const at::Tensor& alpha, const at::Tensor& decay,
                       const at::Tensor& step) {
   TORCH_CHECK(logits.device().is_cpu(), "focus_logits_cpp_: logits must be a CPU tensor");
-  apply_focus_logits(logits, SmallArgs(row_offsets, token_ids, token_bias, alpha, decay, step));
+  apply_focus_logits</*kIdsChecked=*/false>(logits, SmallArgs(row_offsets, token_ids, token_bias, alpha, decay, step));
 }
 
 bool has_layout(const at::Tensor& t, at::ScalarType dtype, std::initializer_list<int64_t> shape) {
@@ -168,6 +197,34 @@ bool has_layout(const at::Tensor& t, at::ScalarType dtype, std::initializer_list
   return true;
 }
 
+// The nnz-long checks in one pass: every id in [0, id_limit) (one unsigned 32-bit compare: a negative
+// id wraps above 2^31) and every bias finite or -inf.  Flags OR-ed into ints, so that the loop
+// vectorizes (a bool |= reduction stays scalar: ~1 ns per entry).  Returns 0, 3 (an id) or 4 (a bias):
+// 1 + the argument's position, ids first.
+inline int64_t check_entries_loop(const int32_t* ids, const float* bias, int64_t nnz, uint32_t id_limit) {
+  uint32_t bad_ids = 0, bad_bias = 0;
+  for (int64_t j = 0; j < nnz; ++j) {
+    bad_ids |= static_cast<uint32_t>(static_cast<uint32_t>(ids[j]) >= id_limit);
+    bad_bias |= static_cast<uint32_t>(!(bias[j] < -kNegInf));  // NaN, +inf
+  }
+  return bad_ids ? 3 : bad_bias ? 4 : 0;
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+__attribute__((target("avx2"))) int64_t check_entries_avx2(const int32_t* ids, const float* bias, int64_t nnz,
+                                                           uint32_t id_limit) {
+  return check_entries_loop(ids, bias, nnz, id_limit);
+}
+#endif
+
+int64_t check_entries(const int32_t* ids, const float* bias, int64_t nnz, uint32_t id_limit) {
+#if defined(__GNUC__) && defined(__x86_64__)
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  if (avx2) return check_entries_avx2(ids, bias, nnz, id_limit);
+#endif
+  return check_entries_loop(ids, bias, nnz, id_limit);
+}
+
 }  // namespace
 
 // Every check of validate_focus_logits_args (focuskern/ops/focus_logits.py) in one pass over the
@@ -178,8 +235,9 @@ bool has_layout(const at::Tensor& t, at::ScalarType dtype, std::initializer_list
 int64_t focus_logits_check_cpu(const at::Tensor& logits, const at::Tensor& row_offsets, const at::Tensor& token_ids,
                                const at::Tensor& token_bias, const at::Tensor& alpha, const at::Tensor& decay,
                                const at::Tensor& step, int64_t n_kinds, bool apply) {
-  for (const at::Tensor& t : {logits, row_offsets, token_ids, token_bias, alpha, decay, step})
-    if (!t.device().is_cpu()) return -1;
+  // Pointers, not a list of tensors: a tensor copy bumps the refcount of its Python object, under the GIL.
+  for (const at::Tensor* t : {&logits, &row_offsets, &token_ids, &token_bias, &alpha, &decay, &step})
+    if (!t->device().is_cpu()) return -1;
   const auto dt = logits.scalar_type();
   if (logits.dim() != 2 || (dt != at::kFloat && dt != at::kHalf && dt != at::kBFloat16)) return 1;
   const int64_t B = logits.size(0), V = logits.size(1);
@@ -198,25 +256,22 @@ int64_t focus_logits_check_cpu(const at::Tensor& logits, const at::Tensor& row_o
   bool bad = ro_p[0] != 0 || ro_p[B] != nnz;
   for (int64_t r = 0; r < B; ++r) bad |= ro_p[r + 1] < ro_p[r];
   if (bad) return 2;
-  // nnz-long checks: one unsigned 32-bit compare per id (a negative id wraps above 2^31) OR-ed into
-  // an int, so that the loops vectorize (a bool |= reduction stays scalar: ~1 ns per entry).
-  const auto id_limit = static_cast<uint32_t>(std::min<int64_t>(V, int64_t{1} << 31));
-  uint32_t bad_ids = 0, bad_bias = 0;
-  for (int64_t j = 0; j < nnz; ++j) bad_ids |= static_cast<uint32_t>(static_cast<uint32_t>(ids_p[j]) >= id_limit);
-  if (bad_ids) return 3;
-  for (int64_t j = 0; j < nnz; ++j) bad_bias |= static_cast<uint32_t>(!(bias_p[j] < -kNegInf));  // NaN, +inf
-  if (bad_bias) return 4;
+  const int64_t bad_entry = check_entries(ids_p, bias_p, nnz, static_cast<uint32_t>(std::min<int64_t>(V, int64_t{1} << 31)));
+  if (bad_entry) return bad_entry;
   for (int64_t r = 0; r < B; ++r) bad |= !((al_p[r] >= 0.f) & (al_p[r] <= 1.f));  // NaN too
   if (bad) return 5;
   for (int64_t r = 0; r < B; ++r) {
     const float kind = dc_p[3 * r], horizon = dc_p[3 * r + 1], floor_ = dc_p[3 * r + 2];
-    bad |= !((kind == std::nearbyint(kind)) & (kind >= 0.f) & (kind < static_cast<float>(n_kinds)));
+    // An integer in [0, n_kinds): the range first, so that the cast to int is defined (NaN fails it).
+    const bool in_range = (kind >= 0.f) & (kind < static_cast<float>(n_kinds));
+    const float whole = in_range ? kind : 0.f;
+    bad |= !in_range | (whole != static_cast<float>(static_cast<int32_t>(whole)));
     bad |= !((kind == 0.f) | (horizon > 0.f)) | !((floor_ >= 0.f) & (floor_ <= 1.f));
   }
   if (bad) return 6;
   for (int64_t r = 0; r < B; ++r) bad |= st_p[r] < 0;
   if (bad) return 7;
-  if (apply) apply_focus_logits(logits, a);
+  if (apply) apply_focus_logits</*kIdsChecked=*/true>(logits, a);
   return 0;
 }
 

@@ -34,6 +34,15 @@ def check_in_vocab(variants: list[list[tuple[int, ...]]], vocab_size: int) -> No
                 raise ValueError(f"entities[{i}]: token id {bad} is outside [0, vocab_size={vocab_size})")
 
 
+def compile_spec(spec: FocusSpec, vocab_size: int, table, tokenizer) -> Program:
+    """The automaton of ``spec``'s entities against ``table`` (the tokenizer's
+    :class:`~focuskern.text.TokenTable`): what a :class:`ProgramTable` compiles on first sight of a
+    spec, also run on its own (in a build process, :mod:`focuskern.vllm.build`)."""
+    check_in_vocab([() if isinstance(e, str) else e for e in spec.entities], vocab_size)
+    forms = entity_forms(spec.entities, spec.form_policy, table, tokenizer, tokens_mode=spec.mode == "tokens")
+    return compile_program(forms, table, phrase=spec.mode == "phrase")
+
+
 @dataclass
 class ProgramEntry:
     key: tuple
@@ -74,8 +83,9 @@ class ProgramTable:
     def __getitem__(self, pid: int) -> ProgramEntry:
         return self.entries[pid]
 
-    def acquire(self, spec: Optional[FocusSpec]) -> Optional[int]:
-        """The program id of ``spec`` (compiled on first sight), its reference count raised."""
+    def acquire(self, spec: Optional[FocusSpec], program: Optional[Program] = None) -> Optional[int]:
+        """The program id of ``spec`` (compiled on first sight, unless ``program`` is its
+        :func:`compile_spec` compiled elsewhere), its reference count raised."""
         if spec is None:
             return None
         if not isinstance(spec, FocusSpec):
@@ -83,7 +93,7 @@ class ProgramTable:
         key = spec.key()
         pid = self._pid_by_key.get(key)
         if pid is None:
-            pid = self._add(spec, key)
+            pid = self._add(spec, key, program)
         self.entries[pid].refs += 1
         return pid
 
@@ -106,11 +116,10 @@ class ProgramTable:
         return {old: new for new, old in enumerate(keep)}
 
     # ------------------------------------------------------------------ build
-    def _add(self, spec: FocusSpec, key: tuple) -> int:
-        check_in_vocab([() if isinstance(e, str) else e for e in spec.entities], self.vocab_size)
-        forms = entity_forms(spec.entities, spec.form_policy, self.token_table, self.tokenizer,
-                             tokens_mode=spec.mode == "tokens")
-        program = compile_program(forms, self.token_table, phrase=spec.mode == "phrase")
+    def _add(self, spec: FocusSpec, key: tuple, program: Optional[Program]) -> int:
+        table = self.token_table  # first use: the tokenizer's table joins the device tables
+        if program is None:
+            program = compile_spec(spec, self.vocab_size, table, self.tokenizer)
         entry = ProgramEntry(key, spec, program, blends=spec.alpha > 0, eos=self._eos_tokens(spec))
         self.words = max(self.words, words_for(program.n_entities))
         self.entries.append(entry)

@@ -8,6 +8,7 @@ import torch
 from .ops._checks import LOGIT_DTYPES, check_tensor
 from .ops.focus_state import FocusStateOp, RowState
 from .ops.layout import CTX_INITIAL, CTX_SHIFT
+from .automaton import Program
 from .programs import ProgramTable
 from .spec import FocusSpec
 
@@ -76,10 +77,11 @@ class FocusState:
         self._assign(len(self) - 1, pid)
         return len(self) - 1
 
-    def set_row(self, row: int, spec: Optional[FocusSpec]) -> None:
-        """Give ``row`` a new spec (``None`` = untouched) and a fresh state."""
+    def set_row(self, row: int, spec: Optional[FocusSpec], program: Optional[Program] = None) -> None:
+        """Give ``row`` a new spec (``None`` = untouched) and a fresh state; ``program``: the spec's
+        :func:`~focuskern.programs.compile_spec`, when it was compiled elsewhere (used on first sight)."""
         row = self._index(row)
-        pid = self.programs.acquire(spec)
+        pid = self.programs.acquire(spec, program)
         self._fit_words()
         self._assign(row, pid)
         self._rows.node[row] = FRESH_NODE

@@ -95,3 +95,48 @@ def test_forced_backend_and_dispatch_modes_take_the_dispatcher(monkeypatch):
     with Seen():
         focus_logits_(logits.clone(), *args)
     assert any("focus_logits_cpp_" in op for op in Seen.ops), Seen.ops
+
+
+def formula(logits, row_offsets, ids, bias, alpha, decay, step):
+    """The op entry by entry in float32, as the docstring writes it, for kinds 0 and 4 (whose strengths
+    float32 gives exactly): the blend rounded to the logits' dtype, then each entry in order."""
+    out = logits.clone()
+    for r in range(out.shape[0]):
+        kind, horizon, floor = decay[r]
+        f = 1.0 if kind == 0 or step[r] < horizon else 0.0
+        s = floor + (1 - floor) * f  # float32 0-d tensors
+        scale = 1 - s * alpha[r]
+        if scale != 1:
+            out[r] = (out[r].float() * scale).to(out.dtype)
+        for j in range(row_offsets[r], row_offsets[r + 1]):
+            term = bias[j] if bias[j] == float("-inf") else s * bias[j]
+            out[r, ids[j]] = (out[r, ids[j]].float() + term).to(out.dtype)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "column-major", "every-other-column"])
+@pytest.mark.parametrize("blend", [False, True])
+@pytest.mark.parametrize("validate", [True, False])
+def test_entry_paths_equal_the_formula_bitwise(dtype, layout, blend, validate):
+    """The cpp entry loop's variants -- s = 1 (b added as is), 0 < s < 1 (s * b), s = 0 (only bans
+    land), ids checked (default call) or not (validate=False), unit or other column strides -- give
+    the formula's bits; B = 67 crosses the 64-row chunk of the precomputed strengths."""
+    B, V = 67, 1001
+    x = (torch.randn(B, V) * 4).to(dtype)
+    logits = {"contiguous": x.clone(), "column-major": x.t().contiguous().t(),
+              "every-other-column": torch.zeros(B, 2 * V, dtype=dtype)[:, ::2].copy_(x)}[layout]
+    counts = [random.randrange(2, 9)] + [random.randrange(0, 9) for _ in range(B - 1)]
+    ids = [random.choice([0, V - 1, random.randrange(V)]) for _ in range(sum(counts))]
+    ids[1] = ids[0]  # a duplicated id: the entries add up in order
+    row_offsets = torch.tensor([0] + [sum(counts[:r + 1]) for r in range(B)], dtype=torch.int32)
+    bias = torch.tensor([random.choice([1.5, -2.0, 0.1, float("-inf")]) for _ in ids])
+    # (kind, horizon, floor): s = 1 (kind 0, or kind 4 before its horizon), 0.25, 0.6 or 0 after it.
+    decay = torch.tensor([random.choice([[0.0, 0.0, 0.3], [4.0, 5.0, 0.25], [4.0, 5.0, 0.6], [4.0, 5.0, 0.0]])
+                          for _ in range(B)])
+    step = torch.randint(0, 10, (B,), dtype=torch.int32)
+    alpha = torch.rand(B) * (torch.rand(B) < 0.5) if blend else torch.zeros(B)
+    args = (row_offsets, torch.tensor(ids, dtype=torch.int32), bias, alpha, decay, step)
+    expected = formula(x, *args)
+    focus_logits_(logits, *args, backend="auto" if validate else "cpp", validate=validate)
+    assert torch.equal(logits, expected)

@@ -183,7 +183,8 @@ def test_concurrent_mixed_load(server, seed):
     """58 requests at once: 24 plain, 26 focused with distinct specs (two of 1,200 entities), 8
     malformed.  Every plain and focused one gets the tokens it gets alone, every malformed one an HTTP
     400 naming the field; nothing else fails and the server keeps serving.  The two large foci are
-    built off the step loop, so where their steering starts depends on timing: they must complete."""
+    built off the step loop, so where their steering starts depends on timing: they must complete (in
+    the build process: the engine logs no fall-back to compiling them in its own process)."""
     rng = random.Random(seed)
     huge = fresh_focus(rng, 1200, words=tuple(TOPICS["the sea"]))
     requests = [(api, t, focus) for api in ("completions", "chat") for t in TOPICS
@@ -212,6 +213,7 @@ def test_concurrent_mixed_load(server, seed):
         assert field in message, (field, message)
     assert after == alone[0] and server.healthy()
     assert says(alone[1][0][1], TOPICS[requests[1][1]]), alone[1]  # the focus does steer
+    assert "compiled in the engine's process" not in server.log_text()
 
 
 def test_n_choices_and_stop_sequences_with_focus(server, seed):

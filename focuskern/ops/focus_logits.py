@@ -82,6 +82,13 @@ N_KINDS = len(KIND_NAMES)
 CHECK, CHECK_AND_APPLY, CHECK_AND_APPLY_IF_AUTO = 0, 1, 2  # modes of the native check
 
 
+def _rejected(args, code: int):
+    """Raise the named error for arguments the native check rejected (``code`` = 1 + the position of
+    the first bad one): :func:`validate_focus_logits_args` says what is wrong."""
+    validate_focus_logits_args(*args)
+    raise ValueError(f"{ARG_NAMES[code - 1]}: rejected by the native argument check")
+
+
 def _checked_natively(args, mode: int) -> bool | None:
     """Validate ``args`` in one native pass over the small tensors; with ``CHECK_AND_APPLY`` the same
     call then runs the cpp op, with ``CHECK_AND_APPLY_IF_AUTO`` only where ``FOCUSKERN_BACKEND`` lets
@@ -96,9 +103,13 @@ def _checked_natively(args, mode: int) -> bool | None:
     if code < 0:
         return None
     if code > 0:
-        validate_focus_logits_args(*args)
-        raise ValueError(f"{ARG_NAMES[code - 1]}: rejected by the native argument check")
+        _rejected(args, code)
     return mode != CHECK
+
+
+# Called through a module global (dynamo folds it by identity under torch.compile): the attribute
+# lookups of ``torch.compiler.is_compiling`` cost a tenth of a small step.
+_is_compiling = torch.compiler.is_compiling
 
 
 def focus_logits_(
@@ -139,14 +150,22 @@ def focus_logits_(
     -------
     ``logits`` (the same tensor).
     """
+    # The common CPU call: checks and op in one native call, without the dispatcher, written out here
+    # (no argument tuple, no helper frame: together as much as the native call on a small step).
+    if validate and backend == "auto" and not _is_compiling():
+        check = _native_check()
+        if check is not None:
+            code = check(logits, row_offsets, token_ids, token_bias, alpha, decay, step, N_KINDS,
+                         CHECK_AND_APPLY_IF_AUTO)
+            if code == 0:
+                return logits
+            if code > 0:
+                _rejected((logits, row_offsets, token_ids, token_bias, alpha, decay, step), code)
     args = (logits, row_offsets, token_ids, token_bias, alpha, decay, step)
-    if torch.compiler.is_compiling():
+    if _is_compiling():
         if validate:
             validate_focus_logits_args(*args)
         get_op("focus_logits", backend, logits.device)(*args)
-        return logits
-    # The common CPU call: checks and op in one native call, without the dispatcher.
-    if validate and backend == "auto" and _checked_natively(args, CHECK_AND_APPLY_IF_AUTO):
         return logits
     if not isinstance(logits, torch.Tensor):
         check_tensor("logits", logits, LOGIT_DTYPES, (None, None))

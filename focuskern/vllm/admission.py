@@ -2,6 +2,11 @@
 operator's size limits, the spec itself, and -- given the model -- that every entity tokenizes and every
 token id lies in the vocabulary.  Whatever passes here compiles in the engine.
 
+Admission runs on the API server's event loop, so it stays short: the string entities of a focus the
+engine builds off its step loop (:func:`~focuskern.vllm.rows.built_off_loop`: more than 64 entities
+or 4096 characters) are not tokenized here (10,000 entities take seconds), only in the engine's build;
+one that tokenizes to nothing there has the request served unfocused, logged.
+
 Limits (environment variables, read at each admission; ``0`` or less disables one):
 
 =============================  =========  ==========================================================
@@ -25,6 +30,7 @@ from typing import Any, Optional
 from ..programs import check_in_vocab
 from ..spec import FocusSpec
 from .params import FOCUS_KEY, spec_from_params
+from .rows import built_off_loop
 
 LIMIT_DEFAULTS = {"FOCUSKERN_MAX_ENTITIES": 10_000, "FOCUSKERN_MAX_ENTITY_CHARS": 1_000,
                   "FOCUSKERN_MAX_FOCUS_BYTES": 1_000_000}
@@ -111,9 +117,13 @@ def check_limits(focus: Any, limits: Limits) -> None:
 
 def check_for_model(spec: FocusSpec, model: ModelFacts) -> None:
     """What the engine will do with ``spec`` that can fail for this model: tokenize every string entity
-    (a tokenizer is needed; nothing may be left), every token id in ``[0, vocab_size)``, the end-of-text
-    id(s) too."""
-    check_in_vocab(spec.token_variants(model.tokenizer), model.vocab_size)
+    (a tokenizer is needed; nothing may be left; only where the engine builds ``spec`` in its step:
+    module docstring), every token id in ``[0, vocab_size)``, the end-of-text id(s) too."""
+    if built_off_loop(spec) and model.tokenizer is not None:
+        variants = [() if isinstance(e, str) else e for e in spec.entities]
+    else:
+        variants = spec.token_variants(model.tokenizer)  # without a tokenizer: refuses the first string
+    check_in_vocab(variants, model.vocab_size)
     eos = spec.eos_token_id
     for t in eos if isinstance(eos, (list, tuple)) else () if eos is None else (eos,):
         if not 0 <= t < model.vocab_size:

@@ -10,6 +10,7 @@ from vllm.tokenizers import cached_tokenizer_from_config
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
 from .admission import Limits, ModelFacts, admit
+from .build import portable, same
 from .rows import BatchFocus, SlotFocus
 
 try:  # Model Runner V2 (vLLM >= 0.3x); without it the processor is a V1 processor only
@@ -170,6 +171,10 @@ class _LazyTokenizer:
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self._loaded(), name)
+
+    def __reduce__(self):
+        """Pickled (for the build process) as the plain tokenizer: :func:`~focuskern.vllm.build.portable`."""
+        return same, (portable(self._loaded()),)
 
     def _loaded(self):
         if self._tokenizer is None:

@@ -12,9 +12,11 @@ with tokens already generated (a resumed one).
 
 A large focus (more than ``OFF_LOOP_ENTITIES`` entities or ``OFF_LOOP_CHARS`` characters of string
 entities: seconds of tokenizing and compiling for tens of thousands) is not built in the engine's
-step, where every other request would wait for it: :class:`BatchFocus` builds it on a worker thread
-as a ``FocusState`` of its own, serves the row unfocused meanwhile, and steers it from the first step
-after it is ready (the tokens generated meanwhile replayed first).  Smaller ones (tens of ms) are
+step, where every other request would wait for it: :class:`BatchFocus` builds it as a ``FocusState``
+of its own -- compiled in a build process (:mod:`focuskern.vllm.build`: a thread of the engine's
+process would hold the GIL against the step loop), on a worker thread where that process cannot run --
+serves the row unfocused meanwhile, and steers it from the first step after it is ready (the tokens
+generated meanwhile replayed first).  Smaller ones (tens of ms) are
 built in the step, so their output does not depend on timing.  :class:`SlotFocus` (Model Runner V2)
 builds every focus in the step.
 """
@@ -29,6 +31,7 @@ import torch
 
 from ..spec import FocusSpec
 from ..state import FocusState
+from .build import BuildProcess, BuildProcessError
 from .params import spec_from_params
 
 log = logging.getLogger("focuskern.vllm")
@@ -52,13 +55,32 @@ class _Rows:
         self.pin_memory = pin_memory and self.device.type == "cuda"
         self._new_state = (vocab_size, self.device, tokenizer, backend)
         self._builder: Optional[ThreadPoolExecutor] = None  # started by the first large focus
+        self._process: Union[None, bool, BuildProcess] = None  # False: it failed, build on the thread
 
     def build_later(self, spec: FocusSpec) -> Future:
-        """A one-row ``FocusState`` of ``spec``, built on the worker thread."""
+        """A one-row ``FocusState`` of ``spec``, built by the worker thread (module docstring)."""
         if self._builder is None:
             self._builder = ThreadPoolExecutor(1, thread_name_prefix="focuskern-build")
+        return self._builder.submit(self._build, spec)
+
+    def _build(self, spec: FocusSpec) -> FocusState:
+        """(The worker thread.)  ``spec``'s program compiled by the build process, started on first use;
+        where it cannot start or stops answering (logged), compiled here from then on."""
         vocab_size, device, tokenizer, backend = self._new_state
-        return self._builder.submit(FocusState, [spec], vocab_size, device, tokenizer, backend=backend)
+        program = None
+        try:
+            if self._process is None:
+                self._process = BuildProcess(tokenizer, vocab_size)
+            if self._process:
+                program = self._process.compile(spec)
+        except BuildProcessError as e:
+            log.warning("focuskern: large foci are compiled in the engine's process from now on: %s", e)
+            if self._process:
+                self._process.close()
+            self._process = False
+        state = FocusState([None], vocab_size, device, tokenizer, backend=backend)
+        state.set_row(0, spec, program)
+        return state
 
     def spec(self, params: Any) -> Optional[FocusSpec]:
         """The request's focus; ``None`` without one.  Admission (``validate_params``) refuses every
@@ -219,8 +241,8 @@ class BatchFocus(_Rows):
                 return None
             try:
                 own = self.own[row] = own.result()
-            except (TypeError, ValueError) as e:  # as in set_row: the spec does not fit this model
-                log.warning("focuskern: request served without focus: %s", e)
+            except Exception as e:  # noqa: BLE001 -- as in set_row: the spec does not fit this model, ...
+                log.warning("focuskern: request served without focus: %s: %s", type(e).__name__, str(e)[:400])
                 self._assign(row, None, None)
                 return None
         return own
