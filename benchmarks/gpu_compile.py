@@ -85,30 +85,32 @@ _JOBS: list = []
 
 def quick_keep(family: str, label: str, launch) -> bool:
     """``--quick``: every launch but attention's float16 ones (the layouts of bfloat16) and its calls
-    other than ``bias`` (split-KV and merge) and ``mass`` (the most accumulators); ``mass-many`` (the
-    score-only pass) at D = 128 only."""
+    other than ``bias`` (split-KV and merge) and ``mass`` (the most accumulators); ``mass-many`` and
+    ``readout-many`` (the score-only pass, with and without a target) at D = 128 only."""
     if family != "focus_attention":
         return True
     call = label.rsplit(" ", 1)[-1]
-    return (not label.startswith("float16") and (call in ("bias", "mass") or (call == "mass-many" and " D=128 " in label)))
+    return (not label.startswith("float16") and (call in ("bias", "mass") or (call in ("mass-many", "readout-many") and " D=128 " in label)))
 
 
-def _init_worker(archs, only, quick) -> None:
+def _init_worker(archs, only, quick, match) -> None:
     """Each worker enumerates the same deduplicated job list (kernels cannot be pickled)."""
     from triton import knobs
 
     knobs.nvidia.dump_ptxas_log = True  # Triton prints the ptxas -v log: captured per compile
     knobs.compilation.always_compile = True  # a cached kernel would print no log
-    _JOBS[:] = enumerate_jobs(archs, only, quick)
+    _JOBS[:] = enumerate_jobs(archs, only, quick, match)
 
 
-def enumerate_jobs(archs, only, quick) -> list[tuple]:
-    """(arch, op, label, launch) per distinct compiled binary, in enumeration order."""
+def enumerate_jobs(archs, only, quick, match=None) -> list[tuple]:
+    """(arch, op, label, launch) per distinct compiled binary, in enumeration order; ``match``: only the
+    launches whose ``"<op> <label>"`` the regular expression finds."""
     from focuskern.ops import triton_configs as tc
 
     jobs, seen = [], set()
     for family, label, launch in tc.launches():
-        if (only and family not in only) or (quick and not quick_keep(family, label, launch)):
+        if (only and family not in only) or (quick and not quick_keep(family, label, launch)) \
+                or (match and not re.search(match, f"{family} {label}")):
             continue
         for arch in archs:
             key = (arch, tc.compile_key(launch, arch))
@@ -138,11 +140,11 @@ def compile_job(index: int) -> dict:
     return row
 
 
-def compile_triton(archs, only, quick: bool, jobs: int) -> list[dict]:
-    n = len(enumerate_jobs(archs, only, quick))
+def compile_triton(archs, only, quick: bool, jobs: int, match=None) -> list[dict]:
+    n = len(enumerate_jobs(archs, only, quick, match))
     ctx = multiprocessing.get_context("spawn")
     rows = []
-    with ctx.Pool(jobs, initializer=_init_worker, initargs=(archs, only, quick)) as pool:
+    with ctx.Pool(jobs, initializer=_init_worker, initargs=(archs, only, quick, match)) as pool:
         for i, row in enumerate(pool.imap(compile_job, range(n), chunksize=1)):
             rows.append(row)
             if "error" in row or row.get("spill_stores"):
@@ -199,15 +201,15 @@ def compile_cuda(archs, out: Path) -> tuple[list[dict], list[str]]:
 
 
 def failures(rows: list[dict], allowed_spills: frozenset = frozenset()) -> list[str]:
-    """Why each failing row fails: a compile error, spills (unless its kernel is in ``allowed_spills``:
-    a known spill, listed by :func:`known_spills` instead), or shared memory above the arch's limit."""
+    """Why each failing row fails: a compile error, spills (unless :func:`allowed` lets them through: a
+    known spill, listed by :func:`known_spills` instead), or shared memory above the arch's limit."""
     out = []
     for r in rows:
         where = f"{r['kernel']} [{r['label'] or r['op']}] {r['arch']}"
         if "error" in r:
             out.append(f"{where}: compile error: {r['error'].strip().splitlines()[-1][:200]}")
             continue
-        if (r["spill_stores"] or r["spill_loads"]) and r["kernel"] not in allowed_spills:
+        if (r["spill_stores"] or r["spill_loads"]) and not allowed(r, allowed_spills):
             out.append(f"{where}: spills {r['spill_stores']} B stores / {r['spill_loads']} B loads ({r['config']})")
         limit = SHARED_LIMIT.get(int(r["arch"].removeprefix("sm_")))
         if limit is not None and r["shared"] > limit:
@@ -215,11 +217,17 @@ def failures(rows: list[dict], allowed_spills: frozenset = frozenset()) -> list[
     return out
 
 
+def allowed(row: dict, allowed_spills: frozenset) -> bool:
+    """Does an ``--allow-spills`` pattern find ``"<kernel> <label>"`` of ``row`` (a kernel name, or a
+    regular expression naming configurations, e.g. ``'_focus_attention_kernel float32 D=256 .* mass'``)?"""
+    return any(re.search(p, f"{row['kernel']} {row['label']}") for p in allowed_spills)
+
+
 def known_spills(rows: list[dict], allowed_spills: frozenset) -> list[str]:
     """The spills ``--allow-spills`` lets through, one line per build (they stay on record)."""
     return [f"{r['kernel']} [{r['label'] or r['op']}] {r['arch']}: known spill {r['spill_stores']} B stores / "
             f"{r['spill_loads']} B loads" for r in rows
-            if "error" not in r and r["kernel"] in allowed_spills and (r["spill_stores"] or r["spill_loads"])]
+            if "error" not in r and allowed(r, allowed_spills) and (r["spill_stores"] or r["spill_loads"])]
 
 
 def markdown(report: dict) -> str:
@@ -270,10 +278,13 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel Triton compiles")
     p.add_argument("--only", nargs="+", default=None, help="only these ops (e.g. focus_logits), no .cu")
     p.add_argument("--quick", action="store_true", help="a subset of the attention configurations (see quick_keep)")
+    p.add_argument("--match", metavar="REGEX", help="only the launches whose '<op> <label>' matches (no .cu), e.g. "
+                   "'focus_attention float32 D=256'")
     p.add_argument("--no-cuda", action="store_true", help="skip csrc/*.cu")
     p.add_argument("--cuda-only", action="store_true", help="only csrc/*.cu (make check-cuda)")
     p.add_argument("--allow-spills", nargs="+", default=[], metavar="KERNEL",
-                   help="kernels whose spills are recorded as known (notes) instead of failing the run")
+                   help="kernels (or regular expressions over '<kernel> <label>') whose spills are recorded as known "
+                        "(notes) instead of failing the run")
     args = p.parse_args(argv)
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -281,8 +292,8 @@ def main(argv=None) -> int:
     archs, notes = supported_archs(args.arch)
     notes = [f"sm_{a}: {why}" for a, why in notes.items()]
     allowed = frozenset(args.allow_spills)
-    rows = [] if args.cuda_only else compile_triton(archs, args.only, args.quick, args.jobs)
-    if not args.only and not args.no_cuda:
+    rows = [] if args.cuda_only else compile_triton(archs, args.only, args.quick, args.jobs, args.match)
+    if not args.only and not args.match and not args.no_cuda:
         cuda_rows, cuda_notes = compile_cuda(args.arch, args.out)
         rows += cuda_rows
         notes += cuda_notes

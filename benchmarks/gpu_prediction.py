@@ -121,7 +121,7 @@ def attention_work(args) -> list[Work]:
             launches, programs = 1, None
             if mass != "other":
                 p = fat.plan((B, Hq, Lq, D), Hkv, Lk, elem, DEVICES["H100 SXM"][3], False, mass is not None,
-                             1 if mass is not None else 0, bool(mass))
+                             1 if mass is not None else 0, bool(mass), contender == "focus_target")
                 launches, programs = 1 + (p.splits > 1) + p.stats, p.row_blocks * B * Hkv * p.splits
             out.append(Work("attention", f"{name} {contender}", nbytes, nflops, True, launches, programs,
                             dict(kind=kind, B=B, Lq=Lq, Lk=Lk, contender=contender)))

@@ -181,16 +181,38 @@ def _device_sms(device: torch.device) -> int:
     return sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def launch_config(R: int, Lq: int, block_d: int, elem: int) -> dict:
-    """Tile sizes and launch options for ``R = G * Lq`` rows per (batch, KV head).  Eight warps for 64-row
-    tiles at D = 256: with four, the bfloat16 prefill tile (64 x 256 accumulator) spilled 140 bytes on
-    sm_90 (``make gpu-compile``); with eight it holds 228 registers and spills none."""
+def launch_config(R: int, Lq: int, block_d: int, elem: int, readout: bool = False, target: bool = False) -> dict:
+    """Tile sizes and launch options for ``R = G * Lq`` rows per (batch, KV head), chosen so that no
+    configuration spills registers on sm_90 (``make gpu-compile``; numbers below from sm_90).
+
+    * float32: ``tl.dot`` with ``input_precision="ieee"`` runs on the CUDA cores (FMA), where every
+      thread holds its rows of ``q`` and its columns of ``K``/``V`` along the whole reduction dim, so
+      registers grow with the tile's *sides*: 16 x 16 tiles over eight warps (179 registers at D = 128
+      with a target and 64 groups).  64 x 32 over four warps spilled up to 48 KB at D = 128, 32 x 16
+      over four 316 B, 16 x 16 over four 60 B with a target.
+    * float16/bfloat16 (tensor cores): 128-row tiles for prefill (64 at D = 256), 64 rows for short
+      query blocks; eight warps for 64-row tiles at D = 256 (four spilled 140 B, bfloat16 prefill).
+      A ``target`` (a second accumulator) or a ``readout`` (group sums in registers: a float32
+      ``p @ onehot`` FMA dot over the key block and a ``[BLOCK_M, 64]`` accumulator): at most 64 rows
+      over eight warps (the 128-row target tile spilled 112 B at D = 128; 64 x 64 with 64 groups over
+      four spilled at D = 64, over eight it holds 207 registers); both at D = 128, and a target at
+      D = 256: 16 x 32 tiles (198 and 168 registers; at D = 128 32 and 64 rows spilled 36 and 156 B, at
+      D = 256 64 rows 124 B, 32 rows held 254 registers, too close to the limit).
+
+    Group sums in registers at D = 256 do not fit in any tile (float32 16 x 16 spilled 96 B over four
+    warps, 28 B over eight, 20 B over sixteen at their 128-register cap; bfloat16 16 x 32 over eight
+    24 B): :func:`plan` reads them out with the score-only pass there."""
+    if elem == 4:
+        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=8, num_stages=2)
+    heavy = readout or target
     small = Lq <= SPLIT_MAX_LQ
-    block_m = min(64 if small or elem == 4 or block_d > 128 else 128, max(16, triton.next_power_of_2(R)))
-    block_n = 32 if elem == 4 or block_d > 128 else 64
-    wide = block_m >= 128 or (block_d > 128 and block_m >= 64)
+    block_m = min(64 if small or block_d > 128 or heavy else 128, max(16, triton.next_power_of_2(R)))
+    block_n = 32 if block_d > 128 else 64
+    if (readout and block_d >= 128) or (target and block_d > 128):
+        block_m, block_n = 16, 32
+    wide = block_m >= 128 or (block_d > 128 and block_m >= 64) or heavy
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if wide else 4,
-                num_stages=2 if block_d > 128 or elem == 4 else 3)
+                num_stages=2 if block_d > 128 else 3)
 
 
 def kv_splits(sms: int, interpreted: bool, programs: int, Lq: int, Lk: int, block_n: int) -> int:
@@ -216,21 +238,23 @@ class Plan(NamedTuple):
     row_blocks: int
     splits: int
     split_len: int
-    reg_groups: bool  # per-group sums in registers (num_groups <= MAX_REG_GROUPS)
+    reg_groups: bool  # per-group sums in registers (num_groups <= MAX_REG_GROUPS, D <= 128)
     stats: bool  # many groups: the main pass stores lse/delta, the score-only pass reads out the mass
 
 
 def plan(q_shape, Hkv: int, Lk: int, elem: int, sms: int, interpreted: bool, grouped: bool, num_groups: int,
-         return_mass: bool) -> Plan:
-    """The launch plan of a call with ``q`` of shape [B, Hq, Lq, D] over Hkv heads of Lk keys."""
+         return_mass: bool, target: bool = False) -> Plan:
+    """The launch plan of a call with ``q`` of shape [B, Hq, Lq, D] over Hkv heads of Lk keys (``target``:
+    a target mass is given)."""
     B, Hq, Lq, D = q_shape
     R = Hq // Hkv * Lq
     block_d = max(16, triton.next_power_of_2(D))
-    cfg = launch_config(R, Lq, block_d, elem)
+    # Group sums in registers spill at D = 256 (launch_config): the score-only pass reads them out there.
+    reg_groups = return_mass and num_groups <= MAX_REG_GROUPS and block_d <= 128
+    cfg = launch_config(R, Lq, block_d, elem, reg_groups, target)
     row_blocks = triton.cdiv(R, cfg["BLOCK_M"])
     splits = 1 if grouped else kv_splits(sms, interpreted, row_blocks * B * Hkv, Lq, Lk, cfg["BLOCK_N"])
     split_len = triton.cdiv(triton.cdiv(Lk, splits), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
-    reg_groups = return_mass and num_groups <= MAX_REG_GROUPS
     return Plan(R, block_d, cfg, row_blocks, triton.cdiv(Lk, split_len),  # no empty trailing split
                 split_len, reg_groups, return_mass and not reg_groups)
 
@@ -283,7 +307,7 @@ def launch_focus_attention_mass(q, k, v, key_bias, head_scale, key_start, causal
         return out.zero_(), mass
     interpreted = q.device.type != "cuda" or triton_interpreted()
     p = plan(q.shape, Hkv, Lk, q.element_size(), _device_sms(q.device), interpreted, key_group is not None,
-             num_groups, return_mass)
+             num_groups, return_mass, target_mass is not None)
     f32 = dict(device=q.device, dtype=torch.float32)
     part_o = torch.empty(B * Hkv * p.splits * p.R * p.block_d, **f32) if p.splits > 1 else out  # unused if 1
     part_lse = torch.empty(B * Hkv * p.splits * p.R, **f32) if p.splits > 1 else out
@@ -305,7 +329,7 @@ def launch_focus_attention(q, k, v, key_bias, head_scale, key_start, causal: boo
 
 # Ahead-of-time compilation (focuskern/ops/triton_configs.py): head dims, and one shape per tile size
 # launch_config picks -- BLOCK_M 16 (decode, 4 query heads per KV head), 32 (decode, MQA over 32
-# heads), 64 (speculative verification of 16 tokens) and 128 (prefill; 64 for float32 or D = 256).
+# heads), 64 (speculative verification of 16 tokens) and 128 (prefill); see launch_config for the rest.
 COMPILE_HEAD_DIMS = (64, 80, 128, 256)  # 80: below its block (masked loads along D); D <= 32 is not compiled
 COMPILE_SHAPES = (("decode", 1, 32, 8, 16383), ("decode-mqa", 1, 32, 1, 16383), ("verify", 16, 32, 8, 16383),
                   ("prefill", 4096, 32, 8, 4096))  # (name, Lq, Hq, Hkv, Lk); B = 1
@@ -313,8 +337,8 @@ COMPILE_SMS = 132  # an H100 SXM / H200: the split-KV heuristic splits the decod
 # call -> (causal with key bias, head scale and key start; readout groups; a target): no bias; the bias
 # (split-KV where the heuristic splits); + a target over 64 groups in registers (the most accumulators);
 # + a target over 1000 groups (stats and the score-only pass); 1000 groups alone (every flag off in the
-# score-only pass).  D = 80 takes the bias call only (the tiles of D = 128; only the loads along D
-# differ), 1000 groups alone D = 128 only.
+# score-only pass; the tiles of calls without a target).  D = 80 takes the bias call only (the tiles of
+# D = 128; only the loads along D differ).
 COMPILE_CALLS = {"plain": (False, 0, False), "bias": (True, 0, False), "mass": (True, MAX_REG_GROUPS, True),
                  "mass-many": (True, 1000, True), "readout-many": (False, 1000, False)}
 
@@ -329,9 +353,10 @@ def compile_launches():
             for shape, Lq, Hq, Hkv, Lk in COMPILE_SHAPES:
                 q, kv = MockTensor(dtype, [1, Hq, Lq, D]), MockTensor(dtype, [1, Hkv, Lk, D])
                 for call, (biased, groups, target) in COMPILE_CALLS.items():
-                    if (D == 80 and call != "bias") or (call == "readout-many" and D != 128):
+                    if D == 80 and call != "bias":
                         continue
-                    p = plan(q.shape, Hkv, Lk, dtype.itemsize, COMPILE_SMS, False, groups > 0, groups, groups > 0)
+                    p = plan(q.shape, Hkv, Lk, dtype.itemsize, COMPILE_SMS, False, groups > 0, groups, groups > 0,
+                             target)
                     opt = (f32, f32, i32) if biased else (None, None, None)
                     grouped = (i32 if groups else None, f32 if target else None)
                     for launch in attention_launches(p, q, kv, kv, q, f32, f32, f32, f32, *opt, *grouped, biased,
