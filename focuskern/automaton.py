@@ -260,16 +260,20 @@ def _starts(forms: EntityForms, table: TokenTable, phrase: bool):
     f, length, token = table.index.spelled(pushed.units, pushed.off[:-1], pushed.lengths)
     # Only the longest token(s) a form starts with: pushing every prefix token (" in" for
     # " intelligent") let the model write the short common word and start over ("in … in … in").  A
-    # form whose first character is 3 or 4 bytes (CJK, kana …) starts with its shortest token(s)
-    # instead -- in a byte-level vocabulary the character's lead byte: a tokenization the text never
-    # had, so its n-grams are not the prompt's (no_repeat_ngram_size bans every n-gram of the usual one).
+    # form whose first character is 3 or 4 bytes (CJK, kana …) that the vocabulary only writes split
+    # (no start token holds the whole character) starts with its shortest token(s) instead -- in a
+    # byte-level vocabulary the lead byte: a tokenization the text never had, so its n-grams are not the
+    # prompt's (no_repeat_ngram_size bans every n-gram of the usual one).  Where a token holds the
+    # whole character (any CJK-rich vocabulary), the longest is kept: the model writes whole characters
+    # and rarely a lone lead byte.
     first = pushed.units[pushed.off[:-1]]  # forms are not empty
-    wide = (first >= 0xE0) & (first < 256)
+    char_bytes = np.where(first >= 0xF0, 4, 3)
     longest = np.zeros(len(pushed.lengths), np.int64)
     shortest = np.full(len(pushed.lengths), np.iinfo(np.int64).max)
     np.maximum.at(longest, f, length)
     np.minimum.at(shortest, f, length)
-    keep = length == np.where(wide, shortest, longest)[f]
+    split = (first >= 0xE0) & (first < 256) & (longest < char_bytes)
+    keep = length == np.where(split, shortest, longest)[f]
     f, token = f[keep], token[keep]
     pc = np.arange(N_PUSH_CONTEXTS)[None, :]
     has = (pushed.pcs[f][:, None] >> pc) & 1 == 1

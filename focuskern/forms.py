@@ -8,9 +8,10 @@ For an entity string ``e`` (stripped) under ``variants="text"``:
   character upper case), ``pc 2: " " + e``, ``pc 3: " " + cap(e)``; an entity whose first character is
   3 or 4 UTF-8 bytes long (CJK, kana, Thai ...) is never spaced.
 
-``variants="as_written"`` counts and pushes ``e`` exactly as given, in every push context; a list
-policy (``"spaced"``, ``"default"`` or a callable ``str -> list[str]``) counts and pushes each of its
-forms in every push context.  Token-id entities are their variants' symbols (bytes with a tokenizer,
+``variants="as_written"`` counts and pushes ``e`` exactly as given; a list policy (``"spaced"``,
+``"default"`` or a callable ``str -> list[str]``) counts and pushes each of its forms.  Such a form is
+pushed where it fits (:func:`list_form_contexts`): with a leading space after a word, without one at a
+boundary, a CJK form everywhere.  Token-id entities are their variants' symbols (bytes with a tokenizer,
 opaque symbols without), counted and pushed in every push context.
 """
 from __future__ import annotations
@@ -100,6 +101,15 @@ def _flat_strings(forms: list[str], entity: list[int], pcs: list[int]) -> FlatFo
     return FlatForms(data[data != 0].astype(np.int64), off, np.asarray(entity, np.int64), np.asarray(pcs, np.int64))
 
 
+def list_form_contexts(form: str) -> int:
+    """Push contexts of a form of ``"as_written"`` or a list policy, by its first character: a leading
+    space fits after a word (pc 2, 3), a form without one at a boundary (pc 0, 1) -- pushed after a word
+    it would glue onto it ("lightlight"); a 3-4 byte first character (CJK, kana ...) fits everywhere."""
+    if form[:1].isspace():
+        return 0b1100
+    return ALL_PCS if ord(form[0]) >= 0x800 else 0b0011
+
+
 def _flat_arrays(parts: list[np.ndarray], entity: list[int], pcs: list[int]) -> FlatForms:
     off = np.zeros(len(parts) + 1, dtype=np.int64)
     np.cumsum([len(p) for p in parts], out=off[1:])
@@ -121,7 +131,7 @@ def entity_forms(entities, policy, table: TokenTable, tokenizer, tokens_mode: bo
             said = [entities[i]] if policy == "as_written" else list(dict.fromkeys(f for f in policy(entities[i]) if f))
             counted += said
             counted_at += [k] * len(said)
-        pushed, pushed_at, pushed_pcs = counted, counted_at, [ALL_PCS] * len(counted)
+        pushed, pushed_at, pushed_pcs = counted, counted_at, [list_form_contexts(f) for f in counted]
     owner = np.asarray(strings, np.int64)
     counted_ent, pushed_ent = owner[np.asarray(counted_at, np.int64)], owner[np.asarray(pushed_at, np.int64)]
     id_counted: list[np.ndarray] = []

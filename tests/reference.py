@@ -233,7 +233,8 @@ def text_boosts(entities: list[str], data: bytes, said: set[int], vocab: dict[by
     the longest suffix of the text's symbol stream that is a prefix of a pattern; continuations are the
     tokens spelling the next bytes of a pattern of an unsaid entity from there (not from the root or
     from a node entered on B/D); without one, starts: the longest tokens spelling a prefix of an unsaid
-    entity's form for the row's push context (the shortest where its first character is 3-4 bytes).
+    entity's form for the row's push context (the shortest where its first character is 3-4 bytes and no
+    token holds that whole character).
     ``vocab``: bytes -> tokens (not whitespace-only)."""
     from focuskern.ops.layout import BYTE_CLASS
 
@@ -257,8 +258,9 @@ def text_boosts(entities: list[str], data: bytes, said: set[int], vocab: dict[by
         for e, entity in enumerate(entities):
             if e not in said:
                 form = pushed_forms(entity)[pc].encode()
-                lengths = range(1, len(form) + 1) if form[0] >= 0xE0 else range(len(form), 0, -1)
-                n = next((n for n in lengths if form[:n] in vocab), 0)
-                for t in vocab.get(form[:n], ()):  # the longest start token(s); the shortest for a wide character
+                n = next((n for n in range(len(form), 0, -1) if form[:n] in vocab), 0)
+                if form[0] >= 0xE0 and n < (4 if form[0] >= 0xF0 else 3):  # a wide character written split
+                    n = next((n for n in range(1, len(form) + 1) if form[:n] in vocab), 0)
+                for t in vocab.get(form[:n], ()):  # the longest start token(s); the shortest for a split wide character
                     values[t] = bias
     return values

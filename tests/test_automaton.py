@@ -98,10 +98,11 @@ def check_program(entities, policy, table, mode="phrase"):
             if not pushed.pcs[f] >> pc & 1:
                 continue
             units = tuple(pushed.units[pushed.off[f]:pushed.off[f + 1]].tolist())
-            if mode == "phrase":  # the longest token(s) the form starts with; the shortest for a wide first character
+            if mode == "phrase":  # the longest token(s) the form starts with; the shortest for a split wide first character
                 lengths = [len(v) for v in eligible.values() if units[:len(v)] == v]
-                wide = 0xE0 <= units[0] < 256
-                n = (min if wide else max)(lengths, default=0)
+                n = max(lengths, default=0)
+                if 0xE0 <= units[0] < 256 and n < (4 if units[0] >= 0xF0 else 3):  # a wide character written split
+                    n = min(lengths)
                 starting = [t for t, v in eligible.items() if len(v) == n and units[:len(v)] == v]
             else:
                 starting = [t for seq in forms.canonical[e] for t in seq]

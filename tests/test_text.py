@@ -181,13 +181,18 @@ def test_held_rows_and_ids_outside_the_vocabulary_are_not_fed(smol, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_wide_first_character_starts_with_its_shortest_token(smol, backend):
+def test_a_split_wide_first_character_starts_with_its_shortest_token(smol, backend):
     """"断桥" is usually written 'æĸ' 'Ń' …: it is pushed through the lone lead byte 'æ' (a tokenization
-    the prompt never had), then continued by every tokenization of the rest; "Paris" keeps its longest."""
-    spec = fk.FocusSpec(["断桥", "Paris"], bias=1.0, continuation_bias=2.0, decay=fk.Decay.constant())
+    the prompt never had), then continued by every tokenization of the rest; "Paris" keeps its longest,
+    and so does "人工智能": the vocabulary holds the whole character 人 (a model writes it whole)."""
+    spec = fk.FocusSpec(["断桥", "Paris", "人工智能"], bias=1.0, continuation_bias=2.0, decay=fk.Decay.constant())
     state = fk.FocusState([spec], vocab_size=len(smol), device=DEVICE, tokenizer=smol, backend=backend)
     lead = smol.convert_tokens_to_ids("æ")
-    assert state.boosts()[0] == {lead: 1.0, smol.convert_tokens_to_ids("Paris"): 1.0}
+    ren = "人工智能".encode()
+    whole = max((b for b in vocab_of(smol) if ren.startswith(b)), key=len)
+    assert len(whole) >= 3 and vocab_of(smol)[whole]
+    assert state.boosts()[0] == {lead: 1.0, smol.convert_tokens_to_ids("Paris"): 1.0,
+                                 **{t: 1.0 for t in vocab_of(smol)[whole]}}
     state.apply_(torch.zeros(1, len(smol), device=DEVICE), torch.tensor([lead], device=DEVICE))
     rest = {t for b, ts in vocab_of(smol).items() if "断桥".encode()[1:].startswith(b) for t in ts}
     assert rest and state.boosts()[0] == {t: 2.0 for t in rest}
