@@ -49,11 +49,16 @@ class EntityForms:
     canonical: list[list[tuple[int, ...]]] | None = None  # tokens mode: per entity, tokenized pushed forms
 
 
+def is_wide(c: str) -> bool:
+    """Is ``c`` (a first character) 3 or 4 UTF-8 bytes long (CJK, kana, Thai ...): never spaced."""
+    return ord(c) >= 0x800
+
+
 def _first_char_forms(c: str) -> tuple[str, str, bool]:
-    """(``c`` with its case flipped, ``c`` upper case, 3- or 4-byte UTF-8): each ``c`` where the case
+    """(``c`` with its case flipped, ``c`` upper case, :func:`is_wide`): each ``c`` where the case
     change is not one character."""
     flip, upper = c.swapcase(), c.upper()
-    return (flip if len(flip) == 1 else c), (upper if len(upper) == 1 else c), ord(c) >= 0x800
+    return (flip if len(flip) == 1 else c), (upper if len(upper) == 1 else c), is_wide(c)
 
 
 def text_forms_of(strings: list[str]) -> tuple[list[str], list[int], list[str], list[int], list[int]]:
@@ -107,7 +112,7 @@ def list_form_contexts(form: str) -> int:
     it would glue onto it ("lightlight"); a 3-4 byte first character (CJK, kana ...) fits everywhere."""
     if form[:1].isspace():
         return 0b1100
-    return ALL_PCS if ord(form[0]) >= 0x800 else 0b0011
+    return ALL_PCS if is_wide(form[0]) else 0b0011
 
 
 def _flat_arrays(parts: list[np.ndarray], entity: list[int], pcs: list[int]) -> FlatForms:
@@ -126,7 +131,7 @@ def entity_forms(entities, policy, table: TokenTable, tokenizer, tokens_mode: bo
     if policy == "text":
         counted, counted_at, pushed, pushed_at, pushed_pcs = text_forms_of([entities[i] for i in strings])
     else:
-        counted, counted_at, pushed_pcs = [], [], []
+        counted, counted_at = [], []
         for k, i in enumerate(strings):
             said = [entities[i]] if policy == "as_written" else list(dict.fromkeys(f for f in policy(entities[i]) if f))
             counted += said
