@@ -47,9 +47,10 @@ def launch_config(R: int, Lq: int, block_d: int, elem: int, readout: bool = Fals
     * sm_80, float32 with a target or group sums: three stages (two spilled 4-8 B at D = 64 with a
       target and groups, capped at 128 registers; three hold 150-186 registers at D = 64 to 256; without
       them three stages spilled in the prefill with a bias, two do not).
-    * sm_100, float32: one stage (two spilled 12 B at D = 64 with a target and groups and 24 B at
-      D = 256 in a split decode, both capped at 128, and 48 B at D = 256 with a target, at 255; three
-      36 B there; one holds 98-172 registers).
+    * sm_100, float32: with a target or group sums one stage (two spilled 12 B at D = 64, capped at
+      128, and 48 B at D = 256, at 255; three 36 B there; one holds 157-172 registers); without them
+      four warps (eight spilled 24 B at D = 256 in the split decode, capped at 128; four hold 138; one
+      or three stages over eight spilled 4-16 B at D = 128/256 with a bias, capped at 64-80).
     * sm_100, float16/bfloat16, 64-row tiles at D = 256: one stage (two spilled 4 B in the split
       verification, capped at 128; one holds 153).
     * sm_80, float16/bfloat16 (``mma.sync``: both operands of every dot pass through registers): group
@@ -64,8 +65,10 @@ def launch_config(R: int, Lq: int, block_d: int, elem: int, readout: bool = Fals
     24 B): :func:`plan` reads them out with the score-only pass there."""
     family = arch_family(arch)
     if elem == 4:
-        stages = 3 if family == 80 and (readout or target) else 1 if family == 100 else 2
-        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=8, num_stages=stages)
+        heavy = readout or target
+        if family == 100:
+            return dict(BLOCK_M=16, BLOCK_N=16, num_warps=8 if heavy else 4, num_stages=1 if heavy else 2)
+        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=8, num_stages=3 if family == 80 and heavy else 2)
     heavy = readout or target
     small = Lq <= SPLIT_MAX_LQ
     block_m = min(64 if small or block_d > 128 or heavy else 128, max(16, triton.next_power_of_2(R)))
