@@ -95,6 +95,10 @@ def test_tiles_differ_per_arch_family(enumerated_by_arch):
     assert [tiles.arch_family(a) for a in (80, 86, 89, 90, 100, 120)] == [80, 80, 80, 90, 100, 100]
     keys = {arch: {tile_key(launch) for launch in launches} for arch, launches in enumerated_by_arch.items()}
     assert keys[80] != keys[90] and keys[100] != keys[90]
+    prefill = dict(R=4 * 4096, Lq=4096, block_d=128, elem=2)  # bfloat16 prefill, D = 128: sm_90 as before
+    assert tiles.launch_config(**prefill) == tiles.launch_config(**prefill, arch=90) == dict(
+        BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
+    assert tiles.launch_config(**prefill, arch=86)["BLOCK_N"] == 32  # 128 x 64 spilled on sm_80
 
 
 def test_device_arch_is_queried_once_per_device(monkeypatch):

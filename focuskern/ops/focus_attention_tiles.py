@@ -57,19 +57,19 @@ def launch_config(R: int, Lq: int, block_d: int, elem: int, readout: bool = Fals
       sums in registers on 16 rows (64 x 64 spilled 172-180 B at D = 64 with a target, 32 x 64 24 B,
       32 x 32 8 B; 16 x 64 holds 200-204); a target without them on at most 32 rows (64 x 64 spilled
       36-40 B at D = 128; 32 x 64 holds 212); 128-row tiles at D = 128 over 32 keys (128 x 64 spilled
-      20 B with a bias, 198 registers over 32 keys); eight warps for 64-row tiles from D = 128 (four
-      held 255 registers and spilled 16 B in the many-group readout; eight 179).
+      20 B with a bias, 198 registers over 32 keys); eight warps for every 64-row tile (in the
+      many-group readout four held 255 registers and spilled 16 B at D = 128, eight 179; four were
+      capped at 168 and spilled 8 B at D = 64, float16 verification, eight hold 152).
 
     Group sums in registers at D = 256 do not fit in any tile (float32 16 x 16 spilled 96 B over four
     warps, 28 B over eight, 20 B over sixteen at their 128-register cap; bfloat16 16 x 32 over eight
     24 B): :func:`plan` reads them out with the score-only pass there."""
     family = arch_family(arch)
+    heavy = readout or target
     if elem == 4:
-        heavy = readout or target
         if family == 100:
             return dict(BLOCK_M=16, BLOCK_N=16, num_warps=8 if heavy else 4, num_stages=1 if heavy else 2)
         return dict(BLOCK_M=16, BLOCK_N=16, num_warps=8, num_stages=3 if family == 80 and heavy else 2)
-    heavy = readout or target
     small = Lq <= SPLIT_MAX_LQ
     block_m = min(64 if small or block_d > 128 or heavy else 128, max(16, triton.next_power_of_2(R)))
     block_n = 32 if block_d > 128 else 64
@@ -78,6 +78,6 @@ def launch_config(R: int, Lq: int, block_d: int, elem: int, readout: bool = Fals
     if family == 80:
         block_m = 16 if readout else min(block_m, 32) if target else block_m
         block_n = 32 if block_m >= 128 and block_d >= 128 else block_n
-    wide = block_m >= 128 or (block_d >= (128 if family == 80 else 256) and block_m >= 64) or heavy
+    wide = block_m >= 128 or (block_m >= 64 and (block_d > 128 or family == 80)) or heavy
     stages = 3 if block_d <= 128 else 1 if family == 100 and block_m >= 64 else 2
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if wide else 4, num_stages=stages)
