@@ -40,6 +40,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from vllm.sampling_params import SamplingParams
 from vllm.v1.serial_utils import MsgpackDecoder, MsgpackEncoder
 
+from vllm_isolation import focus_text
 from vllm_served import save
 from vllm_server import MODEL, ROOT, fresh_focus
 from test_vllm_adapter import BatchUpdate  # vLLM's, or its mirror
@@ -80,6 +81,9 @@ def params_of(focus: dict | None) -> SamplingParams:
 
 
 def api_costs(rows: list, focus: dict, tokenizer, vocab: int, repeats: int) -> None:
+    rng = random.Random(2)
+    rows.append(("benchmark client loop", "a fresh focus made and dumped (vllm_isolation.py makes them before the round)",
+                 timed(lambda: focus_text(rng, len(focus["entities"])), repeats)))
     plain_body, focus_body = request_body(None), request_body(focus)
     rows.append(("API server loop", "pydantic parse of the request, plain",
                  timed(lambda: ChatCompletionRequest.model_validate_json(plain_body), repeats)))
