@@ -124,19 +124,14 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.stdout.close()
 
 
-def lowest_priority() -> str:
+def lowest_priority() -> None:
     """Put this process at the lowest CPU priority it can take: the ``SCHED_IDLE`` policy (it runs only
-    when no other process wants the CPU) where the platform offers it, else niceness ``BUILD_NICE``.
-    Returns which (``"none"`` where neither is available)."""
+    when no other process wants the CPU) where the platform offers it, else niceness ``BUILD_NICE``."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        return "SCHED_IDLE"
     except (AttributeError, OSError):
-        pass
-    if hasattr(os, "nice"):
-        os.nice(BUILD_NICE - os.nice(0))
-        return f"nice {BUILD_NICE}"
-    return "none"
+        if hasattr(os, "nice"):
+            os.nice(BUILD_NICE - os.nice(0))
 
 
 def main() -> None:
