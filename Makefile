@@ -147,10 +147,12 @@ test-vllm-old: $(VLLM_OLD_VENV)/.installed $(VLLM_MODEL)/config.json
 		tests/test_vllm_serving.py -q -p no:cacheprovider; } > benchmarks/results/vllm_old_cpu.txt 2>&1; \
 		rc=$$?; cat benchmarks/results/vllm_old_cpu.txt; exit $$rc
 
-# Plain requests' latency while another client sends large foci (benchmarks/vllm_isolation.py).
+# Plain requests' latency while another client sends large foci (benchmarks/vllm_isolation.py), and
+# what each piece of a large focus's path costs (benchmarks/vllm_isolation_attrib.py).
 bench-vllm-isolation: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
 	mkdir -p .vllm-tmp
 	$(VLLM_ENV) $(VLLM_PY) benchmarks/vllm_isolation.py
+	$(VLLM_ENV) $(VLLM_PY) benchmarks/vllm_isolation_attrib.py
 
 bench-vllm: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
 	mkdir -p .vllm-tmp

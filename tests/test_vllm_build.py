@@ -77,6 +77,21 @@ def test_string_entities_with_the_models_tokenizer(seed):
         process.close()
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="no SCHED_IDLE on this platform")
+def test_the_process_compiles_at_idle_priority(seed):
+    """Once it has its tokenizer, the build process compiles under ``SCHED_IDLE`` (only on CPU time
+    nothing else wants), and still answers there."""
+    rng = random.Random(seed)
+    process = BuildProcess(None, VOCAB)
+    try:
+        spec = random_spec(rng, ALPHABET)
+        process.compile(spec)
+        assert os.sched_getscheduler(process._proc.pid) == os.SCHED_IDLE
+        assert process.compile(spec).n_nodes == fk.FocusState([spec], VOCAB, "cpu").programs[0].program.n_nodes
+    finally:
+        process.close()
+
+
 def test_the_process_ends_with_its_engine():
     """An engine process that ends without cleaning up (``os._exit``, as a killed one would): its build
     process sees its stdin close and exits."""
@@ -130,8 +145,10 @@ def test_batch_focus_builds_in_the_process_and_falls_back_to_the_thread(monkeypa
     spec = random_spec(rng, ALPHABET)
     focus = BatchFocus(VOCAB, "cpu")
     try:
+        started = focus.start_builds().result(timeout=300)  # as the engine's processor does when it loads
+        assert isinstance(started, BuildProcess)
         built = focus.build_later(spec).result(timeout=300)
-        assert isinstance(focus._process, BuildProcess)
+        assert focus._process is started
         same_state(built, fk.FocusState([spec], VOCAB, "cpu"), rng, ALPHABET)
     finally:
         focus._process.close()

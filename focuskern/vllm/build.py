@@ -6,9 +6,12 @@ the step loop: every time the loop releases the GIL (each torch op of the model'
 build takes it, and the loop waits up to the interpreter's switch interval to get it back.  So
 :class:`BuildProcess` compiles it in a child process, which shares no GIL with the engine:
 
-* started on the first large focus as ``python -m focuskern.vllm.build`` (this package first on its
-  path) at a lower CPU priority (niceness +``BUILD_NICE``: on a busy machine the engine's step goes
-  first);
+* started as ``python -m focuskern.vllm.build`` (this package first on its path) by the engine's
+  processor when it loads, so that its start (imports, tokenizer, token table: seconds of CPU) is over
+  before traffic arrives; it then drops to the lowest CPU priority (:func:`lowest_priority`:
+  ``SCHED_IDLE`` where Linux has it, else niceness ``BUILD_NICE``) and compiles only on CPU time the
+  engine and the API server leave idle -- on a saturated machine a large focus waits longer to be
+  ready, never the other requests;
 * sent the tokenizer once, then one :class:`~focuskern.FocusSpec` at a time (pickles over its stdin);
   it answers each with the spec's :func:`~focuskern.programs.compile_spec` (a
   :class:`~focuskern.automaton.Program` of numpy arrays) or the ``TypeError``/``ValueError`` compiling
@@ -29,7 +32,7 @@ from typing import Any
 from ..automaton import Program
 from ..spec import FocusSpec
 
-BUILD_NICE = 10
+BUILD_NICE = 19  # where SCHED_IDLE is not available
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding this focuskern
 
 
@@ -121,6 +124,16 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.stdout.close()
 
 
+def lowest_priority() -> None:
+    """Put this process at the lowest CPU priority it can take: the ``SCHED_IDLE`` policy (it runs only
+    when no other process wants the CPU) where the platform offers it, else niceness ``BUILD_NICE``."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        if hasattr(os, "nice"):
+            os.nice(BUILD_NICE - os.nice(0))
+
+
 def main() -> None:
     """The build process: answer specs from stdin until it closes (module docstring)."""
     from ..programs import compile_spec
@@ -128,10 +141,10 @@ def main() -> None:
 
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the answers
-    if hasattr(os, "nice"):
-        os.nice(BUILD_NICE)
     requests = sys.stdin.buffer
     tokenizer, vocab_size = pickle.load(requests)
+    token_table(tokenizer, vocab_size)  # built once, at the priority the engine started with
+    lowest_priority()
     while True:
         try:
             spec = pickle.load(requests)

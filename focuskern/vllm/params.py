@@ -19,7 +19,6 @@ half-life), cosine, cutoff, ramp``; ``floor`` defaults to 1 for ``constant`` and
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Any, Optional
@@ -33,8 +32,11 @@ _FIELDS = ("entities", "bias", "alpha", "decay", "mode", "satisfy", "continuatio
 _DECAY_FIELDS = ("kind", "horizon", "floor")
 
 
-def focus_spec(focus: Any) -> FocusSpec:
-    """Build the spec of one request's ``focus`` dictionary, or of its JSON text (module docstring).
+def focus_spec(focus: Any, defaults: Optional[Mapping[str, Any]] = None) -> FocusSpec:
+    """Build the spec of one request's ``focus`` dictionary, or of its JSON text (module docstring);
+    ``defaults``: values of the fields it leaves out or sets to null (``eos_token_id`` only where the
+    spec then has a ``max_new_tokens``: it is the budget policy's end of text).  The spec is validated
+    once (a 10,000-entity focus: milliseconds).
 
     Raises
     ------
@@ -56,6 +58,9 @@ def focus_spec(focus: Any) -> FocusSpec:
     if "entities" not in focus:
         raise ValueError("focus.entities is required (a list of strings or of token-id variant lists)")
     kwargs = dict(focus)
+    for name, value in (defaults or {}).items():
+        if kwargs.get(name) is None and (name != "eos_token_id" or kwargs.get("max_new_tokens") is not None):
+            kwargs[name] = value
     if "decay" in kwargs:
         kwargs["decay"] = _decay(kwargs["decay"])
     variants = kwargs.get("variants", "default")
@@ -76,15 +81,15 @@ def spec_from_params(params: Any) -> Optional[FocusSpec]:
     extra = getattr(params, "extra_args", None)
     if not extra or extra.get(FOCUS_KEY) is None:
         return None
-    spec = focus_spec(extra[FOCUS_KEY])
     # The budget policy's budget and end of text: the request's own max_tokens and eos_token_id (vLLM
     # sets it from the tokenizer at admission) unless the focus names them.
     max_tokens, eos = getattr(params, "max_tokens", None), getattr(params, "eos_token_id", None)
-    if spec.max_new_tokens is None and isinstance(max_tokens, int) and max_tokens > 0:
-        spec = dataclasses.replace(spec, max_new_tokens=max_tokens)
-    if spec.eos_token_id is None and spec.max_new_tokens is not None and isinstance(eos, int) and eos >= 0:
-        spec = dataclasses.replace(spec, eos_token_id=eos)
-    return spec
+    defaults = {}
+    if isinstance(max_tokens, int) and max_tokens > 0:
+        defaults["max_new_tokens"] = max_tokens
+    if isinstance(eos, int) and eos >= 0:
+        defaults["eos_token_id"] = eos
+    return focus_spec(extra[FOCUS_KEY], defaults)
 
 
 def _decay(value: Any) -> Decay:

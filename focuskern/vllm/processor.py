@@ -65,10 +65,16 @@ class FocusLogitsProcessor(*_BASES):
             self._slots = SlotFocus(device_or_req_states.max_num_reqs, vocab, device_or_req_states.device, tokenizer)
         else:
             self._batch = BatchFocus(vocab, device_or_req_states, tokenizer, pin_memory=is_pin_memory)
+            if not self._stands_aside(vllm_config):
+                self._batch.start_builds()  # large foci's build process, ready before traffic arrives
             if vllm_config.scheduler_config.async_scheduling and not _listed(model.logits_processors):
                 logger.warning("focuskern: with async scheduling pass FocusLogitsProcessor in "
                                "logits_processors=[...] (not only as a plugin), or vLLM leaves placeholder "
                                "tokens in the output lists that focused rows have to wait for")
+
+    def _stands_aside(self, vllm_config: "VllmConfig") -> bool:
+        """Whether this instance leaves the steering to another (:class:`FocusLogitsPlugin`)."""
+        return False
 
     @classmethod
     def validate_params(cls, sampling_params: "SamplingParams") -> None:
@@ -132,7 +138,10 @@ class FocusLogitsPlugin(FocusLogitsProcessor):
 
     def __init__(self, vllm_config: "VllmConfig", device_or_req_states, is_pin_memory: bool = False):
         super().__init__(vllm_config, device_or_req_states, is_pin_memory)
-        self.inert = _listed(vllm_config.model_config.logits_processors)
+        self.inert = self._stands_aside(vllm_config)
+
+    def _stands_aside(self, vllm_config: "VllmConfig") -> bool:
+        return _listed(vllm_config.model_config.logits_processors)
 
     def update_state(self, batch_update: Optional[BatchUpdate]) -> None:
         if not self.inert:

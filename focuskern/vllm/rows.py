@@ -59,25 +59,45 @@ class _Rows:
 
     def build_later(self, spec: FocusSpec) -> Future:
         """A one-row ``FocusState`` of ``spec``, built by the worker thread (module docstring)."""
+        return self._worker().submit(self._build, spec)
+
+    def start_builds(self) -> Future:
+        """Start the build process now, on the worker thread (the engine's processor does when it loads,
+        so that the first large focus does not wait for it); otherwise the first large focus does."""
+        return self._worker().submit(self._started)
+
+    def _worker(self) -> ThreadPoolExecutor:
         if self._builder is None:
             self._builder = ThreadPoolExecutor(1, thread_name_prefix="focuskern-build")
-        return self._builder.submit(self._build, spec)
+        return self._builder
+
+    def _started(self) -> Union[bool, BuildProcess]:
+        """(The worker thread.)  The build process, started on first use; ``False`` where it cannot
+        start (logged once): large foci are compiled on this thread then."""
+        if self._process is None:
+            try:
+                self._process = BuildProcess(self._new_state[2], self._new_state[0])
+            except BuildProcessError as e:
+                self._give_up(e)
+        return self._process
+
+    def _give_up(self, error: BuildProcessError) -> None:
+        log.warning("focuskern: large foci are compiled in the engine's process from now on: %s", error)
+        if self._process:
+            self._process.close()
+        self._process = False
 
     def _build(self, spec: FocusSpec) -> FocusState:
-        """(The worker thread.)  ``spec``'s program compiled by the build process, started on first use;
-        where it cannot start or stops answering (logged), compiled here from then on."""
+        """(The worker thread.)  ``spec``'s program compiled by the build process; where it cannot start
+        or stops answering (logged), compiled here from then on."""
         vocab_size, device, tokenizer, backend = self._new_state
         program = None
-        try:
-            if self._process is None:
-                self._process = BuildProcess(tokenizer, vocab_size)
-            if self._process:
-                program = self._process.compile(spec)
-        except BuildProcessError as e:
-            log.warning("focuskern: large foci are compiled in the engine's process from now on: %s", e)
-            if self._process:
-                self._process.close()
-            self._process = False
+        process = self._started()
+        if process:
+            try:
+                program = process.compile(spec)
+            except BuildProcessError as e:
+                self._give_up(e)
         state = FocusState([None], vocab_size, device, tokenizer, backend=backend)
         state.set_row(0, spec, program)
         return state
