@@ -23,12 +23,15 @@ $(STAMP): requirements.txt constraints.txt setup.py pyproject.toml focuskern/ops
 
 install: $(STAMP)
 
+# The main suite in TEST_JOBS pytest-xdist workers (most tests are single-threaded Python: the Triton
+# interpreter, tokenizers); TEST_JOBS=0 runs it in this process.
+TEST_JOBS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -n $(TEST_JOBS)
 	$(MAKE) test-vllm
 
 test-fast: $(STAMP)
-	$(PY) -m pytest tests -q -m "not model"
+	$(PY) -m pytest tests -q -n $(TEST_JOBS) -m "not model"
 
 demo: $(STAMP)
 	$(PY) -m focuskern demo

@@ -149,7 +149,9 @@ def main() -> None:
         try:
             spec = pickle.load(requests)
         except EOFError:
-            return
+            # Exit without the interpreter's teardown (torch, tokenizers): at SCHED_IDLE on a busy
+            # machine that teardown can outlast the engine's wait, and the process would be killed.
+            os._exit(0)
         try:
             answer = (True, compile_spec(spec, vocab_size, token_table(tokenizer, vocab_size), tokenizer))
         except (TypeError, ValueError) as e:
