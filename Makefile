@@ -63,9 +63,10 @@ gpu-report-smoke: $(STAMP)
 	OMP_NUM_THREADS=1 GPU_REPORT_DIR=build/gpu-report-smoke $(PY) benchmarks/gpu_report.py --smoke
 
 # Every GPU kernel compiled for real GPU targets without a GPU (benchmarks/gpu_compile.py): the Triton
-# kernels in every configuration their launchers can pick for sm_80/sm_90/sm_100, csrc/*.cu with nvcc;
-# registers, spills and shared memory in build/gpu-compile/kernels.{json,md}; fails on a compile error,
-# a spill or shared memory over the limit.  CI passes GPU_COMPILE_ARGS="--arch 90 --quick" (a subset).
+# kernels in every configuration their launchers can pick on each of sm_80/sm_90/sm_100 (the attention
+# tiles differ per arch: focuskern/ops/focus_attention_tiles.py), csrc/*.cu with nvcc; registers, spills
+# and shared memory in build/gpu-compile/kernels.{json,md}; fails on a compile error, a spill or shared
+# memory over the limit.  CI passes GPU_COMPILE_ARGS="--arch 80 90 100 --quick" (a subset per arch).
 GPU_COMPILE_ARGS ?=
 gpu-compile: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/gpu_compile.py $(GPU_COMPILE_ARGS)

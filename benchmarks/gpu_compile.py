@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Compile every GPU kernel for real GPU targets without a GPU, and check its resources (``make gpu-compile``).
 
-* Triton: every configuration the launchers can pick (``focuskern/ops/triton_configs.py``: each launcher's
-  ``compile_launches()``, specialized by Triton's own binder) compiled with ``triton.compile`` for
-  ``sm_80``, ``sm_90`` and ``sm_100`` (where the ``ptxas`` bundled with Triton supports it); registers,
-  spills and stack from the ``ptxas -v`` log Triton's compiler writes, shared memory from the compiled
-  kernel's metadata (dynamic) plus the log's static ``smem``.
+* Triton: every configuration the launchers can pick on each arch (``focuskern/ops/triton_configs.py``:
+  each launcher's ``compile_launches(arch)``, specialized by Triton's own binder) compiled with
+  ``triton.compile`` for ``sm_80``, ``sm_90`` and ``sm_100`` (where the ``ptxas`` bundled with Triton
+  supports it); registers, spills and stack from the ``ptxas -v`` log Triton's compiler writes, shared
+  memory from the compiled kernel's metadata (dynamic) plus the log's static ``smem``.
 * CUDA: ``csrc/*.cu`` with ``nvcc -arch=sm_<arch> -Xptxas -v`` against the installed torch's headers
   (skipped with a note where ``nvcc`` is missing).
 
@@ -108,11 +108,11 @@ def enumerate_jobs(archs, only, quick, match=None) -> list[tuple]:
     from focuskern.ops import triton_configs as tc
 
     jobs, seen = [], set()
-    for family, label, launch in tc.launches():
-        if (only and family not in only) or (quick and not quick_keep(family, label, launch)) \
-                or (match and not re.search(match, f"{family} {label}")):
-            continue
-        for arch in archs:
+    for arch in archs:  # each launcher's configurations for this arch (its tiles may differ per arch)
+        for family, label, launch in tc.launches(arch):
+            if (only and family not in only) or (quick and not quick_keep(family, label, launch)) \
+                    or (match and not re.search(match, f"{family} {label}")):
+                continue
             key = (arch, tc.compile_key(launch, arch))
             if key not in seen:
                 seen.add(key)

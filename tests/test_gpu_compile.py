@@ -1,5 +1,7 @@
 """Ahead-of-time GPU compilation (``make gpu-compile``): the enumerated configurations are the ones the
-launchers launch, and one of them compiles for sm_90 without a GPU (skipped without Triton's CUDA tools)."""
+launchers launch on each architecture, and one of them compiles for sm_90 without a GPU (skipped without
+Triton's CUDA tools)."""
+import importlib.util
 import json
 import os
 import random
@@ -12,10 +14,12 @@ import torch
 
 from focuskern.ops import _triton_common, triton_configs
 from focuskern.ops import focus_attention_triton as fat
+from focuskern.ops import focus_attention_tiles as tiles
 from focuskern.ops import focus_logits_triton as flt
 
 ROOT = Path(__file__).resolve().parent.parent
 TILES = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_S", "BLOCK_V", "BLOCK_K", "num_warps", "num_stages")
+ARCHS = (80, 90, 100)  # the targets of make gpu-compile
 
 
 def tile_key(launch) -> tuple:
@@ -25,8 +29,14 @@ def tile_key(launch) -> tuple:
 
 
 @pytest.fixture(scope="module")
-def enumerated():
-    return [launch for _, _, launch in triton_configs.launches()]
+def enumerated_by_arch():
+    return {arch: [launch for _, _, launch in triton_configs.launches(arch)] for arch in ARCHS}
+
+
+@pytest.fixture(scope="module")
+def enumerated(enumerated_by_arch):
+    """What is compiled for sm_90: the tiles of a launch off CUDA and under the interpreter."""
+    return enumerated_by_arch[tiles.DEFAULT_ARCH]
 
 
 def test_every_kernel_of_every_triton_module_is_enumerated(enumerated):
@@ -45,10 +55,16 @@ def recorded(monkeypatch):
     return seen
 
 
-def test_attention_launches_are_enumerated(enumerated, recorded, seed):
-    """Random shapes, dtypes and call options: every launch's tiles are among the enumerated ones, every
-    constexpr flag value it sets is set by some enumerated launch of the same kernel, and its readout
-    width ``NGP`` is at most an enumerated one (the widest holds the most registers)."""
+@pytest.mark.parametrize("arch", [None, *ARCHS])
+def test_attention_launches_are_enumerated(enumerated_by_arch, recorded, monkeypatch, seed, arch):
+    """Random shapes, dtypes and call options on a device of compute capability ``arch`` (None: this CPU,
+    whose launches take sm_90's tiles): every launch's tiles are among those enumerated for that arch
+    (what make gpu-compile compiles for it), every constexpr flag value it sets is set by some enumerated
+    launch of the same kernel, and its readout width ``NGP`` is at most an enumerated one (the widest
+    holds the most registers)."""
+    if arch is not None:
+        monkeypatch.setattr(fat, "_device", lambda device: (fat.INTERPRETER_SMS, arch))
+    enumerated = enumerated_by_arch[arch or tiles.DEFAULT_ARCH]
     rng = random.Random(seed)
     for _ in range(60):
         dtype = rng.choice(_triton_common.DTYPES)
@@ -61,9 +77,9 @@ def test_attention_launches_are_enumerated(enumerated, recorded, seed):
         group_args = (torch.zeros(B, Lk, dtype=torch.int32), groups, rng.random() < 0.5,
                       torch.empty(Hkv * G) if rng.random() < 0.5 else None) if groups else (None, 0, False, None)
         fat.launch_focus_attention_mass(q, k, k, *opt, rng.random() < 0.5, 0.1, *group_args, 5.0)
-    tiles = {tile_key(launch) for launch in enumerated}
+    compiled = {tile_key(launch) for launch in enumerated}
     for launch in recorded:
-        assert tile_key(launch) in tiles, f"seed {seed}: {tile_key(launch)} is launched but not compiled"
+        assert tile_key(launch) in compiled, f"seed {seed}: sm_{arch} {tile_key(launch)} is launched but not compiled"
         same = [e for e in enumerated if e.kernel is launch.kernel]
         for flag, value in launch.kwargs.items():
             if flag == "NGP":
@@ -71,6 +87,43 @@ def test_attention_launches_are_enumerated(enumerated, recorded, seed):
             elif flag not in TILES and flag != "DOT_F32":  # DOT_F32: the interpreter's bfloat16 upcast
                 assert any(e.kwargs.get(flag) == value for e in same), (
                     f"seed {seed}: {triton_configs.kernel_name(launch)} {flag}={value} is never compiled")
+
+
+def test_tiles_differ_per_arch_family(enumerated_by_arch):
+    """The tiles the launcher picks depend on the arch family (sm_86 takes sm_80's, sm_120 sm_100's), and
+    the enumeration follows them: sm_80 and sm_100 compile tiles sm_90 never launches."""
+    assert [tiles.arch_family(a) for a in (80, 86, 89, 90, 100, 120)] == [80, 80, 80, 90, 100, 100]
+    keys = {arch: {tile_key(launch) for launch in launches} for arch, launches in enumerated_by_arch.items()}
+    assert keys[80] != keys[90] and keys[100] != keys[90]
+    prefill = dict(R=4 * 4096, Lq=4096, block_d=128, elem=2)  # bfloat16 prefill, D = 128: sm_90 as before
+    assert tiles.launch_config(**prefill) == tiles.launch_config(**prefill, arch=90) == dict(
+        BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
+    assert tiles.launch_config(**prefill, arch=86)["BLOCK_N"] == 32  # 128 x 64 spilled on sm_80
+
+
+def test_device_arch_is_queried_once_per_device(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: calls.append(index) or (8, 6))
+    _triton_common.device_arch.cache_clear()
+    try:
+        assert [_triton_common.device_arch(3) for _ in range(3)] == [86, 86, 86] and calls == [3]
+    finally:
+        _triton_common.device_arch.cache_clear()
+
+
+def test_gpu_compile_enumerates_each_archs_launches(monkeypatch):
+    """benchmarks/gpu_compile.py compiles, for each arch, the launches the launchers pick on that arch
+    (its dedup key needs JIT kernels, not the interpreter's: every launch is its own binary here)."""
+    monkeypatch.setattr(triton_configs, "compile_key", lambda launch, arch: str(id(launch)))
+    spec = importlib.util.spec_from_file_location("gpu_compile", ROOT / "benchmarks" / "gpu_compile.py")
+    gpu_compile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_compile)
+    match = "focus_attention bfloat16 D=64 (prefill|verify) mass$"
+    jobs = gpu_compile.enumerate_jobs([80, 90], None, False, match)
+    for arch in (80, 90):
+        want = {tile_key(launch) for family, label, launch in triton_configs.launches(arch)
+                if family == "focus_attention" and label in ("bfloat16 D=64 prefill mass", "bfloat16 D=64 verify mass")}
+        assert {tile_key(launch) for a, _, _, launch in jobs if a == arch} == want
 
 
 def test_logits_launch_is_enumerated(enumerated, recorded):

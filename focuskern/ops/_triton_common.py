@@ -78,6 +78,13 @@ def sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+@functools.lru_cache(maxsize=None)
+def device_arch(device_index: int) -> int:
+    """Compute capability of a CUDA device as ``major * 10 + minor`` (90 on an H100), queried once."""
+    major, minor = torch.cuda.get_device_capability(device_index)
+    return major * 10 + minor
+
+
 def column_splits(device: torch.device, rows: int, cols: int, block: int) -> int:
     """Programs per row for a dense pass: enough to fill the device, at least one block each."""
     if device.type != "cuda" or triton_interpreted():

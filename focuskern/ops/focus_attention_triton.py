@@ -34,8 +34,9 @@ log-sum-exp to a float32 workspace and a second kernel merges the chunks of each
 at a time (one compiled merge for every split count, which grows with the keys during a decode).
 
 Ahead-of-time compilation.  :func:`compile_launches` yields the launches of every configuration
-:func:`launch_config` and the call options can produce (built by :func:`attention_launches`, the code
-that launches them), which ``make gpu-compile`` compiles for sm_80/90/100 and checks for spills.
+:func:`launch_config` (per architecture: ``focus_attention_tiles``) and the call options can produce on
+one architecture (built by :func:`attention_launches`, the code that launches them), which ``make
+gpu-compile`` compiles for sm_80/90/100 and checks for spills.
 """
 from __future__ import annotations
 
@@ -48,14 +49,14 @@ import triton.language as tl
 
 from .dispatch import triton_interpreted
 from ._registry import define_op
-from ._triton_common import DTYPES, Launch, MockTensor, dtype_name, sm_count
+from ._triton_common import DTYPES, Launch, MockTensor, device_arch, dtype_name, sm_count
+from .focus_attention_tiles import DEFAULT_ARCH, SPLIT_MAX_LQ, launch_config
 from .focus_attention_triton_parts import _attend_blocks, _mass_scores_kernel, _merge_splits_kernel, _row_tile
 from .focus_attention import (FOCUS_ATTENTION_MASS_SCHEMA, FOCUS_ATTENTION_SCHEMA, focus_attention_fake,
                               focus_attention_mass_fake)
 
 LOG2E = math.log2(math.e)
 MAX_HEAD_DIM = 256
-SPLIT_MAX_LQ = 16  # split-KV path only for short query blocks (decode, speculative verification)
 MIN_SPLIT_BLOCKS = 4  # keys per split >= MIN_SPLIT_BLOCKS * BLOCK_N on a GPU (1 under the interpreter)
 MAX_SPLITS = 128
 INTERPRETER_SMS = 2  # stand-in SM count under TRITON_INTERPRET, so small test shapes take the split path
@@ -175,44 +176,13 @@ def _focus_attention_kernel(
                  mask=row_ok[:, None] & d_ok[None, :])
 
 
-def _device_sms(device: torch.device) -> int:
+def _device(device: torch.device) -> tuple[int, int]:
+    """(SM count, compute capability ``major * 10 + minor``) of a tensor's device, each queried once per
+    device (host calls, no sync); off CUDA and under the interpreter a stand-in SM count and sm_90."""
     if device.type != "cuda" or triton_interpreted():
-        return INTERPRETER_SMS
-    return sm_count(device.index if device.index is not None else torch.cuda.current_device())
-
-
-def launch_config(R: int, Lq: int, block_d: int, elem: int, readout: bool = False, target: bool = False) -> dict:
-    """Tile sizes and launch options for ``R = G * Lq`` rows per (batch, KV head), chosen so that no
-    configuration spills registers on sm_90 (``make gpu-compile``; numbers below from sm_90).
-
-    * float32: ``tl.dot`` with ``input_precision="ieee"`` runs on the CUDA cores (FMA), where every
-      thread holds its rows of ``q`` and its columns of ``K``/``V`` along the whole reduction dim, so
-      registers grow with the tile's *sides*: 16 x 16 tiles over eight warps (179 registers at D = 128
-      with a target and 64 groups).  64 x 32 over four warps spilled up to 48 KB at D = 128, 32 x 16
-      over four 316 B, 16 x 16 over four 60 B with a target.
-    * float16/bfloat16 (tensor cores): 128-row tiles for prefill (64 at D = 256), 64 rows for short
-      query blocks; eight warps for 64-row tiles at D = 256 (four spilled 140 B, bfloat16 prefill).
-      A ``target`` (a second accumulator) or a ``readout`` (group sums in registers: a float32
-      ``p @ onehot`` FMA dot over the key block and a ``[BLOCK_M, 64]`` accumulator): at most 64 rows
-      over eight warps (the 128-row target tile spilled 112 B at D = 128; 64 x 64 with 64 groups over
-      four spilled at D = 64, over eight it holds 207 registers); both at D = 128, and a target at
-      D = 256: 16 x 32 tiles (198 and 168 registers; at D = 128 32 and 64 rows spilled 36 and 156 B, at
-      D = 256 64 rows 124 B, 32 rows held 254 registers, too close to the limit).
-
-    Group sums in registers at D = 256 do not fit in any tile (float32 16 x 16 spilled 96 B over four
-    warps, 28 B over eight, 20 B over sixteen at their 128-register cap; bfloat16 16 x 32 over eight
-    24 B): :func:`plan` reads them out with the score-only pass there."""
-    if elem == 4:
-        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=8, num_stages=2)
-    heavy = readout or target
-    small = Lq <= SPLIT_MAX_LQ
-    block_m = min(64 if small or block_d > 128 or heavy else 128, max(16, triton.next_power_of_2(R)))
-    block_n = 32 if block_d > 128 else 64
-    if (readout and block_d >= 128) or (target and block_d > 128):
-        block_m, block_n = 16, 32
-    wide = block_m >= 128 or (block_d > 128 and block_m >= 64) or heavy
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if wide else 4,
-                num_stages=2 if block_d > 128 else 3)
+        return INTERPRETER_SMS, DEFAULT_ARCH
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return sm_count(index), device_arch(index)
 
 
 def kv_splits(sms: int, interpreted: bool, programs: int, Lq: int, Lk: int, block_n: int) -> int:
@@ -243,15 +213,15 @@ class Plan(NamedTuple):
 
 
 def plan(q_shape, Hkv: int, Lk: int, elem: int, sms: int, interpreted: bool, grouped: bool, num_groups: int,
-         return_mass: bool, target: bool = False) -> Plan:
+         return_mass: bool, target: bool = False, arch: int = DEFAULT_ARCH) -> Plan:
     """The launch plan of a call with ``q`` of shape [B, Hq, Lq, D] over Hkv heads of Lk keys (``target``:
-    a target mass is given)."""
+    a target mass is given) on a GPU of ``sms`` SMs and compute capability ``arch``."""
     B, Hq, Lq, D = q_shape
     R = Hq // Hkv * Lq
     block_d = max(16, triton.next_power_of_2(D))
     # Group sums in registers spill at D = 256 (launch_config): the score-only pass reads them out there.
     reg_groups = return_mass and num_groups <= MAX_REG_GROUPS and block_d <= 128
-    cfg = launch_config(R, Lq, block_d, elem, reg_groups, target)
+    cfg = launch_config(R, Lq, block_d, elem, reg_groups, target, arch)
     row_blocks = triton.cdiv(R, cfg["BLOCK_M"])
     splits = 1 if grouped else kv_splits(sms, interpreted, row_blocks * B * Hkv, Lq, Lk, cfg["BLOCK_N"])
     split_len = triton.cdiv(triton.cdiv(Lk, splits), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
@@ -306,8 +276,9 @@ def launch_focus_attention_mass(q, k, v, key_bias, head_scale, key_start, causal
     if Lk == 0:
         return out.zero_(), mass
     interpreted = q.device.type != "cuda" or triton_interpreted()
-    p = plan(q.shape, Hkv, Lk, q.element_size(), _device_sms(q.device), interpreted, key_group is not None,
-             num_groups, return_mass, target_mass is not None)
+    sms, arch = _device(q.device)
+    p = plan(q.shape, Hkv, Lk, q.element_size(), sms, interpreted, key_group is not None, num_groups, return_mass,
+             target_mass is not None, arch)
     f32 = dict(device=q.device, dtype=torch.float32)
     part_o = torch.empty(B * Hkv * p.splits * p.R * p.block_d, **f32) if p.splits > 1 else out  # unused if 1
     part_lse = torch.empty(B * Hkv * p.splits * p.R, **f32) if p.splits > 1 else out
@@ -343,10 +314,10 @@ COMPILE_CALLS = {"plain": (False, 0, False), "bias": (True, 0, False), "mass": (
                  "mass-many": (True, 1000, True), "readout-many": (False, 1000, False)}
 
 
-def compile_launches():
-    """(label, launch) for every configuration the launcher can pick: each dtype x head dim x shape x
-    call of the constants above (a call with every optional input holds the most live values of its
-    path; the flags it sets only add code)."""
+def compile_launches(arch: int):
+    """(label, launch) for every configuration the launcher can pick on compute capability ``arch``: each
+    dtype x head dim x shape x call of the constants above (a call with every optional input holds the
+    most live values of its path; the flags it sets only add code)."""
     f32, i32 = MockTensor(torch.float32), MockTensor(torch.int32)
     for dtype in DTYPES:
         for D in COMPILE_HEAD_DIMS:
@@ -356,7 +327,7 @@ def compile_launches():
                     if D == 80 and call != "bias":
                         continue
                     p = plan(q.shape, Hkv, Lk, dtype.itemsize, COMPILE_SMS, False, groups > 0, groups, groups > 0,
-                             target)
+                             target, arch)
                     opt = (f32, f32, i32) if biased else (None, None, None)
                     grouped = (i32 if groups else None, f32 if target else None)
                     for launch in attention_launches(p, q, kv, kv, q, f32, f32, f32, f32, *opt, *grouped, biased,

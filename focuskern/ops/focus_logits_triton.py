@@ -71,9 +71,9 @@ def launch_focus_logits(logits, row_offsets, token_ids, token_bias, alpha, decay
     logits_launch(logits, small, splits, cols_per_program)()
 
 
-def compile_launches():
-    """(label, launch) for every configuration the launcher can pick: the tiles are fixed, so one per
-    logits dtype (B = 8 rows of a 151936-token vocabulary, contiguous, 4 column splits)."""
+def compile_launches(arch: int):
+    """(label, launch) for every configuration the launcher can pick on any ``arch``: the tiles are fixed
+    (the same on every arch), so one per logits dtype (B = 8 rows of a 151936-token vocabulary, contiguous, 4 column splits)."""
     i32, f32 = MockTensor(torch.int32), MockTensor(torch.float32)
     for dtype in DTYPES:
         logits = MockTensor(dtype, [8, 151936])

@@ -330,9 +330,10 @@ def launch_focus_state(logits, last_tokens, prog, node, sat, step, prog_f32, pro
                  ents, tok_off, tok_sym, byte_class)()
 
 
-def compile_launches():
-    """(label, launch) for every configuration the launcher can pick (ahead-of-time compilation): per
-    logits dtype, with int32 / int64 / no last tokens (the tiles are fixed); 8 rows of 151936 logits."""
+def compile_launches(arch: int):
+    """(label, launch) for every configuration the launcher can pick on any ``arch`` (ahead-of-time
+    compilation): per logits dtype, with int32 / int64 / no last tokens (the tiles are fixed, the same on
+    every arch); 8 rows of 151936 logits."""
     i32, i64, f32 = MockTensor(torch.int32), MockTensor(torch.int64), MockTensor(torch.float32)
     for dtype in DTYPES:
         for last in (None, i32, i64):

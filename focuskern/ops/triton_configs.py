@@ -1,8 +1,9 @@
 """Every Triton kernel configuration the launchers can pick, specialized as ``kernel[grid](...)`` would.
 
-Each Triton backend module (``dispatch``'s ``(op, "triton")`` entries) has ``compile_launches()``: the
-:class:`~focuskern.ops._triton_common.Launch` objects its launcher builds for each configuration it can
-pick (dtype, head dim, tile sizes, warps, stages, constexpr flags), with ``MockTensor`` arguments.
+Each Triton backend module (``dispatch``'s ``(op, "triton")`` entries) has ``compile_launches(arch)``:
+the :class:`~focuskern.ops._triton_common.Launch` objects its launcher builds for each configuration it
+can pick on a GPU of compute capability ``arch`` (dtype, head dim, tile sizes, warps, stages, constexpr
+flags), with ``MockTensor`` arguments.
 :func:`specialize` runs Triton's own argument binder on one of them for a GPU target, so the signature,
 constants (ints equal to 1), divisibility attributes (pointers and ints that are multiples of 16) and
 options are those a launch on that GPU compiles with; :func:`compile_launch` compiles it without a
@@ -29,10 +30,11 @@ def triton_modules() -> dict[str, str]:
     return {family: module for (family, backend), module in _OP_MODULES.items() if backend == "triton"}
 
 
-def launches() -> Iterator[tuple[str, str, Launch]]:
-    """(op family, label, launch) for every configuration of every Triton launcher."""
+def launches(arch: int) -> Iterator[tuple[str, str, Launch]]:
+    """(op family, label, launch) for every configuration of every Triton launcher on compute capability
+    ``arch`` (e.g. 90)."""
     for family, module in triton_modules().items():
-        for label, launch in importlib.import_module(module).compile_launches():
+        for label, launch in importlib.import_module(module).compile_launches(arch):
             yield family, label, launch
 
 
