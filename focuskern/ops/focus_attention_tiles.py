@@ -59,8 +59,9 @@ def launch_config(R: int, Lq: int, block_d: int, elem: int, readout: bool = Fals
       verification, capped at 128; one holds 153).  Short query blocks at D = 256 on at most 32 rows
       (the verification's 64 x 32 over eight warps and one stage was capped at 128 and spilled 8 B
       without a bias; 32 x 32 over four warps and two stages holds 178-214, as in the MQA decode).
-      A target at D = 64 over 32 keys (64 x 64 over three stages was capped at 128 and spilled 8-12 B
-      with many groups, verification and prefill; 64 x 32 holds 106-110, 184-194 with group sums).
+      A target or group sums at D = 64 over 32 keys (64 x 64 over three stages was capped at 128 and
+      spilled 8-12 B with a target and many groups, verification and prefill; 64 x 32 holds 106-110
+      registers there, 184-194 with group sums).
     * sm_80, float16/bfloat16 (``mma.sync``: both operands of every dot pass through registers): group
       sums in registers on 16 rows (64 x 64 spilled 172-180 B at D = 64 with a target, 32 x 64 24 B,
       32 x 32 8 B; 16 x 64 holds 200-204); a target without them on at most 32 rows (64 x 64 spilled
@@ -92,7 +93,7 @@ def launch_config(R: int, Lq: int, block_d: int, elem: int, readout: bool = Fals
         block_n = 32 if block_m >= 128 and block_d >= 128 else block_n
     if family == 100:
         block_m = min(block_m, 32) if small and block_d > 128 else block_m
-        block_n = 32 if target and block_d <= 64 else block_n
+        block_n = 32 if heavy and block_d <= 64 else block_n
     wide = block_m >= 128 or (block_m >= 64 and (block_d > 128 or family == 80)) or heavy
     stages = 3 if block_d <= 128 else 1 if family == 100 and block_m >= 64 else 2
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if wide else 4, num_stages=stages)
@@ -100,6 +101,7 @@ def launch_config(R: int, Lq: int, block_d: int, elem: int, readout: bool = Fals
 
 def mass_launch_options(cfg: dict, elem: int, arch: int = DEFAULT_ARCH) -> dict:
     """Warps and stages of the score-only pass (``_mass_scores_kernel``) after the main pass of tiles
-    ``cfg``: the main pass's warps and Triton's default three stages, but two for float32 on sm_80 (at
-    D = 64 over 32 query heads per KV head three spilled 12 B at 48 registers over eight warps; two hold 52)."""
+    ``cfg``: the main pass's warps and Triton's default three stages, but two for float32 on sm_80
+    (three spilled 12 B at 48 registers over eight warps at D = 64 with a target, 32 query heads per KV
+    head; two hold 40-56 registers)."""
     return dict(num_warps=cfg["num_warps"], num_stages=2 if elem == 4 and arch_family(arch) == 80 else 3)
