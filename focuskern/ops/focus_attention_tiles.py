@@ -46,13 +46,22 @@ def launch_config(R: int, Lq: int, block_d: int, elem: int, readout: bool = Fals
 
     * sm_80, float32 with a target or group sums: three stages (two spilled 4-8 B at D = 64 with a
       target and groups, capped at 128 registers; three hold 150-186 registers at D = 64 to 256; without
-      them three stages spilled in the prefill with a bias, two do not).
+      them three stages spilled in the prefill with a bias, two do not).  Without them at D = 256: four
+      warps and one stage (sm_90's eight warps and two stages spilled 8 B in the prefill and the
+      many-group readout, capped at 80; four and two stages 4-12 B in the split verification, capped at
+      96-128; eight and three stages 16 B in the prefill with a bias, eight and one 8-12 B in the prefill
+      and the readout; four and one hold 124-148 registers, 128 in the split decode/verification).
     * sm_100, float32: with a target or group sums one stage (two spilled 12 B at D = 64, capped at
       128, and 48 B at D = 256, at 255; three 36 B there; one holds 157-172 registers); without them
       four warps (eight spilled 24 B at D = 256 in the split decode, capped at 128; four hold 138; one
       or three stages over eight spilled 4-16 B at D = 128/256 with a bias, capped at 64-80).
     * sm_100, float16/bfloat16, 64-row tiles at D = 256: one stage (two spilled 4 B in the split
-      verification, capped at 128; one holds 153).
+      verification, capped at 128; one holds 153).  Short query blocks at D = 256 on at most 32 rows
+      (the verification's 64 x 32 over eight warps and one stage was capped at 128 and spilled 8 B
+      without a bias; 32 x 32 over four warps and two stages holds 178-214, as in the MQA decode).
+      A target or group sums at D = 64 over 32 keys (64 x 64 over three stages was capped at 128 and
+      spilled 8-12 B with a target and many groups, verification and prefill; 64 x 32 holds 106-110
+      registers there, 184-194 with group sums).
     * sm_80, float16/bfloat16 (``mma.sync``: both operands of every dot pass through registers): group
       sums in registers on 16 rows (64 x 64 spilled 172-180 B at D = 64 with a target, 32 x 64 24 B,
       32 x 32 8 B; 16 x 64 holds 200-204); a target without them on at most 32 rows (64 x 64 spilled
@@ -67,9 +76,13 @@ def launch_config(R: int, Lq: int, block_d: int, elem: int, readout: bool = Fals
     family = arch_family(arch)
     heavy = readout or target
     if elem == 4:
-        if family == 100:
-            return dict(BLOCK_M=16, BLOCK_N=16, num_warps=8 if heavy else 4, num_stages=1 if heavy else 2)
-        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=8, num_stages=3 if family == 80 and heavy else 2)
+        if family == 90 or (family == 80 and not heavy and block_d <= 128):
+            warps, stages = 8, 2
+        elif family == 80:
+            warps, stages = (8, 3) if heavy else (4, 1)
+        else:
+            warps, stages = (8, 1) if heavy else (4, 2)
+        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=warps, num_stages=stages)
     small = Lq <= SPLIT_MAX_LQ
     block_m = min(64 if small or block_d > 128 or heavy else 128, max(16, triton.next_power_of_2(R)))
     block_n = 32 if block_d > 128 else 64
@@ -78,6 +91,17 @@ def launch_config(R: int, Lq: int, block_d: int, elem: int, readout: bool = Fals
     if family == 80:
         block_m = 16 if readout else min(block_m, 32) if target else block_m
         block_n = 32 if block_m >= 128 and block_d >= 128 else block_n
+    if family == 100:
+        block_m = min(block_m, 32) if small and block_d > 128 else block_m
+        block_n = 32 if heavy and block_d <= 64 else block_n
     wide = block_m >= 128 or (block_m >= 64 and (block_d > 128 or family == 80)) or heavy
     stages = 3 if block_d <= 128 else 1 if family == 100 and block_m >= 64 else 2
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if wide else 4, num_stages=stages)
+
+
+def mass_launch_options(cfg: dict, elem: int, arch: int = DEFAULT_ARCH) -> dict:
+    """Warps and stages of the score-only pass (``_mass_scores_kernel``) after the main pass of tiles
+    ``cfg``: the main pass's warps and Triton's default three stages, but two for float32 on sm_80
+    (three spilled 12 B at 48 registers over eight warps at D = 64 with a target, 32 query heads per KV
+    head; two hold 40-56 registers)."""
+    return dict(num_warps=cfg["num_warps"], num_stages=2 if elem == 4 and arch_family(arch) == 80 else 3)

@@ -50,7 +50,7 @@ import triton.language as tl
 from .dispatch import triton_interpreted
 from ._registry import define_op
 from ._triton_common import DTYPES, Launch, MockTensor, device_arch, dtype_name, sm_count
-from .focus_attention_tiles import DEFAULT_ARCH, SPLIT_MAX_LQ, launch_config
+from .focus_attention_tiles import DEFAULT_ARCH, SPLIT_MAX_LQ, launch_config, mass_launch_options
 from .focus_attention_triton_parts import _attend_blocks, _mass_scores_kernel, _merge_splits_kernel, _row_tile
 from .focus_attention import (FOCUS_ATTENTION_MASS_SCHEMA, FOCUS_ATTENTION_SCHEMA, focus_attention_fake,
                               focus_attention_mass_fake)
@@ -210,6 +210,7 @@ class Plan(NamedTuple):
     split_len: int
     reg_groups: bool  # per-group sums in registers (num_groups <= MAX_REG_GROUPS, D <= 128)
     stats: bool  # many groups: the main pass stores lse/delta, the score-only pass reads out the mass
+    mass_cfg: dict  # warps and stages of the score-only pass (mass_launch_options)
 
 
 def plan(q_shape, Hkv: int, Lk: int, elem: int, sms: int, interpreted: bool, grouped: bool, num_groups: int,
@@ -226,7 +227,7 @@ def plan(q_shape, Hkv: int, Lk: int, elem: int, sms: int, interpreted: bool, gro
     splits = 1 if grouped else kv_splits(sms, interpreted, row_blocks * B * Hkv, Lq, Lk, cfg["BLOCK_N"])
     split_len = triton.cdiv(triton.cdiv(Lk, splits), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
     return Plan(R, block_d, cfg, row_blocks, triton.cdiv(Lk, split_len),  # no empty trailing split
-                split_len, reg_groups, return_mass and not reg_groups)
+                split_len, reg_groups, return_mass and not reg_groups, mass_launch_options(cfg, elem, arch))
 
 
 def attention_launches(p: Plan, q, k, v, out, mass, part_o, part_lse, stat, key_bias, head_scale, key_start,
@@ -259,7 +260,7 @@ def attention_launches(p: Plan, q, k, v, out, mass, part_o, part_lse, stat, key_
         launches.append(Launch(_mass_scores_kernel, (p.row_blocks, B * Hkv), (
             q, k, kb, hs, ks, kg, stat, mass, *q.stride(), *k.stride(), Hkv, G, Lq, Lk, D, sm_scale * LOG2E,
             num_groups,
-        ), dict(**warps, **flags)))
+        ), dict(**p.mass_cfg, **flags)))
     return launches
 
 
