@@ -42,10 +42,15 @@ async def plain_loop(client, k: int, per_client: int, tokens: int, latencies: li
         latencies.append(time.perf_counter() - start)
 
 
+def sea_focus(rng: random.Random, entities: int) -> dict:
+    """A fresh focus of ``entities`` entities for the benchmark's prompt ("Write about the sea.")."""
+    return fresh_focus(rng, entities, words=("whales", "sailors"))
+
+
 def focus_text(rng: random.Random, entities: int) -> str:
-    """A fresh focus of ``entities`` entities as the JSON text ``vllm_xargs`` carries (10,000: about
-    80 ms of Python on the machine here)."""
-    return json.dumps(fresh_focus(rng, entities, words=("whales", "sailors")))
+    """:func:`sea_focus` as the JSON text ``vllm_xargs`` carries (10,000 entities: about 80 ms of Python
+    on the machine here)."""
+    return json.dumps(sea_focus(rng, entities))
 
 
 async def fifth_loop(client, rng: random.Random, entities: Optional[int], tokens: int, stop: asyncio.Event,

@@ -40,9 +40,9 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from vllm.sampling_params import SamplingParams
 from vllm.v1.serial_utils import MsgpackDecoder, MsgpackEncoder
 
-from vllm_isolation import focus_text
+from vllm_isolation import focus_text, sea_focus
 from vllm_served import save
-from vllm_server import MODEL, ROOT, fresh_focus
+from vllm_server import MODEL, ROOT
 from test_vllm_adapter import BatchUpdate  # vLLM's, or its mirror
 
 from focuskern.metadata import run_metadata
@@ -136,7 +136,7 @@ def batch_with(row_focus: dict | None, tokenizer, vocab: int, process: BuildProc
 def step_costs(rows: list, focus: dict, tokenizer, vocab: int, process: BuildProcess, repeats: int, catch_up: int) -> None:
     rng = random.Random(1)
     logits = torch.zeros(PLAIN_ROWS + 1, vocab)
-    small = fresh_focus(rng, 40, words=("whales", "sailors"))
+    small = sea_focus(rng, 40)
     for name, row_focus in (("no focus", None), ("a 40-entity focus", small), (f"the {len(focus['entities'])}-entity focus", focus)):
         batch, outputs, info = batch_with(row_focus, tokenizer, vocab, process)
         if row_focus is focus:
@@ -226,7 +226,7 @@ def main() -> int:
     tokenizer = AutoTokenizer.from_pretrained(ROOT / MODEL)
     vocab = len(tokenizer)
     rng = random.Random(0)
-    focuses = [fresh_focus(rng, args.entities, words=("whales", "sailors")) for _ in range(args.repeats + 2)]
+    focuses = [sea_focus(rng, args.entities) for _ in range(args.repeats + 2)]
     specs = [spec_from_params(params_of(f)) for f in focuses]
     rows: list = []
     api_costs(rows, focuses[0], tokenizer, vocab, args.repeats)
