@@ -14,9 +14,9 @@ a kernel's work per step grow linearly with the entities.
   ending at ``u`` or at a node on its fail chain; ``fail(u)`` = the node of the longest proper suffix of
   ``u``'s symbols in the trie;
 * token edge ``(t, c)`` of ``u``: ``u`` is pattern ``P(f)`` after the symbol of unit ``i - 1`` of ``f``,
-  token ``t`` (not whitespace-only) spells ``f[i : i + L]`` and ``c`` is the node after unit
-  ``i + L - 1``; ``closure(u)`` = ``u``'s own edges as (slot, child) entries sorted by slot (a token
-  spells one path from ``u``: one entry per slot);
+  token ``t`` (not whitespace-only, but see :func:`lone_space_edges`) spells ``f[i : i + L]`` and ``c``
+  is the node after unit ``i + L - 1``; ``closure(u)`` = ``u``'s own edges as (slot, child) entries
+  sorted by slot (a token spells one path from ``u``: one entry per slot);
 * slot ``k`` (the program's ``k``-th smallest pushed token): ``first_pc(k)`` = entities whose form pushed
   in push context ``pc`` starts with the token (phrase mode), or, in tokens mode, entities with the token
   in a tokenized pushed form (the same list for every ``pc``).
@@ -37,7 +37,7 @@ from .forms import EntityForms, FlatForms
 from .ops.layout import (BC_CONT, BC_DIGIT, BC_WORD, BYTE_CLASS, N_PUSH_CONTEXTS, NODE_MASK, SYM_DIGITS_END,
                          SYM_WORD_START, C, N_, S_)
 from .ops.dispatch import extension
-from .text import P, TokenTable, powers, run_hash, unit_values
+from .text import WHITESPACE, P, TokenTable, powers, run_hash, unit_values
 
 WORD_BITS = 32
 _CLASS = np.asarray(BYTE_CLASS, dtype=np.int64)
@@ -249,6 +249,26 @@ def token_edges(trie: "_Trie", table: TokenTable) -> tuple[np.ndarray, np.ndarra
     return tuple(np.concatenate(empty + parts) for parts in (us, ts, cs))
 
 
+def lone_space_edges(a: "Automaton", table: TokenTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edges ``(u, t, c)`` of a one-byte whitespace-only token ``t`` where the path from ``u`` goes on
+    with that byte (after the ``D`` of a number ending at ``u``) and no other token continues ``u``
+    with it.  Whitespace-only tokens are otherwise never pushed; but tokenizers that write the space
+    before a digit alone (``" June"``, ``" "``, ``"1"``) continue ``June 1`` only through it: without
+    the edge a ban on it is never seen, the entity is never given up and its start ``" June"`` is
+    pushed again after every dead end ("June June, June …")."""
+    single = np.flatnonzero(np.diff(table.off) == 1)
+    space = table.sym[table.off[single]]
+    single, space = single[np.isin(space, list(WHITESPACE))], space[np.isin(space, list(WHITESPACE))]
+    v = np.flatnonzero(np.isin(a.sym, space))  # nodes entered on such a byte (never the root)
+    u = np.searchsorted(a.child_lo, v, side="right") - 1  # their parents
+    number = a.sym[u] == SYM_DIGITS_END
+    u[number] = np.searchsorted(a.child_lo, u[number], side="right") - 1
+    first = table.sym[table.off[a.edge_token]]  # the byte each existing edge continues its node with
+    keep = (u > 0) & ~np.isin(u * 256 + a.sym[v], a.edge_u * 256 + first)
+    i, j = np.nonzero(a.sym[v[keep]][:, None] == space[None, :])
+    return u[keep][i], single[j], v[keep][i]
+
+
 def _starts(forms: EntityForms, table: TokenTable, phrase: bool):
     """``(pc, token, entity)`` of every start (module docstring, slot ``first_pc``)."""
     if not phrase:
@@ -337,6 +357,11 @@ def compile_program(forms: EntityForms, table: TokenTable, phrase: bool) -> Prog
     longest pattern); see :func:`build_automaton`."""
     sym, off = patterns(forms.counted)
     a = build_automaton(sym, off, forms.counted.entity, forms.n_entities, table, phrase)
+    if phrase:
+        edges = [np.concatenate(pair) for pair in zip((a.edge_u, a.edge_token, a.edge_child),
+                                                      lone_space_edges(a, table))]
+        order = np.lexsort(edges[::-1])
+        a = a._replace(edge_u=edges[0][order], edge_token=edges[1][order], edge_child=edges[2][order])
     n, n_ent = len(a.sym), forms.n_entities
 
     pcs, start_token, start_entity = _starts(forms, table, phrase)

@@ -228,14 +228,15 @@ def pushed_forms(entity: str) -> list[str]:
 
 
 def text_boosts(entities: list[str], data: bytes, said: set[int], vocab: dict[bytes, list[int]],
-                bias: float, cont: float) -> dict[int, float]:
+                spaces: dict[bytes, list[int]], bias: float, cont: float) -> dict[int, float]:
     """What a row pushes after the text ``data`` (constant strength 1, no budget, no bans): the node is
     the longest suffix of the text's symbol stream that is a prefix of a pattern; continuations are the
     tokens spelling the next bytes of a pattern of an unsaid entity from there (not from the root or
     from a node entered on B/D); without one, starts: the longest tokens spelling a prefix of an unsaid
     entity's form for the row's push context (the shortest where its first character is 3-4 bytes and no
     token holds that whole character).
-    ``vocab``: bytes -> tokens (not whitespace-only)."""
+    ``vocab``: bytes -> tokens (not whitespace-only); ``spaces``: one whitespace byte -> its tokens,
+    pushed where no ``vocab`` token continues a pattern with that byte."""
     from focuskern.ops.layout import BYTE_CLASS
 
     def pattern(form: bytes) -> list[int]:
@@ -247,11 +248,15 @@ def text_boosts(entities: list[str], data: bytes, said: set[int], vocab: dict[by
     u = next(tuple(stream[i:]) for i in range(len(stream) + 1) if tuple(stream[i:]) in prefixes)
     values: dict[int, float] = {}
     if u and u[-1] < 256:
-        for e, p in pats:
-            if e not in said and tuple(p[:len(u)]) == u:
-                rest = bytes(s for s in p[len(u):] if s < 256)
+        rests = [(e, bytes(s for s in p[len(u):] if s < 256)) for e, p in pats if tuple(p[:len(u)]) == u]
+        continued = {rest[:1] for _, rest in rests if any(rest[:n] in vocab for n in range(1, len(rest) + 1))}
+        for e, rest in rests:
+            if e not in said:
                 for n in range(1, len(rest) + 1):
                     for t in vocab.get(rest[:n], ()):
+                        values[t] = cont
+                if rest[:1] not in continued:  # only a lone whitespace token goes on (" June" " " "1")
+                    for t in spaces.get(rest[:1], ()):
                         values[t] = cont
     if not values:
         pc = (2 if ctx & 4 else 0) | (1 if ctx & 8 else 0)

@@ -85,6 +85,11 @@ def check_program(entities, policy, table, mode="phrase"):
             for c, t_units in ((c, tuple(x for x in strings[c][len(s):] if unit[x])) for c in index.values()
                                if strings[c][:len(s)] == s and len(strings[c]) > len(s) and unit[strings[c][-1]]):
                 want |= {(t, c) for t, v in eligible.items() if v == t_units}
+            # a one-byte whitespace token where no other token continues u with that byte (" June" " " "1")
+            continued = {vocab[t][0] for t, _ in want}
+            for t, v in vocab.items():
+                if len(v) == 1 and v[0] in WHITESPACE and v[0] not in continued:
+                    want |= {(t, index[s + path]) for path in ((v[0],), (D, v[0])) if s + path in index}
         lo, hi = int(node[u, N_.CLO_LO]), int(node[u, N_.CLO_HI])
         got = [(int(program.slot[k, S_.TOKEN]), int(c)) for k, c in program.closure[lo:hi, [C.SLOT, C.CHILD]]]
         assert set(got) == want and len(got) == len(want)

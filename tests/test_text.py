@@ -56,7 +56,8 @@ def tokenizer_of(request, name):
     return request.getfixturevalue(name)
 
 
-def vocab_of(tok) -> dict[bytes, list[int]]:
+def vocab_of(tok, whitespace: bool = False) -> dict[bytes, list[int]]:
+    """bytes -> tokens: those not whitespace-only, or (``whitespace``) the one-byte whitespace ones."""
     table = token_table(tok, len(tok))
     vocab: dict[bytes, list[int]] = {}
     for t in range(table.vocab_size):
@@ -64,7 +65,7 @@ def vocab_of(tok) -> dict[bytes, list[int]]:
         if max(units) >= 256:  # a special token: one opaque symbol
             continue
         b = bytes(units)
-        if not set(b) <= WHITESPACE:
+        if (set(b) <= WHITESPACE and len(b) == 1) if whitespace else not set(b) <= WHITESPACE:
             vocab.setdefault(b, []).append(t)
     return vocab
 
@@ -112,7 +113,7 @@ def streams(rng, tok, vocab):
 def test_said_and_pushed_follow_the_text(request, name, backend, seed):
     tok = tokenizer_of(request, name)
     rng = random.Random(seed)
-    vocab = vocab_of(tok)
+    vocab, spaces = vocab_of(tok), vocab_of(tok, whitespace=True)
     table = token_table(tok, len(tok))
     spec = fk.FocusSpec(ENTITIES, bias=2.0, continuation_bias=5.0, decay=fk.Decay.constant(),
                         boost_starts_in_match=False)
@@ -126,7 +127,7 @@ def test_said_and_pushed_follow_the_text(request, name, backend, seed):
             where = f"{kind} stream after {i + 1} tokens: {data.decode(errors='replace')!r}"
             assert set(state.said(0)) == said, where
             if kind != "random" and (i % 4 == 0 or i == len(ids) - 1):
-                assert state.boosts()[0] == pytest.approx(text_boosts(ENTITIES, data, said, vocab, 2.0, 5.0)), where
+                assert state.boosts()[0] == pytest.approx(text_boosts(ENTITIES, data, said, vocab, spaces, 2.0, 5.0)), where
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -216,6 +217,29 @@ def test_a_banned_continuation_inside_a_character_gives_nothing_up(smol, backend
     step(vocab[data[1:2]][0], b"")
     step(vocab[data[2:3]][0], data[3:])
     assert state.said(0) == [0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("entity,written", [("June 11, 2019", "We met in June"), ("Apollo 11", "Apollo"),
+                                            ("Boeing 747 8", "Boeing 747")])
+def test_a_lone_space_before_a_digit_is_a_continuation_and_its_ban_gives_up(smol, backend, entity, written):
+    """SmolLM2 writes the space before a digit alone (' June' ' ' '1' '1'): that ' ' is the entity's
+    only continuation, so it is pushed; banned (no_repeat_ngram_size), the entity is given up instead of
+    its start being pushed again ("June June, June …")."""
+    spec = fk.FocusSpec([entity], bias=2.0, continuation_bias=5.0, decay=fk.Decay.constant())
+    space = smol.convert_tokens_to_ids("\u0120")
+    assert smol.convert_ids_to_tokens(smol.encode(" 1", add_special_tokens=False))[0] == "\u0120"
+    for banned in (False, True):
+        state = fk.FocusState([spec], vocab_size=len(smol), device=DEVICE, tokenizer=smol, backend=backend)
+        ids = smol.encode(written, add_special_tokens=False)
+        for t in ids:
+            state.apply_(torch.zeros(1, len(smol), device=DEVICE), torch.tensor([t], device=DEVICE))
+        assert state.boosts()[0] == {space: 5.0}, written
+        logits = torch.zeros(1, len(smol), device=DEVICE)
+        logits[0, space] = float("-inf") if banned else 0.0
+        state.apply_(logits, None)
+        assert state.said(0) == ([0] if banned else [])  # given up (marked as if said) only when banned
+        assert logits[0, space].item() == (float("-inf") if banned else 5.0)
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
