@@ -33,6 +33,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> str:
+    """The embedded SmolLM2 dequantized once per session into a Hugging Face folder (model and
+    tokenizer): loading that takes about a second, each load of the ``.gguf`` dequantizes for ~20 s.
+    The ``.gguf`` path itself is still loaded by tests/test_coverage.py (the CLI's default model)."""
+    from focuskern.experiments.models import save_default_model
+
+    path = str(tmp_path_factory.mktemp("smollm2"))
+    save_default_model(path)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def seed(request):
     """Seeds ``random`` and torch for every test with a fresh seed, printed (pytest shows it when the

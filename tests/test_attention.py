@@ -13,7 +13,6 @@ import focuskern as fk
 from focuskern.ops.dispatch import available_backends
 from reference import pasta_eq2_reference
 from focuskern.hf.attention import _STATE, KeyRow, LayerFocus, focus_attention_forward, focus_mask
-from focuskern.experiments.models import DEFAULT_GGUF, default_model_dir
 from focuskern.ops import focus_attention
 from conftest import DEVICE
 
@@ -21,8 +20,8 @@ TEXT = "The cat sat on the mat; another cat, Cat and concatenate."
 
 
 @pytest.fixture(scope="module")
-def tok():
-    tokenizer = AutoTokenizer.from_pretrained(default_model_dir(), gguf_file=DEFAULT_GGUF)
+def tok(smollm2_dir):
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 

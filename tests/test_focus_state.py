@@ -278,14 +278,12 @@ def test_bad_rows_and_hold_are_named():
         state.apply_(logits, rows=rows, hold=torch.tensor([True, False], device=DEVICE))
 
 
-def test_whitespace_only_piece_is_never_a_start():
-    """SmolLM2 writes " 3 billion" as [Ġ, 3, Ġbillion]: the lone Ġ is never pushed; once a space is
-    written the entity is pushed through its digits (a start: the space is not part of it)."""
+def test_whitespace_only_piece_is_never_a_start(smollm2_dir):
+    """SmolLM2 writes " 3 billion" as [Ġ, 3, Ġbillion]: the lone Ġ is never pushed as a start; once a
+    space is written the entity is pushed through its digits (a start: the space is not part of it)."""
     from transformers import AutoTokenizer
 
-    from focuskern.experiments.models import DEFAULT_GGUF, default_model_dir
-
-    tok = AutoTokenizer.from_pretrained(default_model_dir(), gguf_file=DEFAULT_GGUF)
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
     blank, three, billion = tok.encode(" 3 billion", add_special_tokens=False)
     assert tok.decode([blank]).strip() == ""
     spec = fk.FocusSpec(["3 billion"], bias=2.0, continuation_bias=5.0, decay=fk.Decay.constant())

@@ -55,10 +55,10 @@ def test_setting_and_row_names_and_missing_heads():
 
 
 @pytest.fixture(scope="module")
-def lm():
+def lm(smollm2_dir):
     from focuskern.experiments.models import load_model
 
-    return load_model(attn_implementation="focus")
+    return load_model(smollm2_dir, attn_implementation="focus")
 
 
 @pytest.mark.model

@@ -15,9 +15,9 @@ pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")
-def lm():
+def lm(smollm2_dir):
     torch.manual_seed(0)
-    return load_model()
+    return load_model(smollm2_dir)
 
 
 def generate(model, tok, prompts, proc=None, **kw):

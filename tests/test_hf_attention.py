@@ -17,8 +17,8 @@ PROMPTS = ["Write one sentence about the sea.", "Name a colour and explain why y
 
 
 @pytest.fixture(scope="module")
-def lm():
-    return load_model(attn_implementation="focus")
+def lm(smollm2_dir):
+    return load_model(smollm2_dir, attn_implementation="focus")
 
 
 @contextlib.contextmanager

@@ -95,11 +95,12 @@ def test_accuracy_table_and_plot(tmp_path):
 
 
 @pytest.mark.model
-def test_key_bias_marks_the_key_where_the_scope_says():
-    from focuskern.experiments.models import load_model
+def test_key_bias_marks_the_key_where_the_scope_says(smollm2_dir):
+    from transformers import AutoTokenizer
+
     from focuskern.experiments.prompts import chat_texts
 
-    _, tok = load_model()
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
     cases = lim.make_cases(6, 3, random.randrange(10**6), "hex8")
     cases[1] = cases[1][:2]  # a shorter row: the batch is left-padded
     keys = [pairs[0][0] for pairs in cases]
@@ -122,10 +123,10 @@ def test_key_bias_marks_the_key_where_the_scope_says():
 
 
 @pytest.mark.model
-def test_evaluate_runs_baseline_and_focus_on_the_model():
+def test_evaluate_runs_baseline_and_focus_on_the_model(smollm2_dir):
     from focuskern.experiments.models import load_model
 
-    model, tok = load_model(attn_implementation="focus")
+    model, tok = load_model(smollm2_dir, attn_implementation="focus")
     settings = [lim.Setting(), lim.Setting(2.0, (0, 1)), lim.Setting(1.0, None, "data")]
     res = lim.evaluate(model, tok, [2], 2, random.randrange(10**6), settings, ids="hex8", batch_size=2,
                        max_new_tokens=3, log=lambda _: None)

@@ -29,11 +29,10 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def smol():
+def smol(smollm2_dir):
     from transformers import AutoTokenizer
 
-    from focuskern.experiments.models import DEFAULT_GGUF, default_model_dir
-    return AutoTokenizer.from_pretrained(default_model_dir(), gguf_file=DEFAULT_GGUF)
+    return AutoTokenizer.from_pretrained(smollm2_dir)
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +99,9 @@ def test_token_bytes_decode_like_the_tokenizer(smol, sentencepiece, seed):
     assert bytes(sp.units(sentencepiece.convert_tokens_to_ids("<0xE5>")).tolist()) == b"\xe5"
 
 
-def streams(rng, tok, vocab):
+def streams(rng, tok, vocab, texts=TEXTS):
     """(name, token ids): each text tokenized, and randomly segmented, and a random token stream."""
-    for text in TEXTS:
+    for text in texts:
         yield "encoded", tok.encode(text, add_special_tokens=False)
         yield "segmented", random_segmentation(rng, text.encode(), vocab)
     yield "random", [rng.choice(rng.choice(list(vocab.values()))) for _ in range(60)]
@@ -117,7 +116,11 @@ def test_said_and_pushed_follow_the_text(request, name, backend, seed):
     table = token_table(tok, len(tok))
     spec = fk.FocusSpec(ENTITIES, bias=2.0, continuation_bias=5.0, decay=fk.Decay.constant(),
                         boost_starts_in_match=False)
-    for kind, ids in streams(rng, tok, vocab):
+    # Every text on torch and C++; a random half of them (the seed picks it) under the Triton
+    # interpreter, which takes ~0.3 s a step (the compiled backends also replay torch's state bit for
+    # bit on random streams with bans: test_text_give_ups_match_the_reference).
+    texts = rng.sample(TEXTS, len(TEXTS) // 2) if backend == "triton" and DEVICE.type == "cpu" else TEXTS
+    for kind, ids in streams(rng, tok, vocab, texts):
         state = fk.FocusState([spec], vocab_size=len(tok), device=DEVICE, tokenizer=tok, backend=backend)
         data = b""
         for i, t in enumerate(ids):

@@ -54,13 +54,12 @@ def test_programs_compiled_in_the_process_are_the_engines(seed):
 
 
 @pytest.mark.model
-def test_string_entities_with_the_models_tokenizer(seed):
+def test_string_entities_with_the_models_tokenizer(seed, smollm2_dir):
     """English, Chinese, Japanese, digits and sentence starts, tokenized and compiled in the process
     with a pickled copy of the model's tokenizer."""
     from transformers import AutoTokenizer
 
-    from focuskern.experiments.models import DEFAULT_GGUF, default_model_dir
-    tokenizer = AutoTokenizer.from_pretrained(default_model_dir(), gguf_file=DEFAULT_GGUF)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     vocab = len(tokenizer)
     rng = random.Random(seed)
     words = ["healthcare", "東京タワー", "北京大学", "1984", "The harbour", "autonomous driving", "さくら", "3.14159"]
