@@ -14,7 +14,7 @@ a kernel's work per step grow linearly with the entities.
   ending at ``u`` or at a node on its fail chain; ``fail(u)`` = the node of the longest proper suffix of
   ``u``'s symbols in the trie;
 * token edge ``(t, c)`` of ``u``: ``u`` is pattern ``P(f)`` after the symbol of unit ``i - 1`` of ``f``,
-  token ``t`` (not whitespace-only, but see :func:`lone_space_edges`) spells ``f[i : i + L]`` and ``c``
+  token ``t`` (not whitespace-only, but see :func:`with_lone_space_edges`) spells ``f[i : i + L]`` and ``c``
   is the node after unit ``i + L - 1``; ``closure(u)`` = ``u``'s own edges as (slot, child) entries
   sorted by slot (a token spells one path from ``u``: one entry per slot);
 * slot ``k`` (the program's ``k``-th smallest pushed token): ``first_pc(k)`` = entities whose form pushed
@@ -249,24 +249,27 @@ def token_edges(trie: "_Trie", table: TokenTable) -> tuple[np.ndarray, np.ndarra
     return tuple(np.concatenate(empty + parts) for parts in (us, ts, cs))
 
 
-def lone_space_edges(a: "Automaton", table: TokenTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Edges ``(u, t, c)`` of a one-byte whitespace-only token ``t`` where the path from ``u`` goes on
-    with that byte (after the ``D`` of a number ending at ``u``) and no other token continues ``u``
-    with it.  Whitespace-only tokens are otherwise never pushed; but tokenizers that write the space
-    before a digit alone (``" June"``, ``" "``, ``"1"``) continue ``June 1`` only through it: without
-    the edge a ban on it is never seen, the entity is never given up and its start ``" June"`` is
-    pushed again after every dead end ("June June, June …")."""
+def with_lone_space_edges(a: "Automaton", table: TokenTable) -> "Automaton":
+    """``a`` plus edges ``(u, t, c)`` of a one-byte whitespace token ``t`` where ``u``'s path goes on with
+    that byte (after a ``D``) and no other token continues ``u`` with it: tokenizers that write a space
+    before a digit alone (``" June" " " "1"``) go on only so; unseen, its ban re-pushed ``" June"``."""
     single = np.flatnonzero(np.diff(table.off) == 1)
+    single = single[np.isin(table.sym[table.off[single]], list(WHITESPACE))]
     space = table.sym[table.off[single]]
-    single, space = single[np.isin(space, list(WHITESPACE))], space[np.isin(space, list(WHITESPACE))]
     v = np.flatnonzero(np.isin(a.sym, space))  # nodes entered on such a byte (never the root)
     u = np.searchsorted(a.child_lo, v, side="right") - 1  # their parents
-    number = a.sym[u] == SYM_DIGITS_END
-    u[number] = np.searchsorted(a.child_lo, u[number], side="right") - 1
-    first = table.sym[table.off[a.edge_token]]  # the byte each existing edge continues its node with
-    keep = (u > 0) & ~np.isin(u * 256 + a.sym[v], a.edge_u * 256 + first)
-    i, j = np.nonzero(a.sym[v[keep]][:, None] == space[None, :])
-    return u[keep][i], single[j], v[keep][i]
+    u = np.where(a.sym[u] == SYM_DIGITS_END, np.searchsorted(a.child_lo, u, side="right") - 1, u)  # D: its parent
+    v, u = v[u > 0], u[u > 0]
+    # u's own edges (a.edge_u is sorted): does one begin with v's byte?
+    bounds = np.column_stack([np.searchsorted(a.edge_u, u), np.searchsorted(a.edge_u, u, side="right")])
+    p, e = _expand(bounds.ravel(), np.arange(len(a.edge_u)), 2 * np.arange(len(u)))
+    continued = np.bincount(p, table.sym[table.off[a.edge_token[e]]] == a.sym[v[p]], len(u)) > 0
+    i, j = np.nonzero(a.sym[v[~continued]][:, None] == space[None, :])
+    u, t, c = u[~continued][i], single[j], v[~continued][i]
+    order = np.argsort(u * table.vocab_size + t)  # inserted in (u, t) order: millions of edges not re-sorted
+    at = np.searchsorted(a.edge_u * table.vocab_size + a.edge_token, (u * table.vocab_size + t)[order])
+    return a._replace(**{name: np.insert(getattr(a, name), at, new[order])
+                         for name, new in (("edge_u", u), ("edge_token", t), ("edge_child", c))})
 
 
 def _starts(forms: EntityForms, table: TokenTable, phrase: bool):
@@ -358,10 +361,7 @@ def compile_program(forms: EntityForms, table: TokenTable, phrase: bool) -> Prog
     sym, off = patterns(forms.counted)
     a = build_automaton(sym, off, forms.counted.entity, forms.n_entities, table, phrase)
     if phrase:
-        edges = [np.concatenate(pair) for pair in zip((a.edge_u, a.edge_token, a.edge_child),
-                                                      lone_space_edges(a, table))]
-        order = np.lexsort(edges[::-1])
-        a = a._replace(edge_u=edges[0][order], edge_token=edges[1][order], edge_child=edges[2][order])
+        a = with_lone_space_edges(a, table)
     n, n_ent = len(a.sym), forms.n_entities
 
     pcs, start_token, start_entity = _starts(forms, table, phrase)
