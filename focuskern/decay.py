@@ -87,15 +87,19 @@ class Decay:
 def decay_strength(decay: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     """Strength ``s`` [B] (float32) for ``decay`` [B, 3] and ``step`` [B] (int); no host sync on CUDA."""
     kind, horizon, floor = decay.float().unbind(-1)
-    if decay.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(kind.any()):
-        return torch.ones_like(floor)  # all constant: skip a dozen tiny ops (the check is free on CPU)
+    kinds = (LINEAR, EXPONENTIAL, COSINE, CUTOFF, RAMP)
+    if decay.device.type == "cpu" and not torch.compiler.is_compiling():
+        present = set(kind.unique().tolist())  # only the kinds in use: a dozen fewer tiny ops (free on CPU)
+        if not present - {0.0}:
+            return torch.ones_like(floor)  # all constant
+        kinds = tuple(k for k in kinds if k in present)
     t = step.float()
     h = torch.where(horizon > 0, horizon, torch.ones_like(horizon))  # kind 0 may carry H = 0
     ratio = t / h
+    shapes = {LINEAR: lambda: (1.0 - ratio).clamp_min(0.0), EXPONENTIAL: lambda: torch.exp2(-ratio),
+              COSINE: lambda: 0.5 * (1.0 + torch.cos(math.pi * ratio.clamp_max(1.0))),
+              CUTOFF: lambda: (t < h).float(), RAMP: lambda: ratio.clamp_max(1.0)}
     f = torch.ones_like(t)
-    f = torch.where(kind == LINEAR, (1.0 - ratio).clamp_min(0.0), f)
-    f = torch.where(kind == EXPONENTIAL, torch.exp2(-ratio), f)
-    f = torch.where(kind == COSINE, 0.5 * (1.0 + torch.cos(math.pi * ratio.clamp_max(1.0))), f)
-    f = torch.where(kind == CUTOFF, (t < h).float(), f)
-    f = torch.where(kind == RAMP, ratio.clamp_max(1.0), f)
+    for k in kinds:
+        f = torch.where(kind == k, shapes[k](), f)
     return floor + (1.0 - floor) * f

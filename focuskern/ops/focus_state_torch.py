@@ -66,6 +66,12 @@ def _bound(t: torch.Tensor, static: int) -> int:
     return static if t.device.type != "cpu" else int(t.max()) if t.numel() else 0
 
 
+def _any(t: torch.Tensor) -> bool:
+    """Is the work ``t`` guards needed?  Always on an accelerator (no host sync); on the CPU, where the
+    read is free, only if some row needs it (skipping a dozen tiny ops: the reference's step cost)."""
+    return t.device.type != "cpu" or bool(t.any())
+
+
 def _delta(node_table, node_base, u, sym, max_depth: int, search_steps: int):
     """``delta(u, sym)`` per row (program-local nodes ``u`` [B], symbols ``sym`` [B])."""
     chain = [u]
@@ -75,26 +81,40 @@ def _delta(node_table, node_base, u, sym, max_depth: int, search_steps: int):
         chain.append(node_table[node_base + chain[-1], N_.FAIL].long())
     chain = torch.stack(chain, 1)  # [B, depth + 1], ends at the root (its fail is itself)
     rows = node_table[node_base[:, None] + chain].long()
-    lo, hi = rows[..., N_.CHILD_LO], rows[..., N_.CHILD_HI]
+    # child ranges as global table rows: no per-step base addition inside the search
+    end = rows[..., N_.CHILD_HI] + node_base[:, None]
+    lo, hi = rows[..., N_.CHILD_LO] + node_base[:, None], end
     search_steps = min(search_steps, _bound(hi - lo, search_steps).bit_length())
-    target, last = sym[:, None], node_table.shape[0] - 1
-
-    def sym_at(local):
-        return node_table[(node_base[:, None] + local).clamp_max(last), N_.SYM].long()
+    target, last, sym_col = sym[:, None], node_table.shape[0] - 1, node_table[:, N_.SYM]
     for _ in range(search_steps):  # lower bound: the first child whose SYM >= target
         mid = (lo + hi) // 2
-        right = (lo < hi) & (sym_at(mid) < target)
-        lo, hi = torch.where(right, mid + 1, lo), torch.where((lo < hi) & ~right, mid, hi)
-    found = (lo < rows[..., N_.CHILD_HI]) & (sym_at(lo) == target)
+        more = lo < hi
+        right = more & (sym_col[mid.clamp_max(last)] < target)
+        lo, hi = torch.where(right, mid + 1, lo), torch.where(more & ~right, mid, hi)
+    found = (lo < end) & (sym_col[lo.clamp_max(last)] == target)
     first = found.int().argmax(1, keepdim=True)
-    return torch.where(found.any(1), lo.gather(1, first).squeeze(1), 0)
+    return torch.where(found.any(1), lo.gather(1, first).squeeze(1) - node_base, 0)
+
+
+def _class_event(live, sym, ctx, byte_class):
+    """``(pre, pre_sym, ctx)``: which rows step on ``B``/``D`` (``pre_sym``) before the byte ``sym``,
+    and the context after it (docs/text-tracking.md section 2)."""
+    c = byte_class[sym.clamp(0, 255)].long()
+    bearing = live & (sym < 256) & (c & BC_CONT == 0)
+    word, digit = (c & BC_WORD) != 0, (c & BC_DIGIT) != 0
+    need_b = bearing & word & (ctx & CTX_PREV_WORD == 0)
+    need_d = bearing & (ctx & CTX_PREV_DIGIT != 0) & ~digit
+    sentence = ((c & BC_SENT_END) != 0) | ((ctx & CTX_SENTENCE != 0) & (c & BC_SENT_KEEP != 0))
+    new_ctx = (torch.where(word, CTX_PREV_WORD, 0) | torch.where(digit, CTX_PREV_DIGIT, 0)
+               | torch.where((c & BC_OPEN) != 0, 0, CTX_SPACED) | torch.where(sentence, CTX_SENTENCE, 0))
+    return need_b | need_d, torch.where(need_b, SYM_WORD_START, SYM_DIGITS_END), torch.where(bearing, new_ctx, ctx)
 
 
 def _walk(last_tokens, active, u, ctx, node_table, node_base, tok_off, tok_sym, byte_class, max_token_len: int,
           max_depth: int):
     """Feed each row its token's symbols (docs/text-tracking.md section 2).  Returns ``(fed, u, ctx,
-    visited)``: ``visited`` [B, 2 * max_token_len] holds every node entered (-1 = none), whose out lists
-    are then marked."""
+    visited)``: ``visited`` [B, <= 2 * max_token_len] holds every node entered (-1 = none), whose out
+    lists are then marked."""
     V = tok_off.shape[0] - 1
     t = last_tokens.long()
     fed = active & (t >= 0) & (t < V)
@@ -106,19 +126,11 @@ def _walk(last_tokens, active, u, ctx, node_table, node_base, tok_off, tok_sym, 
     for j in range(_bound(length, max_token_len)):
         live = j < length
         sym = tok_sym[(start + j).clamp_max(tok_sym.shape[0] - 1)].long()
-        c = byte_class[sym.clamp(0, 255)].long()
-        bearing = live & (sym < 256) & (c & BC_CONT == 0)
-        word, digit = (c & BC_WORD) != 0, (c & BC_DIGIT) != 0
-        need_b = bearing & word & (ctx & CTX_PREV_WORD == 0)
-        need_d = bearing & (ctx & CTX_PREV_DIGIT != 0) & ~digit
-        pre = need_b | need_d
-        u = torch.where(pre, _delta(node_table, node_base, u, torch.where(need_b, SYM_WORD_START, SYM_DIGITS_END),
-                                    max_depth, search_steps), u)
-        visited.append(torch.where(pre, u, -1))
-        sentence = ((c & BC_SENT_END) != 0) | ((ctx & CTX_SENTENCE != 0) & (c & BC_SENT_KEEP != 0))
-        new_ctx = (torch.where(word, CTX_PREV_WORD, 0) | torch.where(digit, CTX_PREV_DIGIT, 0)
-                   | torch.where((c & BC_OPEN) != 0, 0, CTX_SPACED) | torch.where(sentence, CTX_SENTENCE, 0))
-        ctx = torch.where(bearing, new_ctx, ctx)
+        if _any(live & (sym < 256)):  # a byte, not an opaque token's symbol: the class event first
+            pre, pre_sym, ctx = _class_event(live, sym, ctx, byte_class)
+            if _any(pre):
+                u = torch.where(pre, _delta(node_table, node_base, u, pre_sym, max_depth, search_steps), u)
+                visited.append(torch.where(pre, u, -1))
         u = torch.where(live, _delta(node_table, node_base, u, sym, max_depth, search_steps), u)
         visited.append(torch.where(live, u, -1))
     empty = torch.full((u.shape[0], 0), -1, dtype=torch.long, device=u.device)
@@ -175,8 +187,9 @@ def focus_state_reference_(logits, last_tokens, prog, node, sat, step, prog_f32,
         reached = node_rows(visited.clamp_min(0))  # [B, n, N_.WIDTH]
         idx = reached[..., N_.OUT_LO, None] + torch.arange(max_out, device=dev)
         valid = (idx < reached[..., N_.OUT_HI, None]) & (visited >= 0)[..., None] & (fed & once)[:, None, None]
-        marks = ents[torch.where(valid, idx, 0).clamp_max(ents.shape[0] - 1)].reshape(B, -1)
-        sat.copy_(_set_bits(sat, marks, valid.reshape(B, -1)))
+        if _any(valid):
+            marks = ents[torch.where(valid, idx, 0).clamp_max(ents.shape[0] - 1)].reshape(B, -1)
+            sat.copy_(_set_bits(sat, marks, valid.reshape(B, -1)))
         node.copy_(torch.where(active, u | (ctx << CTX_SHIFT), word).int())
         step.add_(fed.int())
 
@@ -204,15 +217,16 @@ def focus_state_reference_(logits, last_tokens, prog, node, sat, step, prog_f32,
     original = logits[row_idx, tokens].float()  # read before any write of this step
     entry_ok = valid & phrase_rows & ok.gather(1, cslot)
     banned = entry_ok & (original.gather(1, cslot) == float("-inf"))
-    open_ = (entry_ok & ~banned & unsat(prefix, through_lo, through_hi)).any(1, keepdim=True)
-    banned &= ~(open_ | _mid_character(node_rows, u, byte_class)[:, None])
-    diff = torch.zeros(B, max_ents + 1, dtype=torch.int32, device=dev)
-    diff.scatter_add_(1, torch.where(banned, through_lo - ent_base[:, None], max_ents), banned.int())
-    diff.scatter_add_(1, torch.where(banned, through_hi - ent_base[:, None], max_ents), -banned.int())
-    marked = diff.cumsum(1)[:, :max_ents] > 0
-    listed = ents[(ent_base[:, None] + torch.arange(max_ents, device=dev)).clamp_max(ents.shape[0] - 1)]
-    sat.copy_(_set_bits(sat, listed, marked))
-    prefix = _unsat_prefix(sat, ents, ent_base, max_ents)
+    if _any(banned):
+        open_ = (entry_ok & ~banned & unsat(prefix, through_lo, through_hi)).any(1, keepdim=True)
+        banned &= ~(open_ | _mid_character(node_rows, u, byte_class)[:, None])
+        diff = torch.zeros(B, max_ents + 1, dtype=torch.int32, device=dev)
+        diff.scatter_add_(1, torch.where(banned, through_lo - ent_base[:, None], max_ents), banned.int())
+        diff.scatter_add_(1, torch.where(banned, through_hi - ent_base[:, None], max_ents), -banned.int())
+        marked = diff.cumsum(1)[:, :max_ents] > 0
+        listed = ents[(ent_base[:, None] + torch.arange(max_ents, device=dev)).clamp_max(ents.shape[0] - 1)]
+        sat.copy_(_set_bits(sat, listed, marked))
+        prefix = _unsat_prefix(sat, ents, ent_base, max_ents)
 
     alive = valid & unsat(prefix, through_lo, through_hi) & phrase_rows
     in_match = alive.any(1)
@@ -240,11 +254,13 @@ def focus_state_reference_(logits, last_tokens, prog, node, sat, step, prog_f32,
     # End-of-text damped after the slots (an id may be a slot), each distinct listed id once; rows that
     # damp nothing write their value back.
     rows = torch.arange(B, device=dev)
-    for i in range(MAX_EOS):
+    for i in range(MAX_EOS if _any(pressing) else 0):
         eos = params_i[:, I.EOS0 + i]
         fresh = (eos >= 0) & (eos < V)
         for k in range(i):
             fresh &= eos != params_i[:, I.EOS0 + k]
+        if not _any(fresh):
+            continue
         eos = torch.where(fresh, eos, 0)
         x_eos = logits[rows, eos]
         damped = (x_eos.float() - params_f[:, F.EOS_DAMP]).to(logits.dtype)
