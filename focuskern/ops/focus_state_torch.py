@@ -251,20 +251,18 @@ def focus_state_reference_(logits, last_tokens, prog, node, sat, step, prog_f32,
     # where, not "+ 0": adding zero would turn a -0.0 logit into +0.0.
     pushed = scaled + strength[:, None] * val + (urgency * params_f[:, F.FORCE])[:, None]
     logits.index_put_((row_idx, tokens), torch.where(boosted, pushed, scaled).to(logits.dtype))
-    # End-of-text damped after the slots (an id may be a slot), each distinct listed id once; rows that
-    # damp nothing write their value back.
-    rows = torch.arange(B, device=dev)
-    for i in range(MAX_EOS if _any(pressing) else 0):
-        eos = params_i[:, I.EOS0 + i]
-        fresh = (eos >= 0) & (eos < V)
-        for k in range(i):
-            fresh &= eos != params_i[:, I.EOS0 + k]
-        if not _any(fresh):
-            continue
-        eos = torch.where(fresh, eos, 0)
-        x_eos = logits[rows, eos]
-        damped = (x_eos.float() - params_f[:, F.EOS_DAMP]).to(logits.dtype)
-        logits.index_put_((rows, eos), torch.where(pressing & fresh, damped, x_eos))
+    # End-of-text damped after the slots (an id may be a slot), each listed id once: every lane of a row
+    # whose id is outside [0, V) repeats its first valid lane, so a scatter's duplicate writes (an id
+    # listed twice, or padding) carry equal values; rows that damp nothing write their values back.
+    if not _any(pressing):
+        return
+    eos = params_i[:, I.EOS0:I.EOS0 + MAX_EOS]
+    valid = (eos >= 0) & (eos < V)
+    lane = torch.where(valid, torch.arange(MAX_EOS, device=dev), valid.int().argmax(1, keepdim=True))
+    ids = torch.where(valid.gather(1, lane), eos.gather(1, lane), 0)
+    x_eos = logits.gather(1, ids)
+    damped = (x_eos.float() - params_f[:, F.EOS_DAMP, None]).to(logits.dtype)
+    logits.scatter_(1, ids, torch.where(valid.gather(1, lane) & pressing[:, None], damped, x_eos))
 
 
 focus_state_op = define_mutating_op("focus_state_torch_", FOCUS_STATE_SCHEMA, focus_state_reference_)
