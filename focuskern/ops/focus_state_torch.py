@@ -96,11 +96,11 @@ def _delta(node_table, node_base, u, sym, max_depth: int, search_steps: int):
     return torch.where(found.any(1), lo.gather(1, first).squeeze(1) - node_base, 0)
 
 
-def _class_event(live, sym, ctx, byte_class):
-    """``(pre, pre_sym, ctx)``: which rows step on ``B``/``D`` (``pre_sym``) before the byte ``sym``,
-    and the context after it (docs/text-tracking.md section 2)."""
+def _class_event(byte, sym, ctx, byte_class):
+    """``(pre, pre_sym, ctx)``: which rows (``byte``: those fed a byte ``sym``) step on ``B``/``D``
+    (``pre_sym``) before it, and the context after it (docs/text-tracking.md section 2)."""
     c = byte_class[sym.clamp(0, 255)].long()
-    bearing = live & (sym < 256) & (c & BC_CONT == 0)
+    bearing = byte & (c & BC_CONT == 0)
     word, digit = (c & BC_WORD) != 0, (c & BC_DIGIT) != 0
     need_b = bearing & word & (ctx & CTX_PREV_WORD == 0)
     need_d = bearing & (ctx & CTX_PREV_DIGIT != 0) & ~digit
@@ -126,8 +126,9 @@ def _walk(last_tokens, active, u, ctx, node_table, node_base, tok_off, tok_sym, 
     for j in range(_bound(length, max_token_len)):
         live = j < length
         sym = tok_sym[(start + j).clamp_max(tok_sym.shape[0] - 1)].long()
-        if _any(live & (sym < 256)):  # a byte, not an opaque token's symbol: the class event first
-            pre, pre_sym, ctx = _class_event(live, sym, ctx, byte_class)
+        byte = live & (sym < 256)  # a byte, not an opaque token's symbol: its class event first
+        if _any(byte):
+            pre, pre_sym, ctx = _class_event(byte, sym, ctx, byte_class)
             if _any(pre):
                 u = torch.where(pre, _delta(node_table, node_base, u, pre_sym, max_depth, search_steps), u)
                 visited.append(torch.where(pre, u, -1))
@@ -259,10 +260,11 @@ def focus_state_reference_(logits, last_tokens, prog, node, sat, step, prog_f32,
     eos = params_i[:, I.EOS0:I.EOS0 + MAX_EOS]
     valid = (eos >= 0) & (eos < V)
     lane = torch.where(valid, torch.arange(MAX_EOS, device=dev), valid.int().argmax(1, keepdim=True))
-    ids = torch.where(valid.gather(1, lane), eos.gather(1, lane), 0)
+    valid = valid.gather(1, lane)  # False only in rows without a valid id
+    ids = torch.where(valid, eos.gather(1, lane), 0)
     x_eos = logits.gather(1, ids)
     damped = (x_eos.float() - params_f[:, F.EOS_DAMP, None]).to(logits.dtype)
-    logits.scatter_(1, ids, torch.where(valid.gather(1, lane) & pressing[:, None], damped, x_eos))
+    logits.scatter_(1, ids, torch.where(valid & pressing[:, None], damped, x_eos))
 
 
 focus_state_op = define_mutating_op("focus_state_torch_", FOCUS_STATE_SCHEMA, focus_state_reference_)
