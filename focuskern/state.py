@@ -127,9 +127,17 @@ class FocusState:
         Specs stay where they are, so ``index[r]`` must follow the same spec as ``r`` -- as in beam
         search, where a beam's parent is a beam of the same prompt."""
         check_tensor("index", index, (torch.int32, torch.int64), (len(self),), self.device)
-        index = index.long()
+        self.copy_rows_(index, torch.arange(len(self), device=self.device))
+
+    def copy_rows_(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Row ``dst[i]`` takes the automaton state row ``src[i]`` had before the call (device tensors of
+        one length, no sync; ``dst`` distinct).  Specs stay where they are, as in :meth:`reorder_`: a
+        speculative draft's row forks from its request's row."""
+        check_tensor("src", src, (torch.int32, torch.int64), (None,), self.device)
+        check_tensor("dst", dst, (torch.int32, torch.int64), (src.shape[0],), self.device)
+        src, dst = src.long(), dst.long()
         for t in self._rows[1:]:
-            t.copy_(t[index])
+            t[dst] = t[src]
 
     # ----------------------------------------------------------------- apply
     def apply_(self, logits: torch.Tensor, last_tokens: Optional[torch.Tensor] = None, *,

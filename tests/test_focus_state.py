@@ -95,6 +95,25 @@ def test_reorder_follows_parents():
     assert state.boosts() == [{1: 1.0}, {1: 1.0}]
 
 
+def test_copy_rows_forks_state_rows_and_checks_its_arguments():
+    """A row forked with copy_rows_ goes on like its source (a speculative draft's lane); the source and
+    rows not listed are unchanged; every argument is checked by name."""
+    spec = fk.FocusSpec.fixed([[(1, 2, 3)], [(4,)]], bias=1.0)
+    state = fk.FocusState([spec, spec, spec], vocab_size=6, device=DEVICE)
+    state.apply_(torch.zeros(3, 6, device=DEVICE), torch.tensor([1, 4, 0], device=DEVICE))
+    before = state.boosts()
+    assert before[2] != before[0]
+    state.copy_rows_(torch.tensor([0, 1], device=DEVICE)[::2], torch.tensor([2, 0], device=DEVICE)[::2])
+    assert state.boosts() == [before[0], before[1], before[0]] and state.step.tolist() == [1, 1, 1]
+    state.apply_(torch.zeros(3, 6, device=DEVICE), torch.tensor([2, 5, 2], device=DEVICE))
+    after = state.boosts()
+    assert after[2] == after[0] != after[1] and 3 in after[0]  # both go on with "1 2": 3 continues it
+    with pytest.raises(TypeError, match="src must be int32 or int64"):
+        state.copy_rows_(torch.tensor([0.0], device=DEVICE), torch.tensor([1], device=DEVICE))
+    with pytest.raises(ValueError, match=r"dst must have shape \[1\]"):
+        state.copy_rows_(torch.tensor([0], device=DEVICE), torch.tensor([1, 2], device=DEVICE))
+
+
 def test_many_entities_use_several_bitset_words():
     entities = [[(i,)] for i in range(70)]  # 70 entities -> 3 words of 32 bits
     state = fk.FocusState([fk.FocusSpec.fixed(entities, bias=1.0)], vocab_size=80, device=DEVICE)

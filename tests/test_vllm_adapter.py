@@ -19,7 +19,8 @@ import focuskern as fk
 from focuskern.decay import KIND_NAMES
 from focuskern.vllm import focus_spec, spec_from_params
 from focuskern.vllm import rows as rows_module
-from focuskern.vllm.rows import BatchFocus, SlotFocus
+from focuskern.vllm.rows import BatchFocus
+from focuskern.vllm.slots import SlotFocus
 from cases import next_token, random_spec
 from reference import brute_boosts
 
@@ -234,7 +235,7 @@ def test_slot_schedules_match_a_dict_model():
                 input_ids.append(tokens[p])
             logits = torch.zeros(len(served), VOCAB)
             focus.apply(logits, torch.tensor(served, dtype=torch.int32), np.array(served, dtype=np.int64),
-                        torch.tensor(input_ids), torch.tensor(pos), prompt_lens)
+                        torch.tensor(input_ids), torch.tensor(pos), prompt_lens, torch.zeros(len(served), dtype=torch.int32))
             for i, s in enumerate(served):
                 req, plen, tokens, cursor = live[s]
                 if cursor[0] < len(tokens) - 1:
@@ -244,6 +245,80 @@ def test_slot_schedules_match_a_dict_model():
                 assert got == pytest.approx(expected(req), abs=1e-5), f"slot {s}"
                 tokens.append(next_token(rng, req.spec, req.output, ALPHABET))
                 cursor[0] += 1
+
+
+def _row_logits(seed: int, prefix: Sequence[int]) -> torch.Tensor:
+    """The logits a model gives after ``prefix``: a function of the prefix, so that a draft row and the
+    sequential step at the same position see the same values; about a fifth of the ids banned (-inf),
+    which makes entries give up."""
+    rng = random.Random(hash((seed, tuple(prefix))))
+    return torch.tensor([float("-inf") if rng.random() < 0.2 else rng.gauss(0, 1) for _ in range(VOCAB)])
+
+
+def _sequential(req: Request, prompt: list, history: int, tokens: list, seed: int) -> torch.Tensor:
+    """What Model Runner V2 without speculative decoding gives the row that reads ``tokens[-1]``: one
+    slot, admitted with ``history`` generated tokens, decoded one position at a time from there."""
+    ref = SlotFocus(1, VOCAB, "cpu")
+    ref.add(0, req.params, len(prompt), len(prompt) + history)
+    ref.flush(lambda s, a, b: tokens[a:b])
+    for p in range(len(prompt) + history - 1, len(tokens)):
+        logits = _row_logits(seed, tokens[:p + 1]).unsqueeze(0)
+        ref.apply(logits, torch.zeros(1, dtype=torch.int32), np.zeros(1, dtype=np.int64), torch.tensor([tokens[p]]),
+                  torch.tensor([p]), torch.tensor([len(prompt)], dtype=torch.int32), torch.zeros(1, dtype=torch.int32))
+    return logits[0]
+
+
+def test_draft_rows_are_steered_as_sequential_decoding():
+    """Model Runner V2 with speculative decoding: each request's rows are its committed input and up to
+    ``drafts`` draft tokens; the engine accepts a prefix of the drafts and a bonus token.  Every row must
+    get exactly the logits sequential decoding gives at its position (bans and give-ups included);
+    rows of requests without focus stay bitwise untouched."""
+    seed = random.randrange(2**31)
+    rng = random.Random(seed)
+    slots, drafts, steered = 3, 3, 0
+    for _ in range(20):
+        focus = SlotFocus(slots, VOCAB, "cpu", drafts=drafts)
+        live: dict[int, tuple] = {}  # slot -> (request, prompt, history length, committed tokens)
+        prompt_lens = torch.zeros(slots, dtype=torch.int32)
+        for _ in range(6):
+            for slot in [s for s in live if rng.random() < 0.15]:
+                del live[slot]
+            for slot in [s for s in range(slots) if s not in live and rng.random() < 0.5]:
+                req = new_request(rng)
+                prompt = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 4))]
+                live[slot] = (req, prompt, len(req.output), prompt + req.output)
+                prompt_lens[slot] = len(prompt)
+                focus.add(slot, req.params, len(prompt), len(prompt) + len(req.output))
+            focus.flush(lambda s, a, b: live[s][3][a:b])
+            served = [s for s in live if rng.random() < 0.8]
+            if not served:
+                continue
+            rng.shuffle(served)
+            rows = []  # (slot, prefix read at the row, local position)
+            for s in served:
+                req, prompt, history, tokens = live[s]
+                decoding = len(tokens) > len(prompt) + history  # served before: row 0 is its newest token
+                proposed = [next_token(rng, req.spec, tokens, ALPHABET) for _ in range(rng.randint(0, drafts))]
+                for k in range(1 + len(proposed) * decoding):
+                    rows.append((s, tokens + proposed[:k], k))
+            logits = torch.stack([_row_logits(seed, prefix) for _, prefix, _ in rows])
+            before = logits.clone()
+            focus.apply(logits, torch.tensor([r[0] for r in rows], dtype=torch.int32), np.array(served, dtype=np.int64),
+                        torch.tensor([r[1][-1] for r in rows]), torch.tensor([len(r[1]) - 1 for r in rows]),
+                        prompt_lens, torch.tensor([r[2] for r in rows], dtype=torch.int32))
+            for i, (s, prefix, k) in enumerate(rows):
+                req, prompt, history, _ = live[s]
+                if req.spec is None:
+                    assert torch.equal(logits[i], before[i]), f"slot {s} row {k}"
+                    continue
+                assert torch.equal(logits[i], _sequential(req, prompt, history, prefix, seed)), f"slot {s} row {k}"
+                steered += not torch.equal(logits[i], before[i])
+            for s in served:  # the engine accepts a prefix of the drafts, then samples one more token
+                req, prompt, history, tokens = live[s]
+                proposed = [prefix for slot, prefix, _ in rows if slot == s][-1][len(tokens):]
+                tokens += proposed[:rng.randint(0, len(proposed))]
+                tokens.append(next_token(rng, req.spec, tokens, ALPHABET))
+    assert steered > 0
 
 
 @pytest.mark.parametrize("focus,error,name", [
@@ -301,5 +376,5 @@ def test_budget_is_the_request_max_tokens_unless_the_focus_names_one():
 
 
 def test_importing_focuskern_does_not_import_vllm():
-    code = "import sys, focuskern, focuskern.vllm, focuskern.vllm.rows; print('vllm' in sys.modules)"
+    code = "import sys, focuskern, focuskern.vllm, focuskern.vllm.rows, focuskern.vllm.slots; print('vllm' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

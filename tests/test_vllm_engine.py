@@ -226,3 +226,69 @@ def test_model_runner_v2_interface():
     assert step([(1, 3, 10), (3, 4, 12)]) == [{11: 2.0}, {}]
     plugin = FocusLogitsPlugin(config(listed=[FocusLogitsProcessor]), states)
     assert plugin.inert and not plugin.add_request(0, focus)
+
+
+def test_model_runner_v2_steers_draft_rows():
+    """V2 under speculative decoding (2 draft tokens): each draft row is steered from the state after
+    the drafts before it, and the next step goes on from the drafts the engine accepted."""
+    if LogitsContext is None:
+        pytest.skip(f"vLLM {vllm.__version__} has no Model Runner V2 processor interface")
+    slots, vocab = 2, 64
+    lengths = lambda: SimpleNamespace(np=np.zeros(slots, dtype=np.int32), gpu=torch.zeros(slots, dtype=torch.int32))  # noqa: E731
+    states = LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=slots, vocab_size=vocab,
+                                    all_token_ids=SimpleNamespace(gpu=torch.zeros(slots, 16, dtype=torch.int32)),
+                                    prompt_len=lengths(), prefill_len=lengths(), total_len=None)
+    config = SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: vocab, logits_processors=None),
+                             speculative_config=SimpleNamespace(num_speculative_tokens=2),
+                             scheduler_config=SimpleNamespace(async_scheduling=False))
+    proc = FocusLogitsProcessor(config, states)
+    focus = SamplingParams(extra_args={"focus": {"entities": [[[10, 11, 12]]], "bias": 1.0, "continuation_bias": 2.0,
+                                                 "boost_starts_in_match": False, "decay": "constant", "force": 0.0}})
+    states.prompt_len.np[1] = states.prefill_len.np[1] = states.prompt_len.gpu[1] = 3
+    assert proc.add_request(1, focus) and not proc.add_request(0, SamplingParams())
+    proc.apply_staged_writes()
+
+    def step(requests):
+        """requests: (slot, position of row 0, [committed input, drafts...]); each row's boosts."""
+        slot, pos, ids, local = _expand(requests)
+        ctx = LogitsContext(expanded_idx_mapping=slot, idx_mapping=torch.tensor([r[0] for r in requests]),
+                            idx_mapping_np=np.array([r[0] for r in requests]), expanded_local_pos=local,
+                            input_ids=ids, pos=pos, seq_lens_upper_bound_np=np.zeros(len(requests)))
+        logits = proc.apply(torch.zeros(len(ids), vocab), ctx)
+        return [{t: v for t, v in enumerate(row.tolist()) if v} for row in logits]
+
+    assert step([(1, 2, [7]), (0, 4, [3])]) == [{10: 1.0}, {}]  # slot 1's prompt ends
+    # it generated 10; drafts 11 (continues the entity) and 4 (breaks it): three rows, three states
+    assert step([(0, 5, [3, 9]), (1, 3, [10, 11, 4])]) == [{}, {}, {11: 2.0}, {12: 2.0}, {10: 1.0}]
+    # draft 11 accepted, bonus 12: the entity is complete (released); the next draft row sees it said
+    assert step([(1, 5, [12, 10])]) == [{}, {}]
+
+
+def _expand(requests):
+    """Model Runner V2's expanded rows of ``(slot, position of row 0, tokens)`` requests: slot, position,
+    input token and local position per row."""
+    rows = [(s, p + k, t, k) for s, p, tokens in requests for k, t in enumerate(tokens)]
+    return (torch.tensor(column) for column in zip(*rows))
+
+
+class _InputProcessor:
+    """Stands in for vLLM's admitting ``InputProcessor``, which ``validate_params`` finds on its caller's
+    frames: an engine that runs speculative decoding, on Model Runner V2 or V1."""
+
+    def __init__(self, v2: bool):
+        self.model_config = SimpleNamespace(get_vocab_size=lambda: 64)
+        self.renderer = self.tokenizer = None
+        self.vllm_config = SimpleNamespace(speculative_config=SimpleNamespace(num_speculative_tokens=3),
+                                           use_v2_model_runner=v2)
+
+    def admit(self, params):
+        FocusLogitsProcessor.validate_params(params)
+
+
+def test_speculative_focus_is_admitted_on_model_runner_v2_only():
+    focus = SamplingParams(extra_args={"focus": {"entities": [[[10, 11]]]}})
+    _InputProcessor(v2=True).admit(focus)
+    _InputProcessor(v2=True).admit(SamplingParams())
+    _InputProcessor(v2=False).admit(SamplingParams())
+    with pytest.raises(ValueError, match="focus is not supported.*speculative decoding.*V1 model runner"):
+        _InputProcessor(v2=False).admit(focus)

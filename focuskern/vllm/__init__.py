@@ -14,7 +14,7 @@ entry-point group, so ``vllm serve`` loads it (it stands aside in engines that l
 ``FocusLogitsProcessor`` themselves); over HTTP the focus travels as ``"vllm_xargs": {"focus": {...}}``.
 The focus dictionary is described in :mod:`focuskern.vllm.params`.
 
-``import focuskern`` never imports vLLM; ``focuskern.vllm.params`` and ``focuskern.vllm.rows`` (the
+``import focuskern`` never imports vLLM; ``focuskern.vllm.params``, ``.rows`` and ``.slots`` (the
 engine-facing bookkeeping) do not either.  The processor classes are imported on first access.
 """
 from __future__ import annotations

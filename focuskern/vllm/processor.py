@@ -11,7 +11,8 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
 from .admission import Limits, ModelFacts, admit
 from .build import portable, same
-from .rows import BatchFocus, SlotFocus
+from .rows import BatchFocus
+from .slots import SlotFocus
 
 try:  # Model Runner V2 (vLLM >= 0.3x); without it the processor is a V1 processor only
     from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as RunnerV2LogitsProcessor
@@ -53,16 +54,14 @@ class FocusLogitsProcessor(*_BASES):
         # token-id entities on opaque tokens; strings are refused at admission there.
         tokenizer = None if getattr(model, "skip_tokenizer_init", True) else _LazyTokenizer(model)
         vocab = model.get_vocab_size()
-        # Custom processors see one row per request only without speculative decoding (V1 does not
-        # even load them then): validate_params refuses focused requests in such engines.
-        self._speculative = vllm_config.speculative_config is not None
         self._req_states = None
         self._batch: Optional[BatchFocus] = None
         self._slots: Optional[SlotFocus] = None
         logger.info("focuskern %s loaded from %s", type(self).__name__, sys.modules["focuskern"].__file__)
         if LogitsProcRequestState is not None and isinstance(device_or_req_states, LogitsProcRequestState):
             self._req_states = device_or_req_states
-            self._slots = SlotFocus(device_or_req_states.max_num_reqs, vocab, device_or_req_states.device, tokenizer)
+            self._slots = SlotFocus(device_or_req_states.max_num_reqs, vocab, device_or_req_states.device, tokenizer,
+                                    drafts=_drafts(vllm_config))
         else:
             self._batch = BatchFocus(vocab, device_or_req_states, tokenizer, pin_memory=is_pin_memory)
             if not self._stands_aside(vllm_config):
@@ -82,8 +81,8 @@ class FocusLogitsProcessor(*_BASES):
         engine keeps serving): over the operator's limits, malformed, or -- with the model's vocabulary
         and tokenizer, found on vLLM's admitting ``InputProcessor`` -- an entity that tokenizes to
         nothing or a token id outside the vocabulary (:func:`~focuskern.vllm.admission.admit`).  A focus
-        sent to an engine that runs speculative decoding is refused too: its processors get no row per
-        request there (V1 does not even load them), so it would be served unfocused.
+        sent to a V1-runner engine that runs speculative decoding is refused too: V1 does not load logits
+        processors there, so it would be served unfocused (Model Runner V2 steers every draft row).
 
         Raises
         ------
@@ -92,11 +91,12 @@ class FocusLogitsProcessor(*_BASES):
         """
         engine = _admitting_engine()
         spec = admit(sampling_params, Limits.from_env(), _model_facts(engine))
-        speculative = getattr(getattr(engine, "vllm_config", None), "speculative_config", None)
-        if spec is not None and speculative is not None:
+        config = getattr(engine, "vllm_config", None)
+        if spec is not None and _drafts(config) and not getattr(config, "use_v2_model_runner", False):
             raise ValueError("focus is not supported by this engine: it runs speculative decoding "
-                             "(--speculative-config), which focuskern cannot steer; send the request "
-                             "without focus, or serve focused traffic from an engine without it")
+                             "(--speculative-config) on vLLM's V1 model runner, which loads no logits "
+                             "processor then; send the request without focus, or serve focused traffic "
+                             "from an engine without it or on Model Runner V2 (VLLM_USE_V2_MODEL_RUNNER=1)")
 
     def is_argmax_invariant(self) -> bool:
         return False
@@ -111,14 +111,10 @@ class FocusLogitsProcessor(*_BASES):
         if ctx is None:
             return self._batch.apply(logits)
         return self._slots.apply(logits, ctx.expanded_idx_mapping, ctx.idx_mapping_np, ctx.input_ids, ctx.pos,
-                                 self._req_states.prompt_len.gpu)
+                                 self._req_states.prompt_len.gpu, ctx.expanded_local_pos)
 
     # ------------------------------------------------------------------ V2
     def add_request(self, req_idx: int, sampling_params: "SamplingParams") -> bool:
-        if self._speculative:  # validate_params refused focused requests; one that got past it:
-            if self._slots.spec(sampling_params) is not None:
-                logger.warning("focuskern: request served without focus: speculative decoding")
-            return self._slots.add(req_idx, None, 0, 0)
         states = self._req_states
         return self._slots.add(req_idx, sampling_params, int(states.prompt_len.np[req_idx]),
                                int(states.prefill_len.np[req_idx]))
@@ -195,6 +191,12 @@ class _LazyTokenizer:
 
 
 _WARNED_NO_MODEL = False
+
+
+def _drafts(vllm_config) -> int:
+    """Draft tokens per step of the engine's speculative decoding (0 without, or without a config)."""
+    speculative = getattr(vllm_config, "speculative_config", None)
+    return 0 if speculative is None else int(speculative.num_speculative_tokens or 0)
 
 
 def _admitting_engine(depth: int = 8):

@@ -3,8 +3,8 @@
 
 * :class:`BatchFocus` follows vLLM V1's *persistent batch*: ``BatchUpdate`` s (removed, added, moved)
   move state rows around; each request's newest token is read from its live ``output_tok_ids`` list.
-* :class:`SlotFocus` follows Model Runner V2's *request slots*: a state row per slot; each step serves
-  the slots of the batch and reads the newest tokens from the model's input ids, on the device.
+* :class:`~focuskern.vllm.slots.SlotFocus` follows Model Runner V2's *request slots* (and its
+  speculative decoding's rows per draft token).
 
 Both hold a row whose request generated nothing since the last step (a prompt still being read, in
 chunks or after preemption) instead of advancing it, and replay the history of a request that joins
@@ -17,14 +17,14 @@ of its own -- compiled in a build process (:mod:`focuskern.vllm.build`: a thread
 process would hold the GIL against the step loop), on a worker thread where that process cannot run --
 serves the row unfocused meanwhile, and steers it from the first step after it is ready (the tokens
 generated meanwhile replayed first).  Smaller ones (tens of ms) are
-built in the step, so their output does not depend on timing.  :class:`SlotFocus` (Model Runner V2)
+built in the step, so their output does not depend on timing.  ``SlotFocus`` (Model Runner V2)
 builds every focus in the step.
 """
 from __future__ import annotations
 
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -295,55 +295,3 @@ class BatchFocus(_Rows):
             size = max(rows, 2 * len(self._tokens), 16)
             self._tokens = np.resize(self._tokens, size)
             self._hold = np.resize(self._hold, size)
-
-
-class SlotFocus(_Rows):
-    """Focus for vLLM Model Runner V2's request slots (see :meth:`add`, :meth:`flush`, :meth:`apply`).
-
-    Parameters
-    ----------
-    slots : the runner's ``max_num_reqs``.
-    vocab_size, device, tokenizer, backend, pin_memory : as for :class:`BatchFocus`.
-
-    A row advances when the token the model reads at its logits position is the next output token the
-    row has not consumed (``pos - prompt_len == step``); otherwise (a prompt chunk, a re-read history) it
-    holds.  All of that is decided on the device.
-    """
-
-    def __init__(self, slots: int, vocab_size: int, device, tokenizer=None, *, backend: str = "auto",
-                 pin_memory: bool = False):
-        super().__init__(slots, vocab_size, device, tokenizer, backend, pin_memory)
-        self.focused = np.zeros(slots, dtype=bool)
-        self._replay: dict[int, tuple[int, int]] = {}
-
-    def add(self, slot: int, params: Any, prompt_len: int, prefill_len: int) -> bool:
-        """A request enters ``slot`` (whatever the slot held before is dropped).  ``prefill_len -
-        prompt_len`` output tokens it generated before (resumed after preemption) are replayed by the
-        next :meth:`flush`.  Returns whether the request is focused."""
-        spec = self.spec(params)
-        self._replay.pop(slot, None)
-        if spec is None and not self.focused[slot]:
-            return False
-        self.focused[slot] = self.set_row(slot, spec)
-        if self.focused[slot] and prefill_len > prompt_len:
-            self._replay[slot] = (prompt_len, prefill_len)
-        return bool(self.focused[slot])
-
-    def flush(self, token_ids: Callable[[int, int, int], Sequence[int]]) -> None:
-        """Replay the histories of resumed requests; ``token_ids(slot, start, stop)`` reads a slot's
-        tokens (a device read: rare, only after preemption).  The newest history token is left for the
-        step that reads it as model input."""
-        for slot, (prompt_len, prefill_len) in self._replay.items():
-            self.state.advance_row(slot, token_ids(slot, prompt_len, prefill_len - 1))
-        self._replay.clear()
-
-    def apply(self, logits: torch.Tensor, slots: torch.Tensor, slots_host: np.ndarray, input_ids: torch.Tensor,
-              pos: torch.Tensor, prompt_len: torch.Tensor) -> torch.Tensor:
-        """Bias ``logits`` [b, V] whose row ``i`` belongs to slot ``slots[i]`` ([b] device; ``slots_host``
-        the same on the host), advancing each row by ``input_ids[i]`` when that token, at position
-        ``pos[i]``, is its request's next unconsumed output (``prompt_len`` [max slots] device)."""
-        if not self.focused[slots_host].any():
-            return logits
-        slots = slots.long()
-        hold = (pos - prompt_len[slots]) != self.state.step[slots]
-        return self.state.apply_(logits, input_ids, rows=slots, hold=hold)
