@@ -12,20 +12,27 @@ with_plain (the focus itself), target at most 100 ms; pooled over all rounds of 
 repeat; median over the repeats).  Writes ``benchmarks/results/vllm_isolation_cpu.{json,md}``.
 
     make bench-vllm-isolation     # or: python benchmarks/vllm_isolation.py  (in .venv-vllm, repo root)
+
+``--trace`` also records the server processes' stalls and garbage collections and says which of them
+fell inside the slowest plain requests (``benchmarks/vllm_stalls.py``).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import random
+import shutil
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Optional
 
+import vllm_stalls
 from vllm_served import benchmark_parser, run_benchmark
-from vllm_server import MODEL, fresh_focus
+from vllm_server import MODEL, ROOT, SERVER_ENV, fresh_focus
 
 from focuskern.vllm.admission import LIMIT_DEFAULTS
 
@@ -33,13 +40,16 @@ KINDS = ("alone", "with_plain", "with_focus")
 TOPICS = ("the sea", "a busy city", "winter", "music", "trains", "coffee")
 
 
-async def plain_loop(client, k: int, per_client: int, tokens: int, latencies: list) -> None:
+async def plain_loop(client, k: int, per_client: int, tokens: int, latencies: list, spans: list) -> None:
+    """``per_client`` plain chat completions, one after another: each one's latency, and its wall-clock
+    start with it in ``spans`` (lined up with the stall trace)."""
     for j in range(per_client):
-        start = time.perf_counter()
+        wall, start = time.time(), time.perf_counter()
         await client.chat.completions.create(
             model=MODEL, max_tokens=tokens, temperature=0, extra_body={"ignore_eos": True},
             messages=[{"role": "user", "content": f"Write about {TOPICS[(k + j) % len(TOPICS)]}."}])
         latencies.append(time.perf_counter() - start)
+        spans.append((wall, latencies[-1]))
 
 
 def sea_focus(rng: random.Random, entities: int) -> dict:
@@ -70,7 +80,7 @@ async def fifth_loop(client, rng: random.Random, entities: Optional[int], tokens
 
 
 async def one_round(client, args, kind: str, rng: random.Random) -> dict:
-    latencies, fifth = [], []
+    latencies, spans, fifth = [], [], []
     stop = asyncio.Event()
     background = None
     if kind != "alone":
@@ -78,11 +88,14 @@ async def one_round(client, args, kind: str, rng: random.Random) -> dict:
         ready = [] if entities is None else [focus_text(rng, entities) for _ in range(args.per_client + 4)]
         background = asyncio.create_task(fifth_loop(client, rng, entities, args.tokens, stop, fifth, ready))
         await asyncio.sleep(args.lead_s)  # its first request is on its way in
-    await asyncio.gather(*(plain_loop(client, k, args.per_client, args.tokens, latencies) for k in range(args.clients)))
+    t0 = time.time()
+    await asyncio.gather(*(plain_loop(client, k, args.per_client, args.tokens, latencies, spans)
+                           for k in range(args.clients)))
+    t1 = time.time()
     if background is not None:
         stop.set()
         await background
-    return {"kind": kind, "latencies_s": latencies, "fifth": fifth}
+    return {"kind": kind, "latencies_s": latencies, "plain_spans": spans, "t0": t0, "t1": t1, "fifth": fifth}
 
 
 async def measure(_server, client, args) -> list[dict]:
@@ -92,6 +105,8 @@ async def measure(_server, client, args) -> list[dict]:
     for r in range(args.repeats):
         for kind in KINDS[r % len(KINDS):] + KINDS[:r % len(KINDS)]:  # each kind first, second, last in turn
             rounds.append({"repeat": r, **await one_round(client, args, kind, rng)})
+    if args.trace:
+        rounds.append({"stall_trace": vllm_stalls.read_trace(trace_dir(args))})
     return rounds
 
 
@@ -101,6 +116,8 @@ def quantiles(latencies: list[float]) -> dict:
 
 
 def summarize(rounds: list[dict]) -> dict:
+    trace = [r["stall_trace"] for r in rounds if "stall_trace" in r]
+    rounds = [r for r in rounds if "kind" in r]
     out = {kind: quantiles([x for r in rounds if r["kind"] == kind for x in r["latencies_s"]]) for kind in KINDS}
     per_repeat = {}
     for r in rounds:
@@ -115,6 +132,8 @@ def summarize(rounds: list[dict]) -> dict:
         fifth = [x["seconds"] for r in rounds if r["kind"] == kind for x in r["fifth"]]
         out[f"fifth_{kind}"] = {"requests": len(fifth), "median_s": statistics.median(fifth)}
     out["focus_bytes"] = next(x["focus_bytes"] for r in rounds for x in r["fifth"] if x["focus_bytes"])
+    if trace:
+        out["stalls"] = vllm_stalls.attribute(rounds, trace[0], KINDS)
     return out
 
 
@@ -146,6 +165,7 @@ def markdown(result: dict) -> str:
         f"Paired: per repeat, its with_focus round minus its round of the other kind (median, min..max over "
         f"repeats).  Lines 'served without focus' in the server log: {result['unfocused_log_lines']}.  Machine "
         f"load (1-minute average, other work included): {load['before']:.2f} before, {load['after']:.2f} after.", "",
+        *(vllm_stalls.markdown(r["stalls"]) if "stalls" in r else []),
         f"Command: `{m['command']}`", ""])
 
 
@@ -159,10 +179,22 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lead-s", type=float, default=0.2, help="head start of the fifth client per round")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trace", action="store_true",
+                        help="trace the server's stalls and garbage collections (benchmarks/vllm_stalls.py)")
     args = parser.parse_args()
+    env = None
+    if args.trace:
+        shutil.rmtree(trace_dir(args), ignore_errors=True)
+        trace_dir(args).mkdir(parents=True)
+        env = {"FOCUSKERN_STALL_TRACE": str(trace_dir(args)),
+               "PYTHONPATH": os.pathsep.join((str(Path(__file__).parent / "stall_trace"), SERVER_ENV["PYTHONPATH"]))}
     return run_benchmark(args, "plain chat latency through the vLLM server, alone and while large foci arrive",
                          measure, {k: vars(args)[k] for k in ("entities", "clients", "per_client", "tokens", "repeats",
-                                                              "lead_s", "seed")}, summarize, markdown)
+                                                              "lead_s", "seed", "trace")}, summarize, markdown, env)
+
+
+def trace_dir(args) -> Path:
+    return ROOT / ".vllm-tmp" / f"{args.name}_stall_trace"
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Optional
 
 import openai
 
@@ -33,15 +33,18 @@ def benchmark_parser(doc: str, name: str) -> argparse.ArgumentParser:
 
 
 def run_benchmark(args: argparse.Namespace, what: str, measure: Measure, settings: dict,
-                  summarize: Callable[[list], dict], markdown: Callable[[dict], str]) -> int:
+                  summarize: Callable[[list], dict], markdown: Callable[[dict], str],
+                  server_env: Optional[dict] = None) -> int:
     """Start a server, await ``measure(server, client, args)`` (its rounds), stop the server, save the
     result (:func:`save`): ``what``, ``metadata`` (with the machine's 1-minute load averages before and
     after), ``settings`` (the server's arguments and environment added), ``summarize(rounds)``, the
     server's RSS at start and end (``server_rss_mib``), the lines of its log where a focus was served
-    unfocused (``unfocused_log_lines``), the rounds; ``markdown(result)`` is the ``.md``."""
+    unfocused (``unfocused_log_lines``), the rounds; ``markdown(result)`` is the ``.md``.  ``server_env``:
+    more environment variables for the server."""
     os.environ.update({k: os.environ.get(k, v) for k, v in VLLM_ENV.items()})
     load_before = os.getloadavg()[0]
-    server = VLLMServer(ROOT / ".vllm-tmp" / f"{args.name}_server.log", extra_args=("--dtype", args.dtype))
+    server = VLLMServer(ROOT / ".vllm-tmp" / f"{args.name}_server.log", extra_args=("--dtype", args.dtype),
+                        env=server_env)
     try:
         rss_start = server.rss_bytes()
         rounds = asyncio.run(_with_client(server, measure, args))

@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "build/smollm2-135m-instruct"  # relative to ROOT: also the model name clients send
@@ -64,12 +65,14 @@ class VLLMServer:
     log_path : where the server's stdout and stderr go.
     extra_args : more server arguments (e.g. ``PROCESSOR_FLAG``).
     startup_timeout : seconds to wait for ``GET /health``.
+    env : more environment variables for the server (over ``SERVER_ENV``).
     """
 
     ARGS = ("--dtype", "float32", "--enforce-eager", "--seed", "0", "--max-model-len", "2048",
             "--enable-prefix-caching", "--disable-uvicorn-access-log")
 
-    def __init__(self, log_path: Path, extra_args: tuple[str, ...] = (), startup_timeout: float = 300.0):
+    def __init__(self, log_path: Path, extra_args: tuple[str, ...] = (), startup_timeout: float = 300.0,
+                 env: Optional[dict] = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         import vllm
@@ -82,7 +85,7 @@ class VLLMServer:
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", MODEL,
                "--host", "127.0.0.1", "--port", str(self.port), *self.ARGS, *extra_args]
         with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **SERVER_ENV}, stdout=log,
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **SERVER_ENV, **(env or {})}, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             self._wait_healthy(startup_timeout)
