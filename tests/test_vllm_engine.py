@@ -226,6 +226,15 @@ def test_model_runner_v2_interface():
     assert step([(1, 3, 10), (3, 4, 12)]) == [{11: 2.0}, {}]
     plugin = FocusLogitsPlugin(config(listed=[FocusLogitsProcessor]), states)
     assert plugin.inert and not plugin.add_request(0, focus)
+    # a subclass of the processor listed (as a class or as vLLM's "module:Class") steers instead of it
+    for listed in ([MyFocus], ["test_vllm_engine:MyFocus"], ["focuskern.vllm.processor:FocusLogitsProcessor"]):
+        assert FocusLogitsPlugin(config(listed=listed), states).inert, listed
+    for listed in ([], ["test_vllm_engine:Missing"], ["no_such_module:X"], [FocusLogitsPlugin]):
+        assert not FocusLogitsPlugin(config(listed=listed), states).inert, listed
+
+
+class MyFocus(FocusLogitsProcessor):
+    """A user's subclass of the processor, listed in ``logits_processors``."""
 
 
 def test_model_runner_v2_steers_draft_rows():

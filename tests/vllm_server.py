@@ -66,13 +66,15 @@ class VLLMServer:
     extra_args : more server arguments (e.g. ``PROCESSOR_FLAG``).
     startup_timeout : seconds to wait for ``GET /health``.
     env : more environment variables for the server (over ``SERVER_ENV``).
+    python, cwd : the interpreter that runs the server and its working directory (default: this one,
+        the repository root; ``MODEL`` is read relative to ``cwd``).
     """
 
     ARGS = ("--dtype", "float32", "--enforce-eager", "--seed", "0", "--max-model-len", "2048",
             "--enable-prefix-caching", "--disable-uvicorn-access-log")
 
     def __init__(self, log_path: Path, extra_args: tuple[str, ...] = (), startup_timeout: float = 300.0,
-                 env: Optional[dict] = None):
+                 env: Optional[dict] = None, python: str = sys.executable, cwd: Path = ROOT):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         import vllm
@@ -82,10 +84,10 @@ class VLLMServer:
         self.log_path = log_path.with_name(f"{log_path.stem}-vllm{vllm.__version__}{log_path.suffix}")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         Path(VLLM_ENV["TMPDIR"]).mkdir(exist_ok=True)
-        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", MODEL,
+        cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", MODEL,
                "--host", "127.0.0.1", "--port", str(self.port), *self.ARGS, *extra_args]
         with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **SERVER_ENV, **(env or {})}, stdout=log,
+            self.proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **SERVER_ENV, **(env or {})}, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             self._wait_healthy(startup_timeout)

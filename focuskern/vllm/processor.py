@@ -1,6 +1,8 @@
 """``FocusLogitsProcessor``: the vLLM logits processor (imports vLLM; see :mod:`focuskern.vllm`)."""
 from __future__ import annotations
 
+import functools
+import importlib
 import sys
 from typing import TYPE_CHECKING, Optional
 
@@ -228,6 +230,15 @@ def _model_facts(engine) -> Optional[ModelFacts]:
 
 
 def _listed(processors) -> bool:
-    """Whether ``FocusLogitsProcessor`` is among ``logits_processors`` (classes or FQCN strings)."""
-    names = {"focuskern.vllm:FocusLogitsProcessor", "focuskern.vllm.processor:FocusLogitsProcessor"}
-    return any(p is FocusLogitsProcessor or p in names for p in processors or ())
+    """Whether ``FocusLogitsProcessor`` or a subclass of it is among ``logits_processors`` (classes or
+    ``"module:Class"`` strings, resolved as vLLM resolves them; one that does not resolve is not ours)."""
+    for p in processors or ():
+        if isinstance(p, str):
+            module, _, name = p.partition(":")
+            try:
+                p = functools.reduce(getattr, name.split("."), importlib.import_module(module))
+            except (ImportError, AttributeError, ValueError):
+                continue
+        if isinstance(p, type) and issubclass(p, FocusLogitsProcessor) and p is not FocusLogitsPlugin:
+            return True
+    return False
