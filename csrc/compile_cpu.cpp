@@ -23,7 +23,7 @@ struct Item {
 };
 
 // A trie numbered breadth-first with children sorted by symbol (root 0, symbol -1), and per node
-// the sorted distinct entities of the strings through it and ending at it.
+// the sorted distinct entities of the strings ending at it and (with `through_lists`) through it.
 struct Trie {
   std::vector<int64_t> sym{-1}, parent{0}, child_lo, through_off{0, 0}, through, ends_off{0, 0}, ends;
   int64_t max_depth = 0;
@@ -31,7 +31,7 @@ struct Trie {
   // Depth by depth: the strings still alive at depth d, kept sorted by their node, are sorted by
   // (symbol, entity) within each node's run; each new (node, symbol) is the next node.  Nodes are
   // made in increasing order, so the lists come out in node order.
-  Trie(std::vector<Item> alive, const int64_t* symbols) {
+  Trie(std::vector<Item> alive, const int64_t* symbols, bool through_lists = true) {
     std::vector<Item> next;
     for (int64_t d = 0; !alive.empty(); ++d) {
       max_depth = d + 1;
@@ -48,7 +48,7 @@ struct Trie {
             through_off.push_back(through_off.back());
             ends_off.push_back(ends_off.back());
           }
-          add(through_off, through, x.entity);
+          if (through_lists) add(through_off, through, x.entity);
           x.node = static_cast<int64_t>(sym.size()) - 1;
           if (x.pos + d + 1 < x.end) {
             next.push_back(x);
@@ -85,9 +85,22 @@ struct Trie {
 
 }  // namespace
 
+// The tokens' trie, without through lists (the token edges need the ends only).
+struct VocabTrie {
+  Trie trie;
+};
+
+VocabTrie* build_vocab_trie(const int64_t* tok_off, const int64_t* tok_sym, const int64_t* tokens, int64_t n_tokens) {
+  std::vector<Item> words;
+  for (int64_t k = 0; k < n_tokens; ++k)
+    if (tok_off[tokens[k] + 1] > tok_off[tokens[k]]) words.push_back({0, tokens[k], tok_off[tokens[k]], tok_off[tokens[k] + 1], 0});
+  return new VocabTrie{Trie(std::move(words), tok_sym, false)};
+}
+
+void free_vocab_trie(VocabTrie* vocab) { delete vocab; }
+
 Automaton build_automaton_cpu(const int64_t* sym, const int64_t* off, int64_t n_forms, const int64_t* entity,
-                              const int64_t* tok_off, const int64_t* tok_sym, const int64_t* tokens,
-                              int64_t n_tokens, bool edges) {
+                              const VocabTrie* vocab_trie) {
   std::vector<Item> items;
   for (int64_t f = 0; f < n_forms; ++f)
     if (off[f + 1] > off[f]) items.push_back({0, entity[f], off[f], off[f + 1], 0});
@@ -120,11 +133,8 @@ Automaton build_automaton_cpu(const int64_t* sym, const int64_t* off, int64_t n_
   // Token edges: from every resting u != root, walk down the pattern trie and the vocabulary trie
   // together (B/D symbols pass in the pattern trie only); a node entered on a unit whose vocabulary
   // node ends tokens is their child.
-  if (edges) {
-    std::vector<Item> words;
-    for (int64_t k = 0; k < n_tokens; ++k)
-      if (tok_off[tokens[k] + 1] > tok_off[tokens[k]]) words.push_back({0, tokens[k], tok_off[tokens[k]], tok_off[tokens[k] + 1], 0});
-    const Trie vocab(std::move(words), tok_sym);
+  if (vocab_trie != nullptr) {
+    const Trie& vocab = vocab_trie->trie;
     std::vector<std::pair<int64_t, int64_t>> stack, found;  // (pattern node, vocabulary node), (token, child)
     for (int64_t u = 1; u < n; ++u) {
       if (!is_unit(t.sym[u])) continue;

@@ -103,52 +103,91 @@ PyObject* wrap(std::vector<T>&& v) {
   return THPVariable_Wrap(t);
 }
 
-// build_automaton(sym, off, entity, tok_off, tok_sym, tokens, edges) -> (sym, child_lo, fail,
-// through_off, through, out_off, out, edge_u, edge_token, edge_child, max_depth): the native path
-// of focuskern.automaton.build_automaton (compile_cpu.cpp); arguments contiguous int64 CPU tensors,
-// results int64 (node arrays, offsets) and int32 (lists, edges).
-PyObject* build_automaton(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 7) {
-    PyErr_Format(PyExc_TypeError, "build_automaton takes 7 arguments, got %zd", nargs);
-    return nullptr;
-  }
-  std::array<at::Tensor, 6> t;
-  for (size_t i = 0; i < t.size(); ++i) {
+// Unpacks args[0:N] as contiguous 1-D int64 CPU tensors into `t`, or sets a TypeError naming `fn`.
+template <size_t N>
+bool int64_tensors(const char* fn, PyObject* const* args, std::array<at::Tensor, N>& t) {
+  for (size_t i = 0; i < N; ++i) {
     if (!THPVariable_Check(args[i])) {
-      PyErr_Format(PyExc_TypeError, "build_automaton: argument %zu is not a tensor", i);
-      return nullptr;
+      PyErr_Format(PyExc_TypeError, "%s: argument %zu is not a tensor", fn, i);
+      return false;
     }
     t[i] = THPVariable_Unpack(args[i]);
     if (t[i].scalar_type() != at::kLong || !t[i].is_cpu() || !t[i].is_contiguous() || t[i].dim() != 1) {
-      PyErr_Format(PyExc_TypeError, "build_automaton: argument %zu must be a contiguous 1-D int64 CPU tensor", i);
-      return nullptr;
+      PyErr_Format(PyExc_TypeError, "%s: argument %zu must be a contiguous 1-D int64 CPU tensor", fn, i);
+      return false;
     }
   }
-  const int edges = PyObject_IsTrue(args[6]);
-  if (edges < 0) return nullptr;
+  return true;
+}
+
+// Runs f() without the GIL (compiling blocks no other Python thread); false, a ValueError set, if it threw.
+template <typename F>
+bool without_gil(F&& f) {
+  std::exception_ptr error;
+  PyThreadState* saved = PyEval_SaveThread();
+  try {
+    f();
+  } catch (...) {
+    error = std::current_exception();
+  }
+  PyEval_RestoreThread(saved);
+  if (!error) return true;
+  try {
+    std::rethrow_exception(error);
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+  }
+  return false;
+}
+
+constexpr const char* kVocabTrie = "focuskern._C.VocabTrie";
+
+// vocab_trie(tok_off, tok_sym, tokens) -> an opaque handle (a capsule) to the trie of the tokens that
+// token edges may carry, for build_automaton; the caller keeps it with its token table.
+PyObject* vocab_trie(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3) {
+    PyErr_Format(PyExc_TypeError, "vocab_trie takes 3 arguments, got %zd", nargs);
+    return nullptr;
+  }
+  std::array<at::Tensor, 3> t;
+  if (!int64_tensors("vocab_trie", args, t)) return nullptr;
+  focuskern::VocabTrie* vocab = nullptr;
+  if (!without_gil([&] {
+        vocab = focuskern::build_vocab_trie(t[0].data_ptr<int64_t>(), t[1].data_ptr<int64_t>(),
+                                            t[2].data_ptr<int64_t>(), t[2].numel());
+      }))
+    return nullptr;
+  return PyCapsule_New(vocab, kVocabTrie, [](PyObject* capsule) {
+    focuskern::free_vocab_trie(static_cast<focuskern::VocabTrie*>(PyCapsule_GetPointer(capsule, kVocabTrie)));
+  });
+}
+
+// build_automaton(sym, off, entity, vocab) -> (sym, child_lo, fail, through_off, through, out_off, out,
+// edge_u, edge_token, edge_child, max_depth): the native path of focuskern.automaton.build_automaton
+// (compile_cpu.cpp); sym/off/entity contiguous int64 CPU tensors, vocab a vocab_trie handle (None: no
+// token edges); results int64 (node arrays, offsets) and int32 (lists, edges).
+PyObject* build_automaton(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 4) {
+    PyErr_Format(PyExc_TypeError, "build_automaton takes 4 arguments, got %zd", nargs);
+    return nullptr;
+  }
+  std::array<at::Tensor, 3> t;
+  if (!int64_tensors("build_automaton", args, t)) return nullptr;
+  const focuskern::VocabTrie* vocab = nullptr;
+  if (args[3] != Py_None) {
+    vocab = static_cast<const focuskern::VocabTrie*>(PyCapsule_GetPointer(args[3], kVocabTrie));
+    if (vocab == nullptr) return nullptr;  // not a vocab_trie handle: PyCapsule_GetPointer raised
+  }
   if (t[1].numel() < 1 || t[2].numel() != t[1].numel() - 1) {
     PyErr_SetString(PyExc_ValueError, "build_automaton: off must hold one more entry than entity");
     return nullptr;
   }
   focuskern::Automaton a;
-  std::exception_ptr error;
-  PyThreadState* saved = PyEval_SaveThread();
-  try {
-    a = focuskern::build_automaton_cpu(t[0].data_ptr<int64_t>(), t[1].data_ptr<int64_t>(), t[2].numel(),
-                                       t[2].data_ptr<int64_t>(), t[3].data_ptr<int64_t>(), t[4].data_ptr<int64_t>(),
-                                       t[5].data_ptr<int64_t>(), t[5].numel(), edges != 0);
-  } catch (...) {
-    error = std::current_exception();
-  }
-  PyEval_RestoreThread(saved);
-  if (error) {
-    try {
-      std::rethrow_exception(error);
-    } catch (const std::exception& e) {
-      PyErr_SetString(PyExc_ValueError, e.what());
-    }
+  if (!without_gil([&] {
+        a = focuskern::build_automaton_cpu(t[0].data_ptr<int64_t>(), t[1].data_ptr<int64_t>(), t[2].numel(),
+                                           t[2].data_ptr<int64_t>(), vocab);
+      }))
     return nullptr;
-  }
   return Py_BuildValue("(NNNNNNNNNNL)", wrap(std::move(a.sym)), wrap(std::move(a.child_lo)), wrap(std::move(a.fail)),
                        wrap(std::move(a.through_off)), wrap(std::move(a.through)), wrap(std::move(a.out_off)),
                        wrap(std::move(a.out)), wrap(std::move(a.edge_u)), wrap(std::move(a.edge_token)),
@@ -158,6 +197,8 @@ PyObject* build_automaton(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 PyMethodDef methods[] = {
     {"build_automaton", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(build_automaton)),
      METH_FASTCALL, "The native path of focuskern.automaton.build_automaton (see csrc/module.cpp)."},
+    {"vocab_trie", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(vocab_trie)),
+     METH_FASTCALL, "A vocabulary's trie for build_automaton's token edges (see csrc/module.cpp)."},
     {"focus_logits_check", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(focus_logits_check)),
      METH_FASTCALL, "The CPU fast path of focuskern.ops.focus_logits_ (see csrc/module.cpp)."},
     {nullptr, nullptr, 0, nullptr}};

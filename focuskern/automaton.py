@@ -2,9 +2,9 @@
 (design: ``docs/text-tracking.md``; columns: :mod:`focuskern.ops.layout`).
 
 A *program* is the compiled form of one :class:`~focuskern.FocusSpec` (rows with the same spec share
-it).  Node 0 is the root; node, slot, closure and entity indices are local to the program.  Entity
-sets are sorted lists of entity ids in one array (``ents``), so a program's size, its compile time and
-a kernel's work per step grow linearly with the entities.
+it).  Node 0 is the root; node, slot, closure and entity indices are local to the program.  Entity sets
+are sorted lists of entity ids in one array (``ents``): a program's size, its compile time and a
+kernel's work per step grow linearly with the entities (the vocabulary's trie is built once per table).
 
 * pattern ``P(f)`` of a counted form ``f`` (:func:`patterns`): the symbols of feeding ``f``'s units to a
   row with ``ctx = 0``: ``B`` before a word byte that does not follow one, ``D`` before a class-bearing
@@ -328,12 +328,10 @@ def build_automaton(sym: np.ndarray, off: np.ndarray, entity: np.ndarray, n_enti
     only in ``phrase`` mode.  With ``native`` and the C++ extension built, its loops over nodes
     (``csrc/compile_cpu.cpp``); else numpy (the reference: both give the same arrays)."""
     ext = extension()[0] if native else None
-    if getattr(ext, "build_automaton", None) is None:  # no extension, or one built before this function
+    if getattr(ext, "vocab_trie", None) is None:  # no extension, or one built before the vocabulary trie
         return _build_numpy(sym, off, entity, n_entities, table, phrase)
-    tokens = table.index.tokens if phrase else np.zeros(0, np.int64)
-    args = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
-            for a in (sym, off, entity, table.off, table.sym, tokens)]
-    *arrays, max_depth = ext.build_automaton(*args, phrase)
+    args = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)) for a in (sym, off, entity)]
+    *arrays, max_depth = ext.build_automaton(*args, table.native_vocab(ext) if phrase else None)
     _check_nodes(len(arrays[0]))
     return Automaton(*(a.numpy() for a in arrays), max_depth)
 

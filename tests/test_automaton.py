@@ -173,8 +173,8 @@ def test_an_entity_no_token_starts_compiles_without_starts():
     assert np.all(opaque_table(3).units(2) == [1026]) and program.n_entities == 2
 
 
-native = pytest.mark.skipif(getattr(extension()[0], "build_automaton", None) is None,
-                            reason="focuskern._C (with build_automaton) is not built")
+native = pytest.mark.skipif(getattr(extension()[0], "vocab_trie", None) is None,
+                            reason="focuskern._C (with build_automaton and vocab_trie) is not built")
 
 
 def assert_same_automaton(forms, table, phrase):
@@ -207,6 +207,20 @@ def test_native_automaton_equals_numpy_on_token_ids(seed):
     table = byte_vocabulary(rng, ["a", "b", " ", "3"], 20)
     mixed = ids + random_entities(rng, ["a", "b", " ", "3", "年"], 30)
     assert_same_automaton(entity_forms(mixed, "text", table, None, False), table, True)
+
+
+@native
+def test_native_vocabulary_trie_is_built_once_per_table(seed):
+    """The C++ compiler's vocabulary trie is made by the first compile of a table and kept: later
+    specs on the table reuse it and still give numpy's arrays."""
+    rng = random.Random(seed)
+    alphabet = ["a", "b", "1", " ", "-", "医", "É"]
+    table = byte_vocabulary(rng, alphabet, 200)
+    assert_same_automaton(entity_forms(random_entities(rng, alphabet, 5), "text", table, None, False), table, True)
+    handle = table.native_vocab(extension()[0])
+    for count in (1, 40):
+        assert_same_automaton(entity_forms(random_entities(rng, alphabet, count), "text", table, None, False), table, True)
+        assert table.native_vocab(extension()[0]) is handle
 
 
 def test_text_forms_of_many_entities_follow_the_rules(seed):

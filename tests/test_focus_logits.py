@@ -225,7 +225,7 @@ def test_strided_arguments_match_contiguous_copies(backend, name):
         if name in ("row_offsets", "token_ids", "token_bias"):
             views.pop("broadcast", None)  # a broadcast CSR is no CSR; the other views cover these
     for layout, view in views.items():
-        assert not view.is_contiguous(), layout
+        assert not view.is_contiguous() or view.numel() < 2, layout  # one element has no strides to test
         base = dict(named, **({} if name == "logits" else {name: view.contiguous()}))
         strided = dict(named, **({} if name == "logits" else {name: view}))
         expected = (view if name == "logits" else logits).contiguous().clone()
