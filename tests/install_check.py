@@ -64,8 +64,13 @@ CHECK = textwrap.dedent("""
 """)
 
 
+def shown(text: str) -> str:
+    """``text`` with this checkout's path as ``<repo>`` (results record no machine's paths)."""
+    return text.replace(str(ROOT), "<repo>")
+
+
 def run(cmd, **kw) -> subprocess.CompletedProcess:
-    print("+", " ".join(str(c) if len(str(c)) < 200 else "<script>" for c in cmd), flush=True)
+    print("+", shown(" ".join(str(c) if len(str(c)) < 200 else "<script>" for c in cmd)), flush=True)
     done = subprocess.run([str(c) for c in cmd], text=True, capture_output=True, **kw)
     if done.returncode:
         sys.exit(f"failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
@@ -160,7 +165,7 @@ def check_vllm_server(python: Path, where: Path) -> None:
         loaded = loaded_from(server.log_text())
     finally:
         server.stop()
-    print("loaded:", loaded, "\nfocused:", focused, "\nplain:", plain)
+    print(shown(f"loaded: {loaded}\nfocused: {focused}\nplain: {plain}"))
     assert loaded, server.log_tail()
     for prefix, cls, path in loaded:  # in an engine process, from the new environment
         assert "pid=" in prefix and f"pid={server.proc.pid})" not in prefix, prefix
