@@ -12,6 +12,7 @@ import dataclasses
 import os
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Optional
 
 import pytest
 
@@ -184,20 +185,9 @@ def test_model_runner_v2_interface():
     if LogitsContext is None:
         pytest.skip(f"vLLM {vllm.__version__} has no Model Runner V2 processor interface")
     assert FocusLogitsPlugin in _load_v2_logitsprocs_plugins()
-    slots, vocab = 4, 64
-    lengths = lambda: SimpleNamespace(np=np.zeros(slots, dtype=np.int32), gpu=torch.zeros(slots, dtype=torch.int32))  # noqa: E731
-    states = LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=slots, vocab_size=vocab,
-                                    all_token_ids=SimpleNamespace(gpu=torch.zeros(slots, 16, dtype=torch.int32)),
-                                    prompt_len=lengths(), prefill_len=lengths(), total_len=None)
-
-    def config(listed=None):
-        return SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: vocab, logits_processors=listed),
-                               speculative_config=None, scheduler_config=SimpleNamespace(async_scheduling=False))
-
-    proc = FocusLogitsProcessor(config(), states)
-    focus = SamplingParams(extra_args={"focus": {"entities": [[[10, 11, 12]]], "bias": 1.0, "continuation_bias": 2.0,
-                                                 "boost_starts_in_match": False, "decay": "constant",
-                                                 "force": 0.0}})  # a fixed push: values read off as set
+    states = _v2_states(slots=4)
+    proc = FocusLogitsProcessor(_v2_config(), states)
+    focus = SamplingParams(extra_args={"focus": FIXED_PUSH})
 
     def admit(slot, prompt, outputs):  # what the runner writes before it calls add_request
         tokens = prompt + outputs
@@ -209,28 +199,18 @@ def test_model_runner_v2_interface():
     assert admit(1, [5, 6, 7], []) and admit(3, [5, 6], [10, 11])
     assert not proc.add_request(2, SamplingParams())
     proc.apply_staged_writes()
-
-    def step(rows):
-        """rows: (slot, position, input token) per logits row; returns each row's boosts."""
-        slot = torch.tensor([r[0] for r in rows], dtype=torch.int32)
-        ctx = LogitsContext(expanded_idx_mapping=slot, idx_mapping=slot, idx_mapping_np=slot.numpy(),
-                            expanded_local_pos=torch.zeros_like(slot), input_ids=torch.tensor([r[2] for r in rows]),
-                            pos=torch.tensor([r[1] for r in rows]), seq_lens_upper_bound_np=np.zeros(len(rows)))
-        logits = proc.apply(torch.zeros(len(rows), vocab), ctx)
-        return [{t: v for t, v in enumerate(row.tolist()) if v} for row in logits]
-
     # slot 3 reads its last history token (11) -> continuation 12; slot 1 a prompt chunk, then its end
-    assert step([(3, 3, 11), (1, 1, 6), (2, 4, 9)]) == [{12: 2.0}, {10: 1.0}, {}]
-    assert step([(1, 2, 7)]) == [{10: 1.0}]
+    assert _v2_step(proc, [(3, 3, [11]), (1, 1, [6]), (2, 4, [9])]) == [{12: 2.0}, {10: 1.0}, {}]
+    assert _v2_step(proc, [(1, 2, [7])]) == [{10: 1.0}]
     # slot 1 generated 10 -> continuation 11; slot 3 generated 12: the entity is complete, released
-    assert step([(1, 3, 10), (3, 4, 12)]) == [{11: 2.0}, {}]
-    plugin = FocusLogitsPlugin(config(listed=[FocusLogitsProcessor]), states)
+    assert _v2_step(proc, [(1, 3, [10]), (3, 4, [12])]) == [{11: 2.0}, {}]
+    plugin = FocusLogitsPlugin(_v2_config(listed=[FocusLogitsProcessor]), states)
     assert plugin.inert and not plugin.add_request(0, focus)
     # a subclass of the processor listed (as a class or as vLLM's "module:Class") steers instead of it
     for listed in ([MyFocus], ["test_vllm_engine:MyFocus"], ["focuskern.vllm.processor:FocusLogitsProcessor"]):
-        assert FocusLogitsPlugin(config(listed=listed), states).inert, listed
+        assert FocusLogitsPlugin(_v2_config(listed=listed), states).inert, listed
     for listed in ([], ["test_vllm_engine:Missing"], ["no_such_module:X"], [FocusLogitsPlugin]):
-        assert not FocusLogitsPlugin(config(listed=listed), states).inert, listed
+        assert not FocusLogitsPlugin(_v2_config(listed=listed), states).inert, listed
 
 
 class MyFocus(FocusLogitsProcessor):
@@ -242,42 +222,51 @@ def test_model_runner_v2_steers_draft_rows():
     the drafts before it, and the next step goes on from the drafts the engine accepted."""
     if LogitsContext is None:
         pytest.skip(f"vLLM {vllm.__version__} has no Model Runner V2 processor interface")
-    slots, vocab = 2, 64
-    lengths = lambda: SimpleNamespace(np=np.zeros(slots, dtype=np.int32), gpu=torch.zeros(slots, dtype=torch.int32))  # noqa: E731
-    states = LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=slots, vocab_size=vocab,
-                                    all_token_ids=SimpleNamespace(gpu=torch.zeros(slots, 16, dtype=torch.int32)),
-                                    prompt_len=lengths(), prefill_len=lengths(), total_len=None)
-    config = SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: vocab, logits_processors=None),
-                             speculative_config=SimpleNamespace(num_speculative_tokens=2),
-                             scheduler_config=SimpleNamespace(async_scheduling=False))
-    proc = FocusLogitsProcessor(config, states)
-    focus = SamplingParams(extra_args={"focus": {"entities": [[[10, 11, 12]]], "bias": 1.0, "continuation_bias": 2.0,
-                                                 "boost_starts_in_match": False, "decay": "constant", "force": 0.0}})
+    states = _v2_states(slots=2)
+    proc = FocusLogitsProcessor(_v2_config(drafts=2), states)
     states.prompt_len.np[1] = states.prefill_len.np[1] = states.prompt_len.gpu[1] = 3
-    assert proc.add_request(1, focus) and not proc.add_request(0, SamplingParams())
+    assert proc.add_request(1, SamplingParams(extra_args={"focus": FIXED_PUSH}))
+    assert not proc.add_request(0, SamplingParams())
     proc.apply_staged_writes()
-
-    def step(requests):
-        """requests: (slot, position of row 0, [committed input, drafts...]); each row's boosts."""
-        slot, pos, ids, local = _expand(requests)
-        ctx = LogitsContext(expanded_idx_mapping=slot, idx_mapping=torch.tensor([r[0] for r in requests]),
-                            idx_mapping_np=np.array([r[0] for r in requests]), expanded_local_pos=local,
-                            input_ids=ids, pos=pos, seq_lens_upper_bound_np=np.zeros(len(requests)))
-        logits = proc.apply(torch.zeros(len(ids), vocab), ctx)
-        return [{t: v for t, v in enumerate(row.tolist()) if v} for row in logits]
-
-    assert step([(1, 2, [7]), (0, 4, [3])]) == [{10: 1.0}, {}]  # slot 1's prompt ends
+    assert _v2_step(proc, [(1, 2, [7]), (0, 4, [3])]) == [{10: 1.0}, {}]  # slot 1's prompt ends
     # it generated 10; drafts 11 (continues the entity) and 4 (breaks it): three rows, three states
-    assert step([(0, 5, [3, 9]), (1, 3, [10, 11, 4])]) == [{}, {}, {11: 2.0}, {12: 2.0}, {10: 1.0}]
+    assert _v2_step(proc, [(0, 5, [3, 9]), (1, 3, [10, 11, 4])]) == [{}, {}, {11: 2.0}, {12: 2.0}, {10: 1.0}]
     # draft 11 accepted, bonus 12: the entity is complete (released); the next draft row sees it said
-    assert step([(1, 5, [12, 10])]) == [{}, {}]
+    assert _v2_step(proc, [(1, 5, [12, 10])]) == [{}, {}]
 
 
-def _expand(requests):
-    """Model Runner V2's expanded rows of ``(slot, position of row 0, tokens)`` requests: slot, position,
-    input token and local position per row."""
+# Model Runner V2 driven by hand with vLLM's own classes: a fixed push (values read off as set).
+V2_VOCAB = 64
+FIXED_PUSH = {"entities": [[[10, 11, 12]]], "bias": 1.0, "continuation_bias": 2.0, "boost_starts_in_match": False,
+              "decay": "constant", "force": 0.0}
+
+
+def _v2_states(slots: int):
+    """The runner's per-slot buffers, on the CPU (what the processor reads: prompt and prefill lengths)."""
+    lengths = lambda: SimpleNamespace(np=np.zeros(slots, dtype=np.int32), gpu=torch.zeros(slots, dtype=torch.int32))  # noqa: E731
+    return LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=slots, vocab_size=V2_VOCAB,
+                                  all_token_ids=SimpleNamespace(gpu=torch.zeros(slots, 16, dtype=torch.int32)),
+                                  prompt_len=lengths(), prefill_len=lengths(), total_len=None)
+
+
+def _v2_config(listed=None, drafts: Optional[int] = None):
+    """What the processor reads of the engine's config: ``listed`` logits processors, ``drafts``
+    speculative tokens (``None``: no speculative decoding)."""
+    return SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: V2_VOCAB, logits_processors=listed),
+                           speculative_config=None if drafts is None else SimpleNamespace(num_speculative_tokens=drafts),
+                           scheduler_config=SimpleNamespace(async_scheduling=False))
+
+
+def _v2_step(proc, requests) -> list[dict]:
+    """One step of ``requests`` (slot, position of row 0, [input tokens: the committed one, then drafts])
+    through ``proc.apply`` with vLLM's ``LogitsContext``; each logits row's boosts."""
     rows = [(s, p + k, t, k) for s, p, tokens in requests for k, t in enumerate(tokens)]
-    return (torch.tensor(column) for column in zip(*rows))
+    slot, pos, ids, local = (torch.tensor(column) for column in zip(*rows))
+    ctx = LogitsContext(expanded_idx_mapping=slot, idx_mapping=torch.tensor([r[0] for r in requests]),
+                        idx_mapping_np=np.array([r[0] for r in requests]), expanded_local_pos=local,
+                        input_ids=ids, pos=pos, seq_lens_upper_bound_np=np.zeros(len(requests)))
+    logits = proc.apply(torch.zeros(len(rows), V2_VOCAB), ctx)
+    return [{t: v for t, v in enumerate(row.tolist()) if v} for row in logits]
 
 
 class _InputProcessor:
