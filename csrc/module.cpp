@@ -43,6 +43,13 @@ bool auto_is_cpp() {
   return forced == nullptr || !*forced || !std::strcmp(forced, "auto") || !std::strcmp(forced, "cpp");
 }
 
+// Whether the entry point `fn` got `want` arguments; else a TypeError saying so.
+bool takes(const char* fn, Py_ssize_t nargs, Py_ssize_t want) {
+  if (nargs == want) return true;
+  PyErr_Format(PyExc_TypeError, "%s takes %zd arguments, got %zd", fn, want, nargs);
+  return false;
+}
+
 // focus_logits_check(logits, row_offsets, token_ids, token_bias, alpha, decay, step, n_kinds, mode)
 // -> int.  Every argument check of focus_logits_ in one native pass (focus_logits_check_cpu), called
 // without the dispatcher's per-argument boxing (~3 us, as much as the op at small sizes).  mode 0:
@@ -51,10 +58,7 @@ bool auto_is_cpp() {
 // not looked at (not plain CPU tensors, not plain eager mode, or mode 2 with another backend forced)
 // -- the caller then takes the dispatcher path.
 PyObject* focus_logits_check(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 9) {
-    PyErr_Format(PyExc_TypeError, "focus_logits_check takes 9 arguments, got %zd", nargs);
-    return nullptr;
-  }
+  if (!takes("focus_logits_check", nargs, 9)) return nullptr;
   const long n_kinds = PyLong_AsLong(args[7]), mode = PyLong_AsLong(args[8]);
   if (PyErr_Occurred()) return nullptr;
   if ((mode == 2 && !auto_is_cpp()) || !plain_eager_mode()) return PyLong_FromLong(-1);
@@ -145,10 +149,7 @@ constexpr const char* kVocabTrie = "focuskern._C.VocabTrie";
 // vocab_trie(tok_off, tok_sym, tokens) -> an opaque handle (a capsule) to the trie of the tokens that
 // token edges may carry, for build_automaton; the caller keeps it with its token table.
 PyObject* vocab_trie(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 3) {
-    PyErr_Format(PyExc_TypeError, "vocab_trie takes 3 arguments, got %zd", nargs);
-    return nullptr;
-  }
+  if (!takes("vocab_trie", nargs, 3)) return nullptr;
   std::array<at::Tensor, 3> t;
   if (!int64_tensors("vocab_trie", args, t)) return nullptr;
   focuskern::VocabTrie* vocab = nullptr;
@@ -167,10 +168,7 @@ PyObject* vocab_trie(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 // (compile_cpu.cpp); sym/off/entity contiguous int64 CPU tensors, vocab a vocab_trie handle (None: no
 // token edges); results int64 (node arrays, offsets) and int32 (lists, edges).
 PyObject* build_automaton(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 4) {
-    PyErr_Format(PyExc_TypeError, "build_automaton takes 4 arguments, got %zd", nargs);
-    return nullptr;
-  }
+  if (!takes("build_automaton", nargs, 4)) return nullptr;
   std::array<at::Tensor, 3> t;
   if (!int64_tensors("build_automaton", args, t)) return nullptr;
   const focuskern::VocabTrie* vocab = nullptr;
